@@ -1,0 +1,109 @@
+"""Prometheus metrics: every name the worker exports is defined here.
+
+Labels stay bounded: ``vendor``, ``type``, ``status``, ``endpoint`` (a route
+template such as ``/user/{id}``), ``code`` (an error code). Never a phone
+number, a command id or a host name.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+from worker import __version__
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+BUILD_INFO = Info("switchboard_build", "Version of the running worker.")
+BUILD_INFO.info({"version": __version__})
+
+COMMANDS_RECEIVED = Counter(
+    "switchboard_commands_received_total",
+    "Command messages taken from the broker, by command type ('invalid' when unreadable).",
+    ["type"],
+)
+COMMANDS_FINISHED = Counter(
+    "switchboard_commands_finished_total",
+    "Commands that reached a terminal event, by type and status (succeeded, failed, rejected).",
+    ["type", "status"],
+)
+COMMAND_ERRORS = Counter(
+    "switchboard_command_errors_total",
+    "Terminal errors by command type and error code.",
+    ["type", "code"],
+)
+HANDLER_DURATION = Histogram(
+    "switchboard_handler_duration_seconds",
+    "Time spent in a command's handler, per attempt.",
+    ["type"],
+    buckets=LATENCY_BUCKETS,
+)
+IN_FLIGHT = Gauge(
+    "switchboard_commands_in_flight",
+    "Commands taken from the broker and not yet settled.",
+    ["vendor"],
+)
+RETRIES = Counter(
+    "switchboard_retries_total",
+    "Attempts sent back to a broker delay queue after a transient error.",
+    ["type", "code"],
+)
+DEFERRALS = Counter(
+    "switchboard_deferrals_total",
+    "Commands put back in a delay queue without an attempt (claimed elsewhere, paused, continuation).",
+    ["type", "reason"],
+)
+DUPLICATES = Counter(
+    "switchboard_duplicates_total",
+    "Commands already finished: the stored event was published again, the vendor not called.",
+    ["type"],
+)
+PROGRESS_EVENTS = Counter(
+    "switchboard_progress_events_total",
+    "Non-terminal events published (progress, deferred).",
+    ["type", "status"],
+)
+DEAD_LETTERS = Counter(
+    "switchboard_dead_letters_total",
+    "Messages copied to switchboard.dead, by command type and status.",
+    ["type", "status"],
+)
+VENDOR_REQUESTS = Counter(
+    "switchboard_vendor_requests_total",
+    "HTTP requests to a vendor, by endpoint template and HTTP status ('error' when no answer).",
+    ["vendor", "endpoint", "status"],
+)
+VENDOR_LATENCY = Histogram(
+    "switchboard_vendor_request_duration_seconds",
+    "Latency of vendor HTTP requests.",
+    ["vendor", "endpoint"],
+    buckets=LATENCY_BUCKETS,
+)
+BROKER_RECONNECTS = Counter(
+    "switchboard_broker_reconnects_total",
+    "Times the worker reconnected to RabbitMQ after losing the connection.",
+)
+BROKER_CONNECTED = Gauge(
+    "switchboard_broker_connected",
+    "1 while the worker is connected to RabbitMQ and consuming.",
+)
+BREAKER_STATE = Gauge(
+    "switchboard_circuit_breaker_state",
+    "Per-vendor circuit breaker: 0 closed, 1 half-open, 2 open.",
+    ["vendor"],
+)
+STORE_LATENCY = Histogram(
+    "switchboard_store_operation_duration_seconds",
+    "Latency of idempotency store operations.",
+    ["operation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0),
+)
+WEBHOOKS_RECEIVED = Counter(
+    "switchboard_webhooks_received_total",
+    "Inbound webhook requests by vendor, event name and outcome.",
+    ["vendor", "event", "outcome"],
+)
+SUPPRESSED = Counter(
+    "switchboard_suppressed_total",
+    "Commands not sent because the recipient opted out.",
+    ["type"],
+)

@@ -1,0 +1,203 @@
+"""The one registry: command type -> (vendor, payload schema, handler, safety).
+
+The runtime looks every command up here and knows nothing else of vendors.
+Vendors register themselves (their account settings, how to build a client,
+how to start a sandbox) and their commands; a duplicate fails at import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+import aiohttp
+import aiohttp.web
+import structlog
+from pydantic import BaseModel
+
+from worker.store.base import Deduper, SuppressionList
+from worker.vendor_http import VendorHTTP
+
+ClientT = TypeVar("ClientT")
+ClientT_co = TypeVar("ClientT_co", covariant=True)
+
+Payload = dict[str, Any]
+Result = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Continue:
+    """A handler's answer "not finished yet: call me again later".
+
+    The runtime stores ``state``, publishes ``<type>.progress`` with
+    ``progress`` when given, and redelivers the command through a broker delay
+    queue after ``after_seconds``; no worker slot is held meanwhile. The next
+    call sees ``ctx.state == state``. Continuation steps must be safe to
+    repeat (polls), whatever the command's first step is.
+    """
+
+    state: dict[str, Any]
+    after_seconds: float
+    progress: dict[str, Any] | None = None
+
+
+@dataclass
+class CommandContext(Generic[ClientT]):
+    """What a handler may use: never the AMQP message itself."""
+
+    command_id: str
+    type: str
+    account: str
+    attempt: int
+    meta: dict[str, Any]
+    client: ClientT
+    log: structlog.typing.FilteringBoundLogger
+    first_attempt_at: datetime
+    suppressions: SuppressionList
+    state: dict[str, Any] | None = None
+
+
+Handler = Callable[[Payload, CommandContext[Any]], Awaitable[Result | Continue]]
+Check = Callable[[Payload], Payload]
+Reconcile = Callable[[Payload, CommandContext[Any]], Awaitable[Result | None]]
+
+
+class VendorClient(Protocol):
+    """What the runtime needs of a vendor client: a way to close it."""
+
+    async def close(self) -> None: ...
+
+
+class ClientFactory(Protocol[ClientT_co]):
+    """Builds one account's client on a ready ``VendorHTTP`` (shared session,
+    metrics, rate limit, timeout) whose ``base_url`` is the account's."""
+
+    def __call__(self, account: Any, http: VendorHTTP) -> ClientT_co: ...
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """A running vendor simulator and the account settings that point at it."""
+
+    account: Mapping[str, Any]
+    stop: Callable[[], Awaitable[None]]
+
+
+class EventPublisher(Protocol):
+    """Publishes one event to ``switchboard.events``; returns once the broker confirmed."""
+
+    async def __call__(self, routing_key: str, event: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class WebhookContext:
+    """What a vendor's inbound webhook app may use."""
+
+    accounts: Mapping[str, BaseModel]
+    publish: EventPublisher
+    suppressions: SuppressionList
+    deduper: Deduper
+    log: structlog.typing.FilteringBoundLogger
+
+
+@dataclass(frozen=True)
+class VendorSpec:
+    """A vendor as the runtime sees it.
+
+    ``account_model`` validates one account's settings (from
+    ``SWITCHBOARD_<VENDOR>_<FIELD>`` for the default account, or the accounts
+    TOML file); it must have a ``base_url: str`` field. ``make_client``
+    builds one client per account; ``start_sandbox`` starts the built-in
+    simulator and returns the account settings that point at it.
+    """
+
+    name: str
+    account_model: type[BaseModel]
+    make_client: ClientFactory[Any]
+    start_sandbox: Callable[[], Awaitable[Sandbox]] | None = None
+    webhook_app: Callable[[WebhookContext], aiohttp.web.Application] | None = None
+    """Mounted at ``/webhooks/<vendor>/`` when webhooks are enabled."""
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """One command type.
+
+    ``safe_to_repeat`` is False when running the first step twice could repeat
+    a side effect (a text sent, a job created): such a command is never run
+    again blindly after a crash or an ambiguous vendor error.
+    ``check`` runs after schema validation for rules JSON Schema cannot say
+    (phone number validity, normalisation); it raises ``InvalidPayload``.
+    ``reconcile`` asks the vendor whether an earlier attempt took effect;
+    it returns the result when it did, ``None`` when it did not.
+    """
+
+    type: str
+    vendor: str
+    schema: str
+    handler: Handler
+    safe_to_repeat: bool
+    check: Check | None = None
+    reconcile: Reconcile | None = None
+    max_attempts: int | None = None
+    max_age_seconds: float | None = None
+    description: str = ""
+    example: Payload = field(default_factory=dict)
+
+
+class Registry:
+    """Command types and vendors, filled once at import time."""
+
+    def __init__(self) -> None:
+        self.commands: dict[str, CommandSpec] = {}
+        self.vendors: dict[str, VendorSpec] = {}
+
+    def vendor(self, spec: VendorSpec) -> VendorSpec:
+        if spec.name in self.vendors:
+            raise ValueError(f"vendor {spec.name!r} is registered twice")
+        self.vendors[spec.name] = spec
+        return spec
+
+    def command(
+        self,
+        type: str,
+        *,
+        vendor: str,
+        safe_to_repeat: bool,
+        schema: str | None = None,
+        check: Check | None = None,
+        reconcile: Reconcile | None = None,
+        max_attempts: int | None = None,
+        max_age_seconds: float | None = None,
+        example: Payload | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Decorator: register ``handler`` for command ``type``."""
+
+        def register(handler: Handler) -> Handler:
+            if type in self.commands:
+                raise ValueError(f"command type {type!r} is registered twice")
+            self.commands[type] = CommandSpec(
+                type=type,
+                vendor=vendor,
+                schema=schema or type,
+                handler=handler,
+                safe_to_repeat=safe_to_repeat,
+                check=check,
+                reconcile=reconcile,
+                max_attempts=max_attempts,
+                max_age_seconds=max_age_seconds,
+                description=(handler.__doc__ or "").strip().split("\n")[0],
+                example=example or {},
+            )
+            return handler
+
+        return register
+
+    def types_of(self, vendor: str) -> list[str]:
+        return sorted(t for t, spec in self.commands.items() if spec.vendor == vendor)
+
+
+registry = Registry()
+"""The process-wide registry; ``handlers`` fills it on import."""

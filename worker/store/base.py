@@ -1,0 +1,95 @@
+"""The store shared by workers: idempotency records and the suppression list.
+
+One interface, several backends (``sqlite``, ``redis``); every operation that
+decides something is atomic in the backend, so two workers can never both
+believe they own a command.
+
+A record goes through these states::
+
+    (none) --claim--> running --complete--> done (terminal event kept)
+                        |  ^
+              release   v  | claim
+                      pending          (a retry or a continuation is scheduled)
+
+A ``running`` record whose lease expired means a worker died mid-attempt.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class ClaimStatus(enum.Enum):
+    ACQUIRED = "acquired"  # we own it now: run the handler
+    DONE = "done"  # already finished: ``event`` holds the stored terminal event
+    BUSY = "busy"  # another worker holds a live lease until ``lease_until``
+    EXPIRED = "expired"  # a lease ran out with no outcome: a worker died mid-attempt
+    CONFLICT = "conflict"  # same key, different fingerprint
+
+
+@dataclass(frozen=True)
+class Claim:
+    status: ClaimStatus
+    attempts: int = 0
+    """Attempts made so far, including this one when ``ACQUIRED``."""
+    first_attempt_at: float | None = None
+    attempt_started_at: float | None = None
+    lease_until: float | None = None
+    state: dict[str, Any] | None = None
+    event: bytes | None = None
+
+
+class IdempotencyStore(Protocol):
+    """Keyed by (account, command id); times are Unix seconds."""
+
+    async def claim(
+        self, account: str, command_id: str, fingerprint: str, now: float, lease_seconds: float
+    ) -> Claim: ...
+
+    async def take_over(
+        self, account: str, command_id: str, expected_lease_until: float, now: float, lease_seconds: float
+    ) -> Claim:
+        """Claim an expired lease; ACQUIRED only if nobody else took it first."""
+        ...
+
+    async def release(
+        self, account: str, command_id: str, state: dict[str, Any] | None = None
+    ) -> None:
+        """Back to pending (a retry or continuation is scheduled), keeping ``state``."""
+        ...
+
+    async def complete(
+        self, account: str, command_id: str, fingerprint: str, event: bytes, now: float
+    ) -> bytes:
+        """Store the terminal event; returns the event that is stored.
+
+        When a terminal event is already stored (a race lost to another worker),
+        that one is kept and returned, so one command never has two outcomes.
+        """
+        ...
+
+    async def forget(self, account: str, command_id: str) -> bool:
+        """Drop a record (operator replay with the same id after a fix)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class SuppressionList(Protocol):
+    """Numbers (E.164) that opted out, per account. Shared by all workers."""
+
+    async def add(self, account: str, number: str, *, reason: str, source: str, now: float) -> None: ...
+
+    async def remove(self, account: str, number: str) -> bool: ...
+
+    async def contains(self, account: str, number: str) -> bool: ...
+
+    async def list(self, account: str | None = None) -> list[dict[str, Any]]: ...
+
+
+class Deduper(Protocol):
+    """Remembers keys for a while (inbound webhook retries)."""
+
+    async def first_time(self, key: str, now: float, ttl_seconds: float) -> bool: ...

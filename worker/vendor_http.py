@@ -1,0 +1,163 @@
+"""HTTP to a vendor: one shared aiohttp session, metrics, transport errors.
+
+Vendor clients (``handlers/<vendor>/client.py``) build on :class:`VendorHTTP`
+and map the *bodies* of answers to errors; this module maps what happens on
+the wire, the same way for every vendor:
+
+- no connection could be made             -> VendorUnavailable, not applied
+- 429                                     -> RateLimited with Retry-After, not applied
+- 503                                     -> VendorUnavailable, not applied
+- other 5xx, a timeout, a dropped answer  -> VendorUnavailable, maybe applied
+
+"Maybe applied" means the vendor may have acted before failing: the runtime
+will not retry such an error for a command that is unsafe to repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from worker.errors import RateLimited, VendorUnavailable
+from worker.metrics import VENDOR_LATENCY, VENDOR_REQUESTS
+
+
+class Limiter(Protocol):
+    """Waits until one more request to this vendor account is allowed."""
+
+    async def acquire(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class VendorResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON, or ``None`` when it is not JSON."""
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            return None
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when - (now if now is not None else time.time()))
+
+
+class VendorHTTP:
+    """Requests to one vendor account, with metrics and wire-level errors."""
+
+    def __init__(
+        self,
+        vendor: str,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        timeout: float = 15.0,
+        limiter: Limiter | None = None,
+    ) -> None:
+        self.vendor = vendor
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.limiter = limiter
+
+    async def request(
+        self,
+        method: str,
+        endpoint: str,
+        path: str | None = None,
+        **kwargs: Any,
+    ) -> VendorResponse:
+        """Send one request; ``endpoint`` is the route template used as a metric label.
+
+        ``path`` is the concrete path (defaults to ``endpoint``); other keyword
+        arguments go to :meth:`aiohttp.ClientSession.request`.
+        Answers 2xx-4xx (but 429) are returned for the caller to interpret.
+        """
+        if self.limiter is not None:
+            await self.limiter.acquire()
+        url = self.base_url + (path if path is not None else endpoint)
+        started = time.perf_counter()
+        status_label = "error"
+        try:
+            async with self.session.request(
+                method, url, timeout=self.timeout, allow_redirects=False, **kwargs
+            ) as response:
+                body = await response.read()
+                status_label = str(response.status)
+                answer = VendorResponse(response.status, response.headers, body)
+        except aiohttp.ClientConnectorError as exc:
+            raise VendorUnavailable(
+                f"{self.vendor}: cannot connect ({exc.os_error.__class__.__name__})",
+                code="vendor_unreachable",
+                maybe_applied=False,
+            ) from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise VendorUnavailable(
+                f"{self.vendor}: connecting timed out",
+                code="vendor_unreachable",
+                maybe_applied=False,
+            ) from exc
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise VendorUnavailable(
+                f"{self.vendor}: no answer within {self.timeout.total}s",
+                code="vendor_timeout",
+                maybe_applied=True,
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise VendorUnavailable(
+                f"{self.vendor}: connection lost ({exc.__class__.__name__})",
+                code="vendor_connection_lost",
+                maybe_applied=True,
+            ) from exc
+        finally:
+            elapsed = time.perf_counter() - started
+            VENDOR_REQUESTS.labels(self.vendor, endpoint, status_label).inc()
+            VENDOR_LATENCY.labels(self.vendor, endpoint).observe(elapsed)
+        return self._raise_for_transient(answer)
+
+    def _raise_for_transient(self, answer: VendorResponse) -> VendorResponse:
+        status = answer.status
+        if status == 429:
+            raise RateLimited(
+                f"{self.vendor}: rate limited (HTTP 429)",
+                retry_after=parse_retry_after(answer.headers.get("Retry-After")),
+                details={"http_status": 429},
+            )
+        if status == 503:
+            raise VendorUnavailable(
+                f"{self.vendor}: service unavailable (HTTP 503)",
+                code="vendor_unavailable",
+                retry_after=parse_retry_after(answer.headers.get("Retry-After")),
+                details={"http_status": 503},
+            )
+        if status >= 500:
+            raise VendorUnavailable(
+                f"{self.vendor}: server error (HTTP {status})",
+                code="vendor_server_error",
+                maybe_applied=True,
+                details={"http_status": status},
+            )
+        return answer
