@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(9180, ge=0, le=65535)
     store_url: SecretStr = SecretStr("sqlite:///var/switchboard.sqlite3")
+    redis_url: SecretStr | None = Field(
+        None, description="Redis for state shared by workers (rate limits); defaults to STORE_URL when that is Redis."
+    )
     accounts_file: Path | None = None
     vendors: str = Field("", description="Comma-separated vendors to consume; empty = every configured vendor.")
     sandbox: bool = Field(False, description="Start the built-in simulators for vendors with no credentials.")
@@ -82,6 +85,12 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     webhooks: bool = Field(False, description="Serve inbound vendor webhooks on the metrics port.")
+
+    def shared_redis_url(self) -> str | None:
+        if self.redis_url is not None:
+            return self.redis_url.get_secret_value()
+        store = self.store_url.get_secret_value()
+        return store if store.startswith(("redis://", "rediss://")) else None
 
     def vendor_names(self) -> set[str] | None:
         names = {name.strip() for name in self.vendors.split(",") if name.strip()}

@@ -9,7 +9,7 @@ A record goes through these states::
     (none) --claim--> running --complete--> done (terminal event kept)
                         |  ^
               release   v  | claim
-                      pending          (a retry or a continuation is scheduled)
+                 pending | waiting     (a retry | a continuation is scheduled)
 
 A ``running`` record whose lease expired means a worker died mid-attempt.
 """
@@ -55,9 +55,11 @@ class IdempotencyStore(Protocol):
         ...
 
     async def release(
-        self, account: str, command_id: str, state: dict[str, Any] | None = None
+        self, account: str, command_id: str, state: dict[str, Any] | None = None, *, waiting: bool = False
     ) -> None:
-        """Back to pending (a retry or continuation is scheduled), keeping ``state``."""
+        """Give the claim back: ``pending`` (a retry is scheduled; the next claim
+        counts a new attempt) or, with ``waiting``, a continuation is scheduled
+        (the next claim resumes with ``state`` and counts no attempt)."""
         ...
 
     async def complete(
@@ -72,6 +74,10 @@ class IdempotencyStore(Protocol):
 
     async def forget(self, account: str, command_id: str) -> bool:
         """Drop a record (operator replay with the same id after a fix)."""
+        ...
+
+    async def prune(self, now: float) -> int:
+        """Remove records past their retention; returns how many."""
         ...
 
     async def close(self) -> None: ...

@@ -1,0 +1,51 @@
+# The two quickstart commands are `make run` and `make test`; each does all set-up.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+PYTHON ?= python3
+
+.PHONY: run test lint typecheck unit bench drill services venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+services:
+	.ci/services rabbitmq redis
+
+## make run: the worker on local RabbitMQ; vendors without credentials use the built-in sandboxes.
+run: $(STAMP)
+	.ci/services rabbitmq
+	SWITCHBOARD_SANDBOX=$${SWITCHBOARD_SANDBOX:-true} $(BIN)/switchboard run
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+## make test: lint, types, and every test against the real RabbitMQ and Redis.
+test: $(STAMP)
+	.ci/services rabbitmq redis
+	$(MAKE) --no-print-directory lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+## make bench [QUICK=1]: throughput and latency against a bare asyncio baseline.
+bench: $(STAMP)
+	.ci/services rabbitmq redis
+	$(BIN)/python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+## make drill [COMMANDS=10000 WORKERS=3]: the long crash drill, with a summary table.
+drill: $(STAMP)
+	.ci/services rabbitmq redis
+	$(BIN)/python -m tests.drills.crash --commands $(or $(COMMANDS),10000) --workers $(or $(WORKERS),3)
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

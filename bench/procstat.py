@@ -1,0 +1,73 @@
+"""CPU time and memory of a process tree, read from /proc (Linux only, no psutil)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+_PROC = Path("/proc")
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """CPU seconds (user + system) of a process and its live descendants, and their summed peak RSS."""
+
+    cpu_seconds: float
+    peak_rss_bytes: int
+    rss_bytes: int
+
+
+def _stat_fields(pid: int) -> list[str]:
+    # The command name (field 2) may hold spaces and parentheses: split after its last ")".
+    text = (_PROC / str(pid) / "stat").read_text()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, plus those of its reaped children."""
+    fields = _stat_fields(pid)
+    # After the name: state is fields[0], so utime (14), stime (15), cutime (16), cstime (17) are 11..14.
+    utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
+    return (utime + stime + cutime + cstime) / _TICKS
+
+
+def status_kib(pid: int, key: str) -> int:
+    """A ``kB`` line of /proc/<pid>/status (``VmHWM``, ``VmRSS``) in KiB; 0 when absent."""
+    for line in (_PROC / str(pid) / "status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every live process below it (the worker may run helpers, e.g. under py-spy)."""
+    children: dict[int, list[int]] = {}
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int(_stat_fields(int(entry.name))[1])
+        except (OSError, ValueError, IndexError):
+            continue  # exited while we looked
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def usage(pid: int) -> Usage:
+    """CPU seconds and memory of ``pid`` and its live descendants."""
+    cpu, peak, rss = 0.0, 0, 0
+    for member in descendants(pid):
+        try:
+            cpu += cpu_seconds(member)
+            peak += status_kib(member, "VmHWM") * 1024
+            rss += status_kib(member, "VmRSS") * 1024
+        except (OSError, ValueError):
+            continue
+    return Usage(cpu_seconds=cpu, peak_rss_bytes=peak, rss_bytes=rss)

@@ -1,0 +1,325 @@
+"""The scenarios of the issue; each returns one table row.
+
+Every scenario starts the process it measures afresh (so its VmHWM is its own
+peak), purges the queue it consumes, and uses a fresh id prefix, so stray
+events of an earlier run are never counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing
+import signal
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import amqp, procs
+from bench.measure import Measured, Plan, run, say
+from bench.profile import summarize
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    amqp_url: str
+    stores: tuple[str, ...]
+    commands: int
+    backlog: int
+    replays: int
+    max_in_flight: int
+    latencies_ms: tuple[float, ...]
+    paced_rate: float
+    paced_commands: int
+    backlog_latency_ms: float
+    sim_impl: str
+    workdir: Path
+    results_dir: Path
+    stamp: str
+    profile: bool = False
+    redis_url: str = "redis://127.0.0.1:6379/15"
+    account_key: str = "bench-key"
+    token: str = "bench-token"
+
+    def store_url(self, store: str, name: str) -> str:
+        """``sqlite`` -> a fresh file for this worker; ``redis`` -> ``redis_url``; a URL as it is."""
+        if store == "sqlite":
+            return f"sqlite:///{self.workdir / f'{name}.sqlite3'}"
+        if store == "redis":
+            return self.redis_url
+        return store
+
+    def max_seconds(self, count: int) -> float:
+        """A deadline no healthy run reaches: 60 s plus 5 ms a command (200/s)."""
+        return 60 + count / 200
+
+    @property
+    def logdir(self) -> Path:
+        return self.workdir / "logs"
+
+
+@dataclass
+class Row:
+    scenario: str
+    system: str
+    vendor_latency_ms: float
+    commands: int
+    rate: float  # events/s, steady state: between the 10th and 90th percentile of receipt times
+    rate_end_to_end: float  # events / (first publish, or first event for a backlog -> last event)
+    publish_rate: float
+    p50_ms: float
+    p99_ms: float
+    cpu_seconds_per_1k: float
+    peak_rss_mb: float
+    vendor_calls: int | None
+    statuses: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            key: (None if isinstance(value, float) and math.isnan(value) else value)
+            for key, value in asdict(self).items()
+        }
+
+
+def _row(scenario: str, system: str, latency_ms: float, measured: Measured, vendor_calls: int | None) -> Row:
+    return Row(
+        scenario=scenario,
+        system=system,
+        vendor_latency_ms=latency_ms,
+        commands=measured.expected,
+        rate=measured.steady_rate(),
+        rate_end_to_end=measured.end_to_end_rate(),
+        publish_rate=measured.publish_rate(),
+        p50_ms=measured.latency_ms(50),
+        p99_ms=measured.latency_ms(99),
+        cpu_seconds_per_1k=measured.cpu_seconds * 1000 / measured.collected.count
+        if measured.collected.count
+        else math.nan,
+        peak_rss_mb=measured.peak_rss_bytes / 2**20 if measured.peak_rss_bytes else math.nan,
+        vendor_calls=vendor_calls,
+        statuses=dict(measured.collected.statuses),
+        notes=list(measured.notes),
+    )
+
+
+def _prefix(name: str) -> str:
+    return f"bench-{name}-{uuid.uuid4().hex[:8]}"
+
+
+class Simulator:
+    """The simulator process for one vendor latency."""
+
+    def __init__(self, config: RunConfig, latency_ms: float) -> None:
+        self.latency_ms = latency_ms
+        self.managed, self.port = procs.start_simulator(
+            latency_ms, config.logdir, impl=config.sim_impl, account_key=config.account_key,
+            token=config.token, max_seconds=3600,
+        )  # fmt: skip
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/2020"
+
+    def sent(self) -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=5) as answer:
+            sent: int = orjson.loads(answer.read())["sent"]
+            return sent
+
+    def stop(self) -> None:
+        self.managed.stop(grace=5)
+
+
+@contextlib.contextmanager
+def simulator(config: RunConfig, latency_ms: float) -> Iterator[Simulator]:
+    sim = Simulator(config, latency_ms)
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+def calibration(config: RunConfig) -> list[Row]:
+    """The harness alone: events published straight to switchboard.events, counted by the collector."""
+    prefix = _prefix("harness")
+    job = amqp.PublishJob(
+        config.amqp_url,
+        "send_text.succeeded",
+        prefix,
+        config.commands,
+        exchange=amqp.EVENTS_EXCHANGE,
+        events=True,
+    )
+    plan = Plan(
+        "harness",
+        config.amqp_url,
+        prefix,
+        config.commands,
+        publish=job,
+        max_seconds=config.max_seconds(config.commands),
+    )
+    return [_row("harness ceiling", "publisher+collector", 0, run(plan), None)]
+
+
+def baseline(config: RunConfig, sim: Simulator, *, confirms: bool) -> list[Row]:
+    """The bare consumer on its own quorum queue: flooded with ``commands``, then paced."""
+    amqp.ensure_baseline_queue(config.amqp_url)
+    amqp.purge(config.amqp_url, amqp.BASELINE_QUEUE)
+    system = "baseline" if confirms else "baseline, no confirms"
+    managed = procs.start_baseline(
+        amqp_url=config.amqp_url, sim_url=sim.base_url, confirms=confirms, prefetch=config.max_in_flight,
+        account_key=config.account_key, token=config.token, logdir=config.logdir, max_seconds=3600,
+    )  # fmt: skip
+    try:
+        return _flood_and_paced(config, sim, system, amqp.BASELINE_KEY, managed.pid)
+    finally:
+        managed.stop()
+
+
+def _flood_and_paced(config: RunConfig, sim: Simulator, system: str, routing_key: str, pid: int) -> list[Row]:
+    """A flood of ``commands`` (throughput), then ``paced_commands`` at ``paced_rate`` (latency)."""
+    label = f"{system} {sim.latency_ms:g} ms"
+    calls = sim.sent()
+    measured = _publish_and_wait(config, label, _prefix("flood"), config.commands, pid, routing_key)
+    rows = [_row("throughput", system, sim.latency_ms, measured, sim.sent() - calls)]
+    if config.paced_rate > 0 and config.paced_commands > 0:
+        calls = sim.sent()
+        paced = _publish_and_wait(
+            config,
+            f"{label} paced",
+            _prefix("paced"),
+            config.paced_commands,
+            pid,
+            routing_key,
+            config.paced_rate,
+        )
+        rows.append(
+            _row(f"latency @{config.paced_rate:,.0f}/s", system, sim.latency_ms, paced, sim.sent() - calls)
+        )
+    return rows
+
+
+class Worker:
+    """``switchboard run`` against the simulator, with this run's store; optionally under py-spy."""
+
+    def __init__(self, config: RunConfig, sim: Simulator, store: str, name: str) -> None:
+        self.config, self.name = config, name
+        self.metrics_port = procs.free_port()
+        self.env = {
+            "SWITCHBOARD_AMQP_URL": config.amqp_url,
+            "SWITCHBOARD_METRICS_HOST": "127.0.0.1",
+            "SWITCHBOARD_METRICS_PORT": str(self.metrics_port),
+            "SWITCHBOARD_STORE_URL": config.store_url(store, name),
+            "SWITCHBOARD_PIDJ_BASE_URL": sim.base_url,
+            "SWITCHBOARD_PIDJ_ACCOUNT_KEY": config.account_key,
+            "SWITCHBOARD_PIDJ_TOKEN": config.token,
+            "SWITCHBOARD_VENDORS": "pidj",
+            "SWITCHBOARD_LOG_LEVEL": "WARNING",
+            "SWITCHBOARD_LOG_FORMAT": "json",
+            "SWITCHBOARD_MAX_IN_FLIGHT": str(config.max_in_flight),
+            "SWITCHBOARD_SHUTDOWN_GRACE_SECONDS": "5",
+        }
+        self.managed: procs.Managed | None = None
+        self.spy: procs.Managed | None = None
+
+    def start(self) -> int:
+        self.managed = procs.start_worker(self.env, self.metrics_port, self.config.logdir, self.name)
+        if self.config.profile:
+            self.spy = procs.start_py_spy(self.managed.pid, self.profile_path, self.config.logdir)
+        return self.managed.pid
+
+    @property
+    def profile_path(self) -> Path:
+        return self.config.results_dir / f"profile-{self.config.stamp}-{self.name}.txt"
+
+    def stop(self) -> list[str]:
+        """Stop py-spy (it writes its output on SIGINT), then the worker; notes about what was saved."""
+        notes = []
+        if self.spy is not None:
+            self.spy.stop(grace=30, signum=signal.SIGINT)
+            if self.profile_path.exists():
+                summary = summarize(self.profile_path)
+                summary_path = self.profile_path.with_suffix(".md")
+                summary_path.write_text(summary)
+                notes.append(f"profile: {summary_path}")
+            self.spy = None
+        if self.managed is not None:
+            code = self.managed.stop(grace=20)
+            if code != 0:
+                notes.append(f"worker exited with {code} on SIGTERM")
+            self.managed = None
+        return notes
+
+
+def _publish_and_wait(
+    config: RunConfig, label: str, prefix: str, count: int, pid: int,
+    routing_key: str = amqp.COMMAND_KEY, rate: float | None = None,
+) -> Measured:  # fmt: skip
+    job = amqp.PublishJob(config.amqp_url, routing_key, prefix, count, rate=rate)
+    plan = Plan(
+        label, config.amqp_url, prefix, count, publish=job, pid=pid, max_seconds=config.max_seconds(count)
+    )
+    return run(plan)
+
+
+def worker(config: RunConfig, sim: Simulator, store: str) -> list[Row]:
+    """The worker, already consuming: flooded with ``commands``, then paced."""
+    amqp.purge(config.amqp_url, amqp.WORKER_QUEUE)
+    runner = Worker(config, sim, store, f"worker-{store}-{sim.latency_ms:g}ms")
+    try:
+        rows = _flood_and_paced(config, sim, f"worker [{store}]", amqp.COMMAND_KEY, runner.start())
+    finally:
+        notes = runner.stop()
+    rows[0].notes.extend(notes)
+    return rows
+
+
+def backlog(config: RunConfig, sim: Simulator, store: str) -> list[Row]:
+    """``backlog`` commands queued before the worker starts: drain rate and peak RSS."""
+    amqp.purge(config.amqp_url, amqp.WORKER_QUEUE)
+    prefix = _prefix("backlog")
+    job = amqp.PublishJob(config.amqp_url, amqp.COMMAND_KEY, prefix, config.backlog)
+    say(f"backlog [{store}]: publishing {config.backlog} commands before the worker starts")
+    amqp.publish(job, multiprocessing.Value("q", 0))
+    depth = amqp.wait_for_depth(config.amqp_url, amqp.WORKER_QUEUE, config.backlog, timeout=60)
+    if depth < config.backlog:
+        say(f"backlog [{store}]: only {depth} of {config.backlog} commands queued")
+    runner = Worker(config, sim, store, f"worker-{store}-backlog")
+    calls = sim.sent()
+    plan = Plan(f"backlog [{store}]", config.amqp_url, prefix, config.backlog, launch=runner.start,
+                max_seconds=config.max_seconds(config.backlog))  # fmt: skip
+    try:
+        measured = run(plan)
+        calls = sim.sent() - calls
+    finally:
+        notes = runner.stop()
+        amqp.purge(config.amqp_url, amqp.WORKER_QUEUE)  # what a failed start left behind
+    row = _row("backlog drain", f"worker [{store}]", sim.latency_ms, measured, calls)
+    row.notes.extend(notes)
+    return [row]
+
+
+def replays(config: RunConfig, sim: Simulator, store: str) -> list[Row]:
+    """``replays`` completed commands published again with the same ids: the rate of their events."""
+    amqp.purge(config.amqp_url, amqp.WORKER_QUEUE)
+    system = f"worker [{store}]"
+    prefix = _prefix("replay")
+    runner = Worker(config, sim, store, f"worker-{store}-replays")
+    try:
+        pid = runner.start()
+        first = _publish_and_wait(config, f"replays [{store}] first pass", prefix, config.replays, pid)
+        calls = sim.sent()
+        again = _publish_and_wait(config, f"replays [{store}] again", prefix, config.replays, pid)
+        calls = sim.sent() - calls
+    finally:
+        notes = runner.stop()
+    row = _row("replays", system, sim.latency_ms, again, calls)
+    row.notes.extend(notes)
+    if first.missing:
+        row.notes.append(f"first pass: {first.missing} events missing")
+    return [row]

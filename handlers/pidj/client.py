@@ -1,0 +1,156 @@
+"""The Pidj API client: HTTP Basic auth, form bodies, and what answers mean.
+
+Every call goes through :meth:`PidjClient.call`, which maps answers to errors
+in one place (wire errors -- 429, 5xx, timeouts -- are mapped by VendorHTTP):
+
+- HTTP 401                                   -> VendorAuthFailed (Basic auth: nothing to refresh)
+- HTTP 404                                   -> VendorRejected ``not_found``
+- other 4xx                                  -> VendorRejected ``vendor_rejected``
+- 2xx whose body is not a JSON object with a
+  known ``status``                           -> PermanentError ``invalid_vendor_response``
+- 2xx with ``status`` ``failure`` / ``error``  -> VendorRejected ``vendor_failure``
+  (Pidj answers HTTP 200 for requests it refused: the body decides, not the code)
+
+Error messages carry Pidj's own human-readable ``message`` (a status line such
+as "Group has no phone number."), never credentials or the text we sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import aiohttp
+
+from handlers.pidj.settings import PidjAccount
+from worker.errors import PermanentError, VendorAuthFailed, VendorRejected
+from worker.vendor_http import VendorHTTP, VendorResponse
+
+FORM = "application/x-www-form-urlencoded"
+_OK = "success"
+_REFUSED = frozenset({"failure", "error"})
+_MAX_MESSAGE = 300
+"""Longest vendor message we copy into an error (a status line, not a page of HTML)."""
+
+Form = Mapping[str, str]
+
+
+def path_segment(value: str) -> str:
+    """One URL path segment: ``+`` and ``/`` escaped so every server reads it back the same.
+
+    ``:`` (in ids such as ``co:...``) is a legal path character and stays as it is.
+    """
+    return quote(value, safe=":@-._~")
+
+
+def build_form(fields: Mapping[str, Any]) -> Form:
+    """The x-www-form-urlencoded fields of a request: ``None`` omitted, lists pipe-joined.
+
+    Pidj reads an omitted field as "leave it" and a blank one as "clear it"
+    (on PUT), so ``""`` is kept and only ``None`` is dropped.
+    """
+    form: dict[str, str] = {}
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            form[name] = "true" if value else "false"
+        elif isinstance(value, list | tuple):
+            form[name] = "|".join(str(item) for item in value)
+        else:
+            form[name] = str(value)
+    return form
+
+
+class PidjClient:
+    """Calls to one Pidj account; the aiohttp session is shared and owned by the runtime."""
+
+    def __init__(self, account: PidjAccount, http: VendorHTTP) -> None:
+        self.account = account
+        self.http = http
+        self._auth = aiohttp.BasicAuth(
+            account.account_key.get_secret_value(), account.token.get_secret_value()
+        )
+
+    async def close(self) -> None:
+        """Nothing of our own to release: the session belongs to the runtime."""
+
+    async def get(self, endpoint: str, path: str | None = None) -> dict[str, Any]:
+        return await self.call("GET", endpoint, path=path)
+
+    async def post(self, endpoint: str, form: Form | None = None, path: str | None = None) -> dict[str, Any]:
+        return await self.call("POST", endpoint, path=path, form=form or {})
+
+    async def put(self, endpoint: str, form: Form | None = None, path: str | None = None) -> dict[str, Any]:
+        return await self.call("PUT", endpoint, path=path, form=form or {})
+
+    async def delete(self, endpoint: str, path: str | None = None) -> dict[str, Any]:
+        return await self.call("DELETE", endpoint, path=path)
+
+    async def call(
+        self, method: str, endpoint: str, *, path: str | None = None, form: Form | None = None
+    ) -> dict[str, Any]:
+        """One request; returns the body of a ``status: success`` answer or raises.
+
+        ``endpoint`` is the route template (a metric label), ``path`` the concrete path.
+        The document lists ``Content-Type: application/x-www-form-urlencoded`` as a
+        required header, so every request carries it, with a (possibly empty) form body.
+        """
+        body = urlencode(form or {}).encode("ascii")
+        headers = {"Content-Type": FORM, "Accept": "application/json"}
+        kwargs: dict[str, Any] = {"headers": headers, "auth": self._auth}
+        if method != "GET":
+            kwargs["data"] = body
+        answer = await self.http.request(method, endpoint, path, **kwargs)
+        return interpret(answer, method=method, endpoint=endpoint)
+
+
+def interpret(answer: VendorResponse, *, method: str, endpoint: str) -> dict[str, Any]:
+    """Map one Pidj answer (2xx-4xx; VendorHTTP already raised for 429/5xx) to a body or an error."""
+    status = answer.status
+    body = answer.json()
+    message = _message(body)
+    details: dict[str, Any] = {"http_status": status, "endpoint": endpoint}
+    if status == 401:
+        raise VendorAuthFailed("pidj: account key or token refused (HTTP 401)", details=details)
+    if status == 404:
+        raise VendorRejected(
+            f"pidj: not found ({message or method + ' ' + endpoint})", code="not_found", details=details
+        )
+    if status >= 400:
+        raise VendorRejected(
+            f"pidj: request refused (HTTP {status}): {message or 'no message'}", details=details
+        )
+    if status < 200 or status >= 300 or not isinstance(body, dict):
+        raise PermanentError(
+            f"pidj: answer to {method} {endpoint} is not a JSON object (HTTP {status})",
+            code="invalid_vendor_response",
+            details=details,
+        )
+    outcome = body.get("status")
+    if outcome == _OK:
+        return body
+    if outcome in _REFUSED:
+        details["status"] = outcome
+        raise VendorRejected(
+            f"pidj: {outcome}: {message or 'no message'}", code="vendor_failure", details=details
+        )
+    raise PermanentError(
+        f"pidj: answer to {method} {endpoint} has no known status",
+        code="invalid_vendor_response",
+        details=details,
+    )
+
+
+def _message(body: Any) -> str:
+    """Pidj's human-readable message, if any, cut to a status line."""
+    if not isinstance(body, dict):
+        return ""
+    for key in ("message", "error", "errors"):
+        value = body.get(key)
+        if isinstance(value, str) and value:
+            return value[:_MAX_MESSAGE]
+        if isinstance(value, list) and value:
+            return "; ".join(str(item) for item in value)[:_MAX_MESSAGE]
+    return ""

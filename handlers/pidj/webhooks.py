@@ -1,0 +1,265 @@
+"""Inbound Pidj webhooks -> ``pidj.webhook.<event>`` events on ``switchboard.events``.
+
+Mounted by the runtime at ``/webhooks/pidj/`` (``switchboard run`` with
+webhooks enabled, or ``switchboard webhooks``); it needs only a
+:class:`WebhookContext`. Routes::
+
+    POST /webhooks/pidj/{account}/{secret}     the form Pidj's settings can hold (a URL)
+    POST /webhooks/pidj/{account}              secret in the X-Switchboard-Secret header
+
+Answers: 401 unknown account / wrong or missing secret (nothing published),
+413 body over 256 KiB, 400 not JSON (or form) / no ``event`` string,
+503 when the broker did not confirm (Pidj retries), 200 once it did.
+
+Order of one delivery, and why:
+
+1. authenticate (constant-time compare), read at most ``MAX_BODY_BYTES``, validate;
+2. claim the dedupe key (sha256 of account + raw body) with ``first_time``;
+   a key already claimed is a retry of a delivery we took: 200, nothing published;
+3. opt-out / opt-in: update the suppression list (before we answer 2xx, so an
+   opt-out is on the list before Pidj believes we have it);
+4. publish and wait for the broker's confirm;
+5. answer 200.
+
+If step 3 or 4 fails we *forget* the claim (when the deduper can, see
+:class:`ForgettingDeduper`) and answer 503, so Pidj's retry is processed as new
+rather than dropped as a duplicate. The claim is taken before publishing (not
+after) because ``first_time`` both checks and marks: marking after publishing
+would mean publishing every retry before learning it is one.
+Identical bodies within ``DEDUPE_TTL_SECONDS`` count as one delivery: the
+document shows no delivery id to tell a retry from a repeat.
+
+Events named without a body in the document (Interaction Closed, Consent
+Given, Opt Out, Opt In) are read with the same envelope as the others: an
+``event`` string plus the object concerned; unknown fields are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import parse_qsl
+
+import orjson
+import phonenumbers
+from aiohttp import web
+
+from worker.metrics import WEBHOOKS_RECEIVED
+from worker.registry import WebhookContext
+
+MAX_BODY_BYTES = 256 * 1024
+DEDUPE_TTL_SECONDS = 15 * 60.0
+"""Long enough for Pidj's retries of one delivery, short enough that a person texting
+the same words twice is not folded into one event (bodies carry no delivery id)."""
+SECRET_HEADER = "X-Switchboard-Secret"
+OPT_OUT = "opt-out"
+OPT_IN = "opt-in"
+KNOWN_EVENTS = frozenset(
+    {
+        "contact-created",
+        "contact-updated",
+        "contact-deleted",
+        "contact-restored",
+        "text-received",
+        "interaction-closed",
+        "consent-given",
+        OPT_OUT,
+        OPT_IN,
+    }
+)
+"""Named in the document; others are published too, but counted as ``other`` (bounded metric labels)."""
+_CONTEXT = web.AppKey("pidj_webhook_context", WebhookContext)
+_EVENT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+_ACCOUNT = r"{account:[A-Za-z0-9_.-]{1,64}}"
+_NOT_A_SECRET = secrets.token_urlsafe(32)
+"""Compared against when an account is unknown, so timing does not tell which accounts exist."""
+
+
+@runtime_checkable
+class ForgettingDeduper(Protocol):
+    """A deduper that can drop a key, so a failed delivery's retry is not a duplicate."""
+
+    async def forget(self, key: str) -> None: ...
+
+
+def webhook_app(ctx: WebhookContext) -> web.Application:
+    """The Pidj webhook receiver, independent of the worker (only ``ctx`` is needed)."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[_CONTEXT] = ctx
+    app.router.add_post(f"/{_ACCOUNT}", receive)
+    app.router.add_post(f"/{_ACCOUNT}/{{secret}}", receive)
+    return app
+
+
+def _error(status: int, message: str, outcome: str) -> web.Response:
+    WEBHOOKS_RECEIVED.labels("pidj", "unknown", outcome).inc()
+    return web.json_response({"error": message}, status=status)
+
+
+def _count(name: str, outcome: str) -> None:
+    WEBHOOKS_RECEIVED.labels("pidj", name if name in KNOWN_EVENTS else "other", outcome).inc()
+
+
+async def receive(request: web.Request) -> web.Response:
+    """One webhook delivery: authenticate, validate, dedupe, suppress, publish, answer."""
+    ctx = request.app[_CONTEXT]
+    account = request.match_info["account"]
+    if not _authentic(ctx, account, request):
+        ctx.log.warning("pidj.webhook.unauthorized", account=account)
+        return _error(401, "unknown account or wrong secret", "unauthorized")
+    raw = await _read_limited(request)
+    if raw is None:
+        return _error(413, f"body larger than {MAX_BODY_BYTES} bytes", "too_large")
+    body = _parse(raw, request.content_type)
+    if body is None:
+        return _error(400, "body must be a JSON object (or a form) with an 'event' string", "invalid")
+    name = event_name(body.get("event"))
+    if name is None:
+        return _error(
+            400, "'event' must be a non-empty string of letters, digits, '-', '_' or spaces", "invalid"
+        )
+    return await _deliver(ctx, account, name, body, raw)
+
+
+async def _deliver(
+    ctx: WebhookContext, account: str, name: str, body: dict[str, Any], raw: bytes
+) -> web.Response:
+    key = "pidj:webhook:" + hashlib.sha256(account.encode() + b"\n" + raw).hexdigest()
+    log = ctx.log.bind(account=account, webhook_event=name)
+    if not await ctx.deduper.first_time(key, time.time(), DEDUPE_TTL_SECONDS):
+        log.info("pidj.webhook.duplicate")
+        _count(name, "duplicate")
+        return web.json_response({"status": "duplicate"})
+    event = {
+        "event_id": str(uuid.uuid4()),
+        "type": "pidj.webhook",
+        "event": name,
+        "account": account,
+        "received_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "data": body,
+    }
+    try:
+        await _apply_consent(ctx, account, name, body)
+        await ctx.publish(f"pidj.webhook.{name}", event)
+    except Exception as exc:  # any failure: let Pidj retry rather than lose the delivery
+        log.error("pidj.webhook.not_published", error=exc.__class__.__name__)
+        await _forget(ctx, key)
+        _count(name, "not_published")
+        return web.json_response(
+            {"error": "not accepted; retry later"}, status=503, headers={"Retry-After": "5"}
+        )
+    log.info("pidj.webhook.published", event_id=event["event_id"])
+    _count(name, "published")
+    return web.json_response({"status": "accepted", "event_id": event["event_id"]})
+
+
+async def _forget(ctx: WebhookContext, key: str) -> None:
+    if isinstance(ctx.deduper, ForgettingDeduper):
+        await ctx.deduper.forget(key)
+    else:
+        ctx.log.error("pidj.webhook.retry_will_be_dropped", reason="deduper cannot forget a key")
+
+
+def _authentic(ctx: WebhookContext, account: str, request: web.Request) -> bool:
+    given = request.match_info.get("secret") or request.headers.get(SECRET_HEADER) or ""
+    settings = ctx.accounts.get(account)
+    configured = getattr(settings, "webhook_secret", None) if settings is not None else None
+    expected = configured.get_secret_value() if configured is not None else _NOT_A_SECRET
+    matches = hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+    return matches and configured is not None and bool(given)
+
+
+async def _read_limited(request: web.Request) -> bytes | None:
+    """The body, or None when it is (or says it is) larger than MAX_BODY_BYTES."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(64 * 1024)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+
+
+def _parse(raw: bytes, content_type: str) -> dict[str, Any] | None:
+    """A JSON object, or a form whose JSON-looking values (``contact={...}``) are decoded."""
+    if content_type == "application/x-www-form-urlencoded":
+        try:
+            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return {name: _maybe_json(value) for name, value in pairs}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _maybe_json(value: str) -> Any:
+    if value.startswith(("{", "[")):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+    return value
+
+
+def event_name(value: Any) -> str | None:
+    """The routing-key form of an event name: ``Opt Out`` / ``opt_out`` -> ``opt-out``."""
+    if not isinstance(value, str):
+        return None
+    name = re.sub(r"[\s_]+", "-", value.strip().lower())
+    return name if _EVENT_NAME.fullmatch(name) else None
+
+
+def person_number(body: dict[str, Any]) -> str | None:
+    """The E.164 number of the person an event is about (never ``phone_to``: that is our group).
+
+    Looks at the contact (``phone``, ``phone_number``), the text's ``phone_from``,
+    and top-level ``phone_number`` / ``phone`` / ``phone_from`` / ``number``.
+    """
+    found = body.get("text")
+    text: dict[str, Any] = found if isinstance(found, dict) else {}
+    places: list[Any] = []
+    for holder in (body, text):
+        contact = holder.get("contact")
+        if isinstance(contact, dict):
+            places += [contact.get("phone"), contact.get("phone_number")]
+    places += [body.get("phone_number"), body.get("phone"), body.get("phone_from"), text.get("phone_from")]
+    places.append(body.get("number"))
+    for value in places:
+        if isinstance(value, str) and value.strip():
+            try:
+                number = phonenumbers.parse(value, None)
+            except phonenumbers.NumberParseException:
+                continue
+            if phonenumbers.is_possible_number(number):
+                formatted: str = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+                return formatted
+    return None
+
+
+async def _apply_consent(ctx: WebhookContext, account: str, name: str, body: dict[str, Any]) -> None:
+    """Opt-out puts the number on the suppression list; opt-in takes it off."""
+    if name not in (OPT_OUT, OPT_IN):
+        return
+    number = person_number(body)
+    if number is None:
+        ctx.log.error("pidj.webhook.no_number", account=account, webhook_event=name)
+        return
+    if name == OPT_OUT:
+        await ctx.suppressions.add(account, number, reason="opt-out", source="pidj.webhook", now=time.time())
+    else:
+        await ctx.suppressions.remove(account, number)
+    ctx.log.info("pidj.webhook.suppression_updated", account=account, webhook_event=name)

@@ -1,0 +1,75 @@
+"""The report: ratios to the confirmed baseline, targets, py-spy summaries, /proc readings."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from bench import procstat, report
+from bench.profile import area, parse, summarize
+from bench.scenarios import Row
+
+
+def _row(system: str, rate: float, latency: float = 50, scenario: str = "throughput", rss: float = 60) -> Row:
+    return Row(
+        scenario=scenario, system=system, vendor_latency_ms=latency, commands=1000, rate=rate,
+        rate_end_to_end=rate, publish_rate=10_000, p50_ms=55, p99_ms=80, cpu_seconds_per_1k=0.3,
+        peak_rss_mb=rss, vendor_calls=1000, statuses={"succeeded": 1000},
+    )  # fmt: skip
+
+
+def test_ratio_is_against_the_confirmed_baseline_at_the_same_latency() -> None:
+    """The worker's ratio divides by the confirmed baseline of its latency, never the unconfirmed one."""
+    rows = [_row("baseline", 2000), _row("baseline, no confirms", 4000), _row("worker [sqlite]", 1500)]
+    assert report.ratio_of(rows[2], rows) == 0.75
+    assert math.isnan(report.ratio_of(_row("worker [sqlite]", 1500, latency=0), rows))
+
+
+def test_targets_say_met_missed_or_not_measured() -> None:
+    """Each issue target is checked against the rows that measure it."""
+    rows = [
+        _row("baseline", 2000),
+        _row("worker [sqlite]", 1200),
+        _row("worker [sqlite]", 6000, latency=0, scenario="replays"),
+        _row("worker [sqlite]", 900, latency=0, scenario="backlog drain", rss=250),
+    ]
+    verdicts = {item["target"]: item["met"] for item in report.targets(rows)}
+    assert verdicts == {
+        "worker_50ms_rate": False,
+        "worker_50ms_ratio": False,
+        "replays_rate": True,
+        "backlog_peak_rss_mb": False,
+    }
+
+
+def test_table_has_a_line_per_row_and_dashes_for_missing_numbers() -> None:
+    """The Markdown table shows every row; NaN prints as a dash, not 'nan'."""
+    rows = [_row("baseline", 2000), _row("worker [sqlite]", math.nan)]
+    text = report.table(rows)
+    assert len(text.splitlines()) == 2 + len(rows)
+    assert "nan" not in text.lower()
+
+
+def test_profile_summary_ranks_self_time_by_package(tmp_path: Path) -> None:
+    """Collapsed stacks are summed by innermost frame and by package, line numbers dropped."""
+    stacks = tmp_path / "profile.txt"
+    stacks.write_text(
+        "run (worker/runtime.py:10);loads (/v/lib/python3.11/site-packages/orjson/x.py:1) 30\n"
+        "run (worker/runtime.py:12);select (/usr/lib/python3.11/selectors.py:5) 10\n"
+    )
+    assert parse(stacks.read_text())[0] == (
+        ["run (worker/runtime.py)", "loads (/v/lib/python3.11/site-packages/orjson/x.py)"],
+        30,
+    )
+    assert area("select (/usr/lib/python3.11/selectors.py)") == "stdlib:selectors"
+    summary = summarize(stacks)
+    assert "| 75.0% | 30 | `orjson` |" in summary
+    assert "| 100.0% | 40 | `run (worker/runtime.py)` |" in summary
+
+
+def test_procstat_reads_this_process() -> None:
+    """/proc gives this process some CPU time and a peak RSS at least its current RSS."""
+    usage = procstat.usage(os.getpid())
+    assert usage.cpu_seconds > 0
+    assert usage.peak_rss_bytes >= usage.rss_bytes > 0

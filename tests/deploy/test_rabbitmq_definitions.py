@@ -1,0 +1,238 @@
+"""deploy/rabbitmq/definitions.json: one vhost, and users that can do their job and nothing more."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import pika
+import pika.exceptions
+import pytest
+
+import handlers  # noqa: F401  (fills the registry)
+from tests.client.broker_fakes import AMQP_URL, Responder, reachable, terminal
+from tests.deploy import DEPLOY
+from worker import topology
+from worker.client import Switchboard
+from worker.registry import registry
+
+DEFINITIONS = DEPLOY / "rabbitmq" / "definitions.json"
+VHOST = "switchboard"
+# The local-development passwords behind the hashes in definitions.json (docs/runbook.md says so too).
+DEV_PASSWORDS = {
+    "admin": "admin-dev-password",
+    "switchboard-worker": "worker-dev-password",
+    "switchboard-publisher": "publisher-dev-password",
+    "switchboard-scaler": "scaler-dev-password",
+}
+TOPOLOGY = topology.build({vendor: registry.types_of(vendor) for vendor in registry.vendors})
+TOPOLOGY_NAMES = [e.name for e in TOPOLOGY.exchanges] + [q.name for q in TOPOLOGY.queues]
+
+
+def _definitions() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(DEFINITIONS.read_text())
+    return loaded
+
+
+def _permissions(user: str) -> dict[str, str]:
+    found = [p for p in _definitions()["permissions"] if p["user"] == user and p["vhost"] == VHOST]
+    assert len(found) == 1, f"{user} needs exactly one permission entry on {VHOST}"
+    return {k: found[0][k] for k in ("configure", "write", "read")}
+
+
+def _allows(pattern: str, name: str) -> bool:
+    """RabbitMQ's rule: a permission regex allows a resource if it matches (anywhere, like re.search)."""
+    return re.search(pattern, name) is not None
+
+
+class TestStatically:
+    def test_has_the_vhost_and_the_users(self) -> None:
+        """The file creates the switchboard vhost and a worker, a publisher, a scaler and an admin user."""
+        definitions = _definitions()
+        assert [v["name"] for v in definitions["vhosts"]] == [VHOST]
+        assert {u["name"] for u in definitions["users"]} == set(DEV_PASSWORDS)
+
+    def test_worker_may_touch_every_topology_name(self) -> None:
+        """The worker can declare, publish to and read every switchboard.* name, and reply via amq.default."""
+        worker = _permissions("switchboard-worker")
+        for name in TOPOLOGY_NAMES:
+            for kind in ("configure", "write", "read"):
+                assert _allows(worker[kind], name), f"worker cannot {kind} {name}"
+        assert _allows(worker["write"], "amq.default"), "worker cannot publish replies to reply_to"
+        assert not _allows(worker["configure"], "amq.gen-abc") and not _allows(worker["read"], "other.queue")
+
+    def test_publisher_may_only_publish_commands(self) -> None:
+        """The publisher writes only to switchboard.commands and configures/reads only its own amq.gen- queues."""
+        publisher = _permissions("switchboard-publisher")
+        assert _allows(publisher["write"], topology.COMMANDS_EXCHANGE)
+        for name in [*TOPOLOGY_NAMES, "amq.default"]:
+            if name != topology.COMMANDS_EXCHANGE:
+                assert not _allows(publisher["write"], name), f"publisher may write {name}"
+            assert not _allows(publisher["configure"], name), f"publisher may configure {name}"
+            assert not _allows(publisher["read"], name), f"publisher may read {name}"
+        assert _allows(publisher["configure"], "amq.gen-Jx3") and _allows(publisher["read"], "amq.gen-Jx3")
+
+    def test_scaler_has_monitoring_tag_and_no_resource_rights(self) -> None:
+        """KEDA's user only reads queue lengths over the management API: no configure/write/read."""
+        users = {u["name"]: u for u in _definitions()["users"]}
+        assert users["switchboard-scaler"]["tags"] == ["monitoring"]
+        assert _permissions("switchboard-scaler") == {"configure": "^$", "write": "^$", "read": "^$"}
+
+
+# -- against the real broker ----------------------------------------------------
+
+
+def _rabbitmqctl(*args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("rabbitmqctl")
+    assert binary is not None
+    return subprocess.run(
+        [binary, "-q", *args], check=check, capture_output=True, text=True, timeout=60, input=stdin
+    )
+
+
+def _rabbitmqctl_usable() -> bool:
+    if shutil.which("rabbitmqctl") is None or not reachable(AMQP_URL):
+        return False
+    try:
+        return _rabbitmqctl("list_vhosts", check=False).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@dataclass
+class Imported:
+    """definitions.json imported under unique names, so it never collides with a real setup."""
+
+    vhost: str
+    prefix: str
+
+    def url(self, user: str) -> str:
+        return f"amqp://{self.prefix}{user}:{DEV_PASSWORDS[user]}@127.0.0.1:5672/{quote(self.vhost, safe='')}"
+
+
+@pytest.fixture(scope="module")
+def imported() -> Iterator[Imported]:
+    if not _rabbitmqctl_usable():
+        pytest.skip("rabbitmqctl cannot reach a local RabbitMQ node")
+    tag = f"sbtest-{uuid.uuid4().hex[:8]}"
+    target = Imported(vhost=tag, prefix=f"{tag}-")
+    definitions = _definitions()
+    for vhost in definitions["vhosts"]:
+        vhost["name"] = target.vhost
+    for user in definitions["users"]:
+        user["name"] = target.prefix + user["name"]
+    for permission in definitions["permissions"]:
+        permission["user"] = target.prefix + permission["user"]
+        permission["vhost"] = target.vhost
+    # On stdin: the node may run as another user that cannot read our temporary files.
+    _rabbitmqctl("import_definitions", "--format", "json", stdin=json.dumps(definitions))
+    try:
+        _wait_for_permissions(target, expected=len(definitions["permissions"]))
+        yield target
+    finally:
+        _rabbitmqctl("delete_vhost", target.vhost, check=False)
+        for user in DEV_PASSWORDS:
+            _rabbitmqctl("delete_user", target.prefix + user, check=False)
+
+
+def _wait_for_permissions(target: Imported, *, expected: int, timeout: float = 30.0) -> None:
+    """import_definitions returns before the import is done: wait until every permission exists."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listed = _rabbitmqctl("list_permissions", "-p", target.vhost, "--no-table-headers", check=False)
+        if listed.returncode == 0 and len(listed.stdout.strip().splitlines()) >= expected:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"definitions were not imported into {target.vhost} within {timeout}s")
+
+
+def _declare_topology(channel: Any) -> None:
+    for exchange in TOPOLOGY.exchanges:
+        channel.exchange_declare(exchange.name, exchange.kind, durable=True, arguments=exchange.arguments or None)
+    for queue in TOPOLOGY.queues:
+        channel.queue_declare(queue.name, durable=True, arguments=queue.arguments or None)
+        for exchange_name, routing_key, arguments in queue.bindings:
+            channel.queue_bind(queue.name, exchange_name, routing_key, arguments)
+
+
+def _refused(url: str, action: Any) -> bool:
+    """Whether the broker answers ``action(channel)`` with ACCESS_REFUSED (403)."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        action(channel)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return bool(exc.reply_code == 403)
+    finally:
+        if connection.is_open:
+            connection.close()
+    return False
+
+
+@pytest.mark.integration
+class TestOnTheBroker:
+    def test_dev_passwords_match_the_hashes(self, imported: Imported) -> None:
+        """Each documented local-development password authenticates its user."""
+        for user, password in DEV_PASSWORDS.items():
+            assert _rabbitmqctl("authenticate_user", imported.prefix + user, password, check=False).returncode == 0
+
+    def test_worker_can_declare_and_use_the_topology(self, imported: Imported) -> None:
+        """With its permissions the worker declares everything, publishes events and reads its queues."""
+        connection = pika.BlockingConnection(pika.URLParameters(imported.url("switchboard-worker")))
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            _declare_topology(channel)
+            channel.basic_publish(topology.EVENTS_EXCHANGE, "send_text.succeeded", b"{}")
+            channel.basic_publish(topology.COMMANDS_EXCHANGE, "send_text", b"{}")
+            assert channel.basic_get("switchboard.pidj", auto_ack=True)[0] is not None
+        finally:
+            connection.close()
+
+    def test_publisher_can_send_and_call_but_nothing_else(self, imported: Imported) -> None:
+        """The publisher's client sends and calls; the broker refuses it events, vendor queues and declares."""
+        worker_url = imported.url("switchboard-worker")
+        publisher_url = imported.url("switchboard-publisher")
+        connection = pika.BlockingConnection(pika.URLParameters(worker_url))
+        _declare_topology(connection.channel())
+        connection.close()
+        fake = Responder(
+            worker_url,
+            topology.COMMANDS_EXCHANGE,
+            "list_groups",
+            answer=lambda envelope, seen: [terminal(envelope)],
+            queue="switchboard.pidj",
+        )
+        fake.start()
+        try:
+            with Switchboard(publisher_url) as sb:
+                event = sb.call("list_groups", {}, id="least-privilege", timeout=15)
+        finally:
+            fake.stop()
+        assert event["status"] == "succeeded"
+        assert event["command_id"] == "least-privilege"
+
+        # A type no vendor queue binds goes to the alternate exchange: no extra right needed for that.
+        assert not _refused(publisher_url, lambda ch: ch.basic_publish(topology.COMMANDS_EXCHANGE, "no_such", b"{}"))
+        assert _refused(publisher_url, lambda ch: ch.basic_publish(topology.EVENTS_EXCHANGE, "x.succeeded", b"{}"))
+        assert _refused(publisher_url, lambda ch: ch.basic_publish("", "switchboard.pidj", b"{}"))
+        assert _refused(publisher_url, lambda ch: ch.basic_get("switchboard.pidj"))
+        assert _refused(publisher_url, lambda ch: ch.queue_declare("switchboard.mine"))
+
+    def test_scaler_can_read_nothing_over_amqp(self, imported: Imported) -> None:
+        """KEDA's user cannot consume or publish over AMQP (it only reads the management API)."""
+        scaler_url = imported.url("switchboard-scaler")
+        connection = pika.BlockingConnection(pika.URLParameters(imported.url("switchboard-worker")))
+        _declare_topology(connection.channel())
+        connection.close()
+        assert _refused(scaler_url, lambda ch: ch.basic_get("switchboard.pidj"))
+        assert _refused(scaler_url, lambda ch: ch.basic_publish(topology.COMMANDS_EXCHANGE, "send_text", b"{}"))

@@ -1,0 +1,340 @@
+"""Peerly handlers against the simulator, called directly with a hand-built context."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from handlers.peerly.client import MAX_UPLOAD_BYTES, PeerlyClient
+from handlers.peerly.jobs import JOB_EXAMPLE, assign_list, create_job
+from handlers.peerly.lists import check_list_status, upload_list
+from handlers.peerly.media import create_media
+from handlers.peerly.sandbox import PeerlySimulator
+from handlers.simulator import Fault
+from tests.peerly.conftest import P2P_UPLOAD, ClientFactory, make_ctx
+from worker.errors import (
+    InvalidPayload,
+    PermanentError,
+    RateLimited,
+    VendorRejected,
+    VendorUnavailable,
+)
+from worker.registry import Continue, registry
+
+
+async def run_upload(
+    payload: dict[str, Any], client: PeerlyClient, *, first_attempt_at: datetime.datetime | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """Drive upload_list as the runtime does: (result, progress events, handler calls)."""
+    progress: list[dict[str, Any]] = []
+    outcome = await upload_list(payload, make_ctx(client, first_attempt_at=first_attempt_at))
+    calls = 1
+    while isinstance(outcome, Continue):
+        assert calls < 100, "upload_list never finished"
+        if outcome.progress is not None:
+            progress.append(outcome.progress)
+        await asyncio.sleep(min(outcome.after_seconds, 0.1))
+        outcome = await upload_list(
+            payload, make_ctx(client, state=copy.deepcopy(outcome.state), first_attempt_at=first_attempt_at)
+        )
+        calls += 1
+    return outcome, progress, calls
+
+
+def test_commands_are_registered_with_their_safety() -> None:
+    """The five Peerly commands are registered; only check_list_status and assign_list are safe to repeat."""
+    specs = {t: registry.commands[t] for t in registry.types_of("peerly")}
+    assert {t: s.safe_to_repeat for t, s in specs.items()} == {
+        "upload_list": False,
+        "check_list_status": True,
+        "create_job": False,
+        "assign_list": True,
+        "create_media": False,
+    }
+    assert registry.vendors["peerly"].start_sandbox is not None
+
+
+async def test_create_job(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """create_job sends the document's JSON and returns the job id; the simulator has the job."""
+    result = await create_job(copy.deepcopy(JOB_EXAMPLE) | {"account_id": "12345678"}, make_ctx(client))
+    assert result["job_id"] in sim.jobs
+    assert result["name"] == "01 Job Example" and result["template_count"] == 2
+    sent = sim.jobs[result["job_id"]].body
+    assert sent["did_state"] == "FL" and sent["templates"][0]["advanced"]["media"]["media_type"] == "VIDEO"
+    assert len(sim.effects("job_created")) == 1
+
+
+async def test_create_job_uses_account_setting(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """Without account_id in the payload, the account's default id is sent."""
+    payload = {k: v for k, v in copy.deepcopy(JOB_EXAMPLE).items() if k != "account_id"}
+    result = await create_job(payload, make_ctx(client))
+    assert sim.jobs[result["job_id"]].account_id == "12345678"
+
+
+async def test_missing_account_id_is_invalid_payload(make_client: ClientFactory) -> None:
+    """No account_id in the payload and none configured: InvalidPayload at /payload/account_id."""
+    client = make_client(account_id=None)
+    payload = {k: v for k, v in copy.deepcopy(JOB_EXAMPLE).items() if k != "account_id"}
+    with pytest.raises(InvalidPayload) as caught:
+        await create_job(payload, make_ctx(client))
+    assert caught.value.path == "/payload/account_id"
+
+
+async def test_create_job_refused_carries_vendor_text(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """A 400 from Peerly becomes VendorRejected with Peerly's own message."""
+    with pytest.raises(VendorRejected) as caught:
+        await create_job(copy.deepcopy(JOB_EXAMPLE) | {"account_id": "99999999"}, make_ctx(client))
+    assert caught.value.details["http_status"] == 400
+    assert "access to this account" in caught.value.details["vendor_error"]
+    assert sim.effects("job_created") == []
+
+
+async def test_assign_list(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """assign_list appends an ACTIVE list to a job and returns its phone_lists."""
+    job_id, list_id = sim.add_job(), sim.add_active_list()
+    result = await assign_list({"job_id": job_id, "list_id": list_id}, make_ctx(client))
+    assert result == {"job_id": job_id, "list_id": list_id, "phone_lists": [list_id], "list_in_job": True}
+    assert sim.job_lists(job_id) == [list_id]
+
+
+async def test_assign_list_unknown_job_is_rejected(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """Assigning to a job Peerly does not know is VendorRejected with its text (from the Error key)."""
+    with pytest.raises(VendorRejected) as caught:
+        await assign_list({"job_id": "nope", "list_id": sim.add_active_list()}, make_ctx(client))
+    assert caught.value.details["vendor_error"] == "Job not found"
+
+
+async def test_check_list_status(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """check_list_status reports the list's state and, once ACTIVE, its list_id."""
+    list_id = sim.add_active_list()
+    token = next(t for t, e in sim.lists.items() if e.list_id == list_id)
+    result = await check_list_status({"list_status_token": token}, make_ctx(client))
+    assert result == {"list_status_token": token, "list_state": "ACTIVE", "list_id": list_id, "active": True}
+
+
+async def test_check_list_status_pending(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """A list still processing has no list_id and is not active."""
+    sim.list_active_after = 60
+    outcome = await upload_list(copy.deepcopy(P2P_UPLOAD), make_ctx(client))
+    assert isinstance(outcome, Continue)
+    result = await check_list_status({"list_status_token": outcome.state["list_status_token"]}, make_ctx(client))
+    assert result["list_state"] == "PENDING" and result["list_id"] is None and result["active"] is False
+
+
+async def test_upload_followed_to_active_and_assigned(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """upload_list uploads once, polls to ACTIVE, assigns each job once, and the jobs show the list."""
+    jobs = [sim.add_job("A"), sim.add_job("B")]
+    result, progress, calls = await run_upload({**copy.deepcopy(P2P_UPLOAD), "assign_to_jobs": jobs}, client)
+    assert result["list_state"] == "ACTIVE" and result["assigned_jobs"] == jobs
+    for job in jobs:
+        assert sim.job_lists(job) == [result["list_id"]]
+    assert len(sim.effects("list_uploaded")) == 1
+    assert len(sim.effects("list_assigned")) == 2
+    assert sim.repeated_effects() == {}
+    states = [p["list_state"] for p in progress]
+    assert states[0] == "PENDING" and len(states) == len(set(states)), states
+    assert calls >= 3
+
+
+async def test_upload_sends_the_documented_form(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """The upload is multipart with account, flags as 0/1/4, a list_map and a text/csv file of 10-digit phones."""
+    await upload_list(copy.deepcopy(P2P_UPLOAD), make_ctx(client))
+    request = next(r for r in sim.requests if r.path == "/api/phonelists")
+    assert request.content_type == "multipart/form-data"
+    form = sim.effects("list_uploaded")[0].data["form"]
+    assert form["account"] == "12345678" and form["suppress_cell_phones"] == "4"
+    assert form["list_map"] == '{"lead_phone":1,"first_name":2}'
+    assert b'filename="phone_list.csv"' in request.body and b"Content-Type: text/csv" in request.body
+    assert b"2025550143,Ada" in request.body and b"3125550187,Grace" in request.body
+
+
+async def test_upload_reports_invalid_rows(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """Rows with invalid phones are not sent and are reported by index in progress and result."""
+    payload = copy.deepcopy(P2P_UPLOAD)
+    payload["rows"].insert(1, {"lead_phone": "12"})
+    result, progress, _ = await run_upload(payload, client)
+    expected = {"count": 1, "indexes": [1], "indexes_truncated": False}
+    assert progress[0]["invalid_rows"] == expected and result["invalid_rows"] == expected
+    assert result["rows_sent"] == 2
+    assert sim.effects("list_uploaded")[0].data["rows"] == 2
+
+
+async def test_upload_publishes_progress_only_on_change(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """Polls that see the same list_state again publish no progress."""
+    sim.list_active_after = 60
+    first = await upload_list(copy.deepcopy(P2P_UPLOAD), make_ctx(client))
+    assert isinstance(first, Continue) and first.progress is not None
+    second = await upload_list(copy.deepcopy(P2P_UPLOAD), make_ctx(client, state=first.state))
+    assert isinstance(second, Continue) and second.progress is None
+    assert len(sim.effects("list_uploaded")) == 1
+
+
+async def test_upload_deadline(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """A list not ACTIVE by list_deadline_seconds after the first attempt fails with list_processing_timeout."""
+    payload = {**copy.deepcopy(P2P_UPLOAD), "list_name": "NEVER-ACTIVE list"}
+    first = await upload_list(payload, make_ctx(client))
+    assert isinstance(first, Continue)
+    long_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=7)
+    with pytest.raises(PermanentError) as caught:
+        await upload_list(payload, make_ctx(client, state=first.state, first_attempt_at=long_ago))
+    assert caught.value.code == "list_processing_timeout"
+
+
+async def test_upload_failed_list_state(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """A list Peerly ends in ERROR fails the command with list_processing_failed."""
+    with pytest.raises(PermanentError) as caught:
+        await run_upload({**copy.deepcopy(P2P_UPLOAD), "list_name": "FAIL-list"}, client)
+    assert caught.value.code == "list_processing_failed"
+
+
+async def test_upload_assignment_failure_names_what_was_done(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """If assigning to a job fails, the error says the list_id, the jobs done and the job that failed."""
+    good = sim.add_job()
+    with pytest.raises(VendorRejected) as caught:
+        await run_upload({**copy.deepcopy(P2P_UPLOAD), "assign_to_jobs": [good, "missing-job"]}, client)
+    assert caught.value.details["assigned_jobs"] == [good]
+    assert caught.value.details["failed_job"] == "missing-job"
+    assert isinstance(caught.value.details["list_id"], int)
+
+
+async def test_upload_continuation_never_uploads_again(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """Repeating a continuation step (same state) polls or assigns again but never re-uploads."""
+    job = sim.add_job()
+    payload = {**copy.deepcopy(P2P_UPLOAD), "assign_to_jobs": [job]}
+    first = await upload_list(payload, make_ctx(client))
+    assert isinstance(first, Continue)
+    await asyncio.sleep(sim.list_active_after)
+    done_state = None
+    for _ in range(2):
+        result = await upload_list(payload, make_ctx(client, state=copy.deepcopy(first.state)))
+        assert isinstance(result, dict)
+        done_state = result
+    assert len(sim.effects("list_uploaded")) == 1
+    assert done_state is not None and done_state["assigned_jobs"] == [job]
+
+
+async def test_upload_from_file_path(sim: PeerlySimulator, make_client: ClientFactory, tmp_path: Path) -> None:
+    """A file under upload_dir is sent as it is, with the payload's list_map."""
+    (tmp_path / "may.csv").write_bytes(b"name,phone\r\nAda,2025550143\r\n")
+    client = make_client(upload_dir=str(tmp_path))
+    payload = {k: v for k, v in copy.deepcopy(P2P_UPLOAD).items() if k != "rows"}
+    payload |= {"file": {"path": "may.csv"}, "list_map": {"first_name": 1, "lead_phone": 2}}
+    result, _, _ = await run_upload(payload, client)
+    assert result["list_state"] == "ACTIVE" and result["rows_sent"] is None
+    assert b"Ada,2025550143" in next(r for r in sim.requests if r.path == "/api/phonelists").body
+
+
+async def test_upload_zip_from_file_path(sim: PeerlySimulator, make_client: ClientFactory, tmp_path: Path) -> None:
+    """A .zip of .csv files is sent as application/zip and accepted."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("a.csv", "lead_phone\r\n2025550143\r\n")
+    (tmp_path / "lists.zip").write_bytes(buffer.getvalue())
+    client = make_client(upload_dir=str(tmp_path))
+    payload = {k: v for k, v in copy.deepcopy(P2P_UPLOAD).items() if k != "rows"} | {"file": {"path": "lists.zip"}}
+    await upload_list(payload, make_ctx(client))
+    assert sim.effects("list_uploaded")[0].data["rows"] == 1
+
+
+async def test_file_over_100_mib_refused_before_sending(
+    sim: PeerlySimulator, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A file over 104,857,600 bytes is refused (file_too_large) and nothing reaches Peerly."""
+    big = tmp_path / "big.csv"
+    with big.open("wb") as handle:
+        handle.truncate(MAX_UPLOAD_BYTES + 1)
+    client = make_client(upload_dir=str(tmp_path))
+    payload = {k: v for k, v in copy.deepcopy(P2P_UPLOAD).items() if k != "rows"} | {"file": {"path": "big.csv"}}
+    with pytest.raises(InvalidPayload) as caught:
+        await upload_list(payload, make_ctx(client))
+    assert caught.value.code == "file_too_large"
+    assert [r for r in sim.requests if r.path != "/api/token-auth"] == []
+
+
+async def test_file_url_not_on_allowlist_refused(sim: PeerlySimulator, make_client: ClientFactory) -> None:
+    """A file URL off the allow-list is InvalidPayload at /payload/file/url, and nothing is fetched or sent."""
+    client = make_client(upload_url_allowlist="files.example.org")
+    payload = {k: v for k, v in copy.deepcopy(P2P_UPLOAD).items() if k != "rows"}
+    payload["file"] = {"url": "https://elsewhere.example.com/a.csv"}
+    with pytest.raises(InvalidPayload) as caught:
+        await upload_list(payload, make_ctx(client))
+    assert caught.value.path == "/payload/file/url"
+    assert sim.requests == []
+
+
+async def test_upload_refused_by_peerly_when_check_is_bypassed(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """The simulator itself enforces the table: a payload missing opt_in (not P2P) gets Peerly's 400."""
+    payload = {**copy.deepcopy(P2P_UPLOAD), "suppress_cell_phones": 1}
+    with pytest.raises(VendorRejected) as caught:
+        await upload_list(payload, make_ctx(client))
+    assert "opt_in" in caught.value.details["vendor_error"]
+    assert sim.effects("list_uploaded") == []
+
+
+async def test_create_media(sim: PeerlySimulator, make_client: ClientFactory, tmp_path: Path) -> None:
+    """create_media uploads the file as multipart initial_file_upload and returns the media id."""
+    (tmp_path / "rally.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    client = make_client(upload_dir=str(tmp_path))
+    result = await create_media({"title": "Rally", "file": {"path": "rally.mp4"}}, make_ctx(client))
+    assert result["media_id"] in sim.media and result["media_type"] == "VIDEO"
+    assert result["status"] != "ERROR"
+    request = next(r for r in sim.requests if r.path == "/api/v2/media")
+    assert request.content_type == "multipart/form-data"
+    assert b'name="identity_id"\r\n\r\n12345678' in request.body
+
+
+async def test_create_media_201_error_is_failure(sim: PeerlySimulator, make_client: ClientFactory, tmp_path: Path) -> None:
+    """A 201 with status ERROR is a failure carrying Peerly's error text."""
+    (tmp_path / "clip.mp4").write_bytes(b"\x00")
+    client = make_client(upload_dir=str(tmp_path))
+    with pytest.raises(VendorRejected) as caught:
+        await create_media({"title": "corrupt clip", "file": {"path": "clip.mp4"}}, make_ctx(client))
+    assert caught.value.code == "media_processing_failed"
+    assert "process this media" in caught.value.details["vendor_error"]
+
+
+async def test_bad_response_shape_is_invalid_vendor_response(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """A 2xx whose body lacks the documented fields is invalid_vendor_response, not success."""
+
+    async def no_data(request: Any) -> Any:
+        from aiohttp import web
+
+        return web.json_response({"ok": True})
+
+    sim.app.router._frozen = False
+    sim.app.router.add_get("/api/phonelists/shape/checkstatus", no_data)
+    with pytest.raises(PermanentError) as caught:
+        await check_list_status({"list_status_token": "shape"}, make_ctx(client))
+    assert caught.value.code == "invalid_vendor_response"
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "code"),
+    [
+        (Fault(kind="status", status=429, retry_after=7), RateLimited, "rate_limited"),
+        (Fault(kind="status", status=503), VendorUnavailable, "vendor_unavailable"),
+        (Fault(kind="status", status=500), VendorUnavailable, "vendor_server_error"),
+        (Fault(kind="drop"), VendorUnavailable, "vendor_connection_lost"),
+        (Fault(kind="slow", delay=2.0), VendorUnavailable, "vendor_timeout"),
+    ],
+)
+async def test_transport_faults_are_transient(
+    sim: PeerlySimulator, make_client: ClientFactory, fault: Fault, error: type[Exception], code: str
+) -> None:
+    """429 (with Retry-After), 5xx, dropped and slow answers come out as retryable errors."""
+    client = make_client(timeout=0.5)
+    job_id, list_id = sim.add_job(), sim.add_active_list()
+    fault.path_prefix = "/api/1to1"
+    sim.add_fault(fault)
+    with pytest.raises(error) as caught:
+        await assign_list({"job_id": job_id, "list_id": list_id}, make_ctx(client))
+    assert getattr(caught.value, "code", None) == code
+    if isinstance(caught.value, RateLimited):
+        assert caught.value.retry_after == 7

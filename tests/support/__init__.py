@@ -1,0 +1,1 @@
+"""Test helpers shipped with the project: a publisher, an event tap, a worker process."""

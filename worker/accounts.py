@@ -1,0 +1,107 @@
+"""Vendor accounts at start-up: validate them, start sandboxes, build clients.
+
+A vendor with no account configured is not consumed (its commands wait in
+its queue for a worker that has one), unless ``SWITCHBOARD_SANDBOX`` is on:
+then the vendor's built-in simulator is started and used. Sandboxes never
+start on their own, so a production worker with a missing secret fails
+loudly instead of texting into a simulator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+from pydantic import BaseModel
+
+from worker.config import Account, ConfigError, Settings, build_account, raw_accounts
+from worker.logging import get_logger
+from worker.ratelimit import RedisRateLimiter, TokenBucket
+from worker.registry import Registry
+from worker.vendor_http import Limiter, VendorHTTP
+
+log = get_logger("switchboard.accounts")
+
+
+@dataclass
+class Accounts:
+    """Accounts by (vendor, alias), and the vendors to consume."""
+
+    accounts: dict[tuple[str, str], Account]
+    vendors: list[str]
+    sandboxes: dict[str, str] = field(default_factory=dict)
+    """vendor -> base URL of a running sandbox"""
+    _stops: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def settings_of(self, vendor: str) -> dict[str, BaseModel]:
+        return {alias: account.settings for (v, alias), account in self.accounts.items() if v == vendor}
+
+    async def stop_sandboxes(self) -> None:
+        for stop in self._stops:
+            await stop()
+
+
+async def resolve(settings: Settings, registry: Registry) -> Accounts:
+    """Read every account; start sandboxes where asked and needed."""
+    raw = raw_accounts(settings, registry)
+    wanted = settings.vendor_names()
+    unknown = (wanted or set()) - set(registry.vendors)
+    if unknown:
+        raise ConfigError([f"SWITCHBOARD_VENDORS: unknown vendor(s) {', '.join(sorted(unknown))}"])
+    result = Accounts({}, [])
+    for vendor, spec in sorted(registry.vendors.items()):
+        if wanted is not None and vendor not in wanted:
+            continue
+        by_alias = raw[vendor]
+        default = by_alias.get("default", {})
+        if settings.sandbox and spec.start_sandbox is not None and not _complete(vendor, default, registry, settings):
+            sandbox = await spec.start_sandbox()
+            result._stops.append(sandbox.stop)
+            by_alias["default"] = {**sandbox.account, **{k: v for k, v in default.items() if v not in ("", None)}}
+            result.sandboxes[vendor] = str(sandbox.account.get("base_url", ""))
+            log.warning("vendor sandbox started: commands go to a simulator, not the vendor", vendor=vendor, url=result.sandboxes[vendor])
+        if not by_alias:
+            if wanted is not None:
+                raise ConfigError([f"SWITCHBOARD_VENDORS names {vendor}, but no {vendor} account is configured"])
+            log.warning("no account configured; not consuming this vendor's queue", vendor=vendor)
+            continue
+        for alias, values in sorted(by_alias.items()):
+            result.accounts[(vendor, alias)] = build_account(vendor, alias, values, registry, settings)
+        result.vendors.append(vendor)
+    return result
+
+
+def _complete(vendor: str, values: dict[str, Any], registry: Registry, settings: Settings) -> bool:
+    if not values:
+        return False
+    try:
+        build_account(vendor, "default", values, registry, settings)
+    except ConfigError:
+        return False
+    return True
+
+
+def build_clients(
+    accounts: Accounts,
+    registry: Registry,
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    redis_client: aioredis.Redis | None,
+) -> dict[tuple[str, str], Any]:
+    """One client per account, each on the shared session with its own limiter."""
+    clients: dict[tuple[str, str], Any] = {}
+    for (vendor, alias), account in accounts.accounts.items():
+        limiter: Limiter | None = None
+        if account.rate_limit_per_second > 0:
+            limiter = (
+                RedisRateLimiter(redis_client, f"{vendor}:{alias}", account.rate_limit_per_second)
+                if redis_client is not None
+                else TokenBucket(account.rate_limit_per_second)
+            )
+        base_url = str(getattr(account.settings, "base_url"))
+        http = VendorHTTP(vendor, session, base_url, timeout=settings.vendor_timeout_seconds, limiter=limiter)
+        clients[(vendor, alias)] = registry.vendors[vendor].make_client(account.settings, http)
+    return clients

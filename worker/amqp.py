@@ -1,0 +1,271 @@
+"""A thin awaitable layer over pika's asyncio adapter.
+
+pika's ``AsyncioConnection`` is callback-based; the runtime wants ``await``.
+This module turns each RPC (declare, bind, qos, consume, cancel) into a
+future, and tracks publisher confirms by delivery tag so that
+:meth:`Channel.publish` returns a future that resolves when the broker has
+taken responsibility for the message (or raises when it has not).
+
+Nothing here knows about commands, vendors or events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import pika
+import pika.channel
+import pika.frame
+import pika.spec
+from pika.adapters.asyncio_connection import AsyncioConnection
+
+OnMessage = Callable[[pika.channel.Channel, pika.spec.Basic.Deliver, pika.spec.BasicProperties, bytes], None]
+
+
+class AMQPError(Exception):
+    """The broker connection or channel failed."""
+
+
+class ConnectionLost(AMQPError):
+    """The connection or channel closed while an operation was pending."""
+
+
+class PublishNacked(AMQPError):
+    """The broker refused responsibility for a published message."""
+
+
+class Connection:
+    """One AMQP connection; ``on_lost`` is called once if it closes unasked."""
+
+    def __init__(self, raw: AsyncioConnection) -> None:
+        self.raw = raw
+        self.on_lost: Callable[[BaseException], None] | None = None
+        self._closing = False
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    async def connect(cls, url: str, *, name: str = "switchboard") -> Connection:
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[AsyncioConnection] = loop.create_future()
+        params = pika.URLParameters(url)
+        params.client_properties = {"connection_name": name}
+        holder: list[Connection] = []
+
+        def on_open(conn: AsyncioConnection) -> None:
+            if not opened.done():
+                opened.set_result(conn)
+
+        def on_open_error(conn: AsyncioConnection, err: BaseException | str) -> None:
+            if not opened.done():
+                opened.set_exception(ConnectionLost(f"cannot connect to broker: {err}"))
+
+        def on_close(conn: AsyncioConnection, reason: BaseException) -> None:
+            if holder:
+                holder[0]._lost(reason)
+
+        raw = AsyncioConnection(
+            params,
+            on_open_callback=on_open,
+            on_open_error_callback=on_open_error,
+            on_close_callback=on_close,
+            custom_ioloop=loop,
+        )
+        try:
+            await opened
+        except BaseException:
+            if raw.is_open or raw.is_opening:
+                raw.close()
+            raise
+        connection = cls(raw)
+        holder.append(connection)
+        return connection
+
+    def _lost(self, reason: BaseException) -> None:
+        if not self._closed.done():
+            self._closed.set_result(None)
+        if not self._closing and self.on_lost is not None:
+            self.on_lost(reason)
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self.raw.is_open)
+
+    async def channel(self) -> Channel:
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[pika.channel.Channel] = loop.create_future()
+        self.raw.channel(on_open_callback=lambda ch: opened.done() or opened.set_result(ch))
+        return Channel(await asyncio.wait_for(opened, 30))
+
+    async def close(self) -> None:
+        self._closing = True
+        if self.raw.is_open:
+            self.raw.close()
+        if not self._closed.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._closed), 10)
+            except asyncio.TimeoutError:
+                pass
+
+
+class Channel:
+    """A channel with awaitable RPCs and publisher confirms."""
+
+    def __init__(self, raw: pika.channel.Channel) -> None:
+        self.raw = raw
+        self._loop = asyncio.get_running_loop()
+        self._pending: OrderedDict[int, asyncio.Future[None]] = OrderedDict()
+        self._next_tag = 0
+        self._confirming = False
+        self._rpcs: set[asyncio.Future[Any]] = set()
+        self.closed_reason: BaseException | None = None
+        raw.add_on_close_callback(self._on_close)
+
+    # -- RPCs -------------------------------------------------------------
+    def _rpc(self) -> tuple[asyncio.Future[Any], Callable[[Any], None]]:
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._rpcs.add(future)
+
+        def done(frame: Any) -> None:
+            self._rpcs.discard(future)
+            if not future.done():
+                future.set_result(frame)
+
+        return future, done
+
+    async def _wait(self, future: asyncio.Future[Any]) -> Any:
+        if self.closed_reason is not None:
+            raise ConnectionLost(str(self.closed_reason))
+        return await future
+
+    async def exchange_declare(self, name: str, kind: str, *, durable: bool = True, arguments: dict[str, Any] | None = None) -> None:
+        future, done = self._rpc()
+        self.raw.exchange_declare(name, kind, durable=durable, arguments=arguments, callback=done)
+        await self._wait(future)
+
+    async def queue_declare(
+        self,
+        name: str,
+        *,
+        durable: bool = True,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        passive: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> pika.frame.Method:
+        future, done = self._rpc()
+        self.raw.queue_declare(
+            name,
+            passive=passive,
+            durable=durable,
+            exclusive=exclusive,
+            auto_delete=auto_delete,
+            arguments=arguments,
+            callback=done,
+        )
+        frame: pika.frame.Method = await self._wait(future)
+        return frame
+
+    async def queue_bind(self, queue: str, exchange: str, routing_key: str = "", arguments: dict[str, Any] | None = None) -> None:
+        future, done = self._rpc()
+        self.raw.queue_bind(queue, exchange, routing_key=routing_key, arguments=arguments, callback=done)
+        await self._wait(future)
+
+    async def qos(self, prefetch_count: int) -> None:
+        future, done = self._rpc()
+        self.raw.basic_qos(prefetch_count=prefetch_count, callback=done)
+        await self._wait(future)
+
+    async def consume(self, queue: str, on_message: OnMessage) -> str:
+        future, done = self._rpc()
+        tag: str = self.raw.basic_consume(queue, on_message, auto_ack=False, callback=done)
+        await self._wait(future)
+        return tag
+
+    async def cancel(self, consumer_tag: str) -> None:
+        if not self.raw.is_open:
+            return
+        future, done = self._rpc()
+        self.raw.basic_cancel(consumer_tag, callback=done)
+        await self._wait(future)
+
+    def ack(self, delivery_tag: int) -> bool:
+        """Ack if the channel that delivered the message is still open."""
+        if not self.raw.is_open:
+            return False
+        self.raw.basic_ack(delivery_tag)
+        return True
+
+    def nack(self, delivery_tag: int, *, requeue: bool) -> bool:
+        if not self.raw.is_open:
+            return False
+        self.raw.basic_nack(delivery_tag, requeue=requeue)
+        return True
+
+    async def close(self) -> None:
+        if self.raw.is_open:
+            self.raw.close()
+
+    # -- publishing with confirms -------------------------------------------
+    async def enable_confirms(self) -> None:
+        future, done = self._rpc()
+        self.raw.confirm_delivery(self._on_confirm, callback=done)
+        await self._wait(future)
+        self._confirming = True
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: pika.BasicProperties,
+    ) -> asyncio.Future[None]:
+        """Publish; the future resolves when the broker confirms it."""
+        future: asyncio.Future[None] = self._loop.create_future()
+        if self.closed_reason is not None or not self.raw.is_open:
+            future.set_exception(ConnectionLost("channel is closed"))
+            return future
+        self.raw.basic_publish(exchange, routing_key, body, properties)
+        if self._confirming:
+            self._next_tag += 1
+            self._pending[self._next_tag] = future
+        else:
+            future.set_result(None)
+        return future
+
+    def _on_confirm(self, frame: pika.frame.Method) -> None:
+        method = frame.method
+        tag: int = method.delivery_tag
+        nacked = isinstance(method, pika.spec.Basic.Nack)
+        if method.multiple:
+            while self._pending:
+                first = next(iter(self._pending))
+                if first > tag:
+                    break
+                self._settle(self._pending.pop(first), nacked)
+        else:
+            pending = self._pending.pop(tag, None)
+            if pending is not None:
+                self._settle(pending, nacked)
+
+    @staticmethod
+    def _settle(future: asyncio.Future[None], nacked: bool) -> None:
+        if future.done():
+            return
+        if nacked:
+            future.set_exception(PublishNacked("broker nacked the message"))
+        else:
+            future.set_result(None)
+
+    def _on_close(self, channel: pika.channel.Channel, reason: BaseException) -> None:
+        self.closed_reason = reason
+        for rpc in self._rpcs:
+            if not rpc.done():
+                rpc.set_exception(ConnectionLost(f"channel closed: {reason}"))
+        self._rpcs.clear()
+        while self._pending:
+            _, future = self._pending.popitem(last=False)
+            if not future.done():
+                future.set_exception(ConnectionLost(f"channel closed: {reason}"))

@@ -1,0 +1,480 @@
+"""One message in, one outcome out: decode, claim, run, record, publish, ack.
+
+The order of the last steps is what makes the guarantees hold:
+
+1. the terminal event is stored in the idempotency store (the first stored
+   event wins; a redelivered copy republishes it instead of running again),
+2. it is published (and copied to ``switchboard.dead`` when it failed or was
+   rejected) and the broker confirms,
+3. only then is the command acked.
+
+A crash between any two steps leaves the command unacked; its redelivery
+finds the record and does not call the vendor twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pika.spec
+import structlog
+
+from worker import events
+from worker.amqp import AMQPError, Channel
+from worker.breaker import CircuitBreaker
+from worker.envelope import Command, Rejection, decode
+from worker.errors import (
+    CommandRejected,
+    InvalidPayload,
+    OutcomeUnknown,
+    PermanentError,
+    RateLimited,
+    SwitchboardError,
+    TransientError,
+    VendorUnavailable,
+)
+from worker.metrics import (
+    COMMAND_ERRORS,
+    COMMANDS_FINISHED,
+    COMMANDS_RECEIVED,
+    DEAD_LETTERS,
+    DEFERRALS,
+    DUPLICATES,
+    HANDLER_DURATION,
+    PROGRESS_EVENTS,
+    RETRIES,
+)
+from worker.outbox import H_ATTEMPT, H_FIRST_SEEN, H_NOT_BEFORE, H_REASON, Outbox
+from worker.registry import CommandContext, CommandSpec, Continue, Registry
+from worker.retry import Retry, RetryPolicy, decide
+from worker.store import ClaimStatus, Stores
+from worker.validation import Validators
+
+log = structlog.get_logger("switchboard.dispatcher")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A message as the consumer got it; ``channel`` is where to ack it."""
+
+    channel: Channel
+    delivery_tag: int
+    routing_key: str
+    properties: pika.spec.BasicProperties
+    body: bytes
+
+    @property
+    def redeliveries(self) -> int:
+        """Times the broker delivered it before (quorum queues count them)."""
+        count = (self.properties.headers or {}).get("x-delivery-count", 0)
+        return int(count) if isinstance(count, int | str) and str(count).isdigit() else 0
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    max_message_bytes: int
+    lease_seconds: float
+    handler_timeout_seconds: float
+    defer_seconds: float
+    poison_redeliveries: int
+    policy: RetryPolicy
+
+
+@dataclass
+class _Run:
+    """A command being processed: what the outcome needs to be recorded."""
+
+    command: Command
+    spec: CommandSpec
+    fingerprint: str
+    started: float
+    attempts: int = 0
+
+
+def fingerprint(command_type: str, payload: dict[str, Any]) -> str:
+    return hashlib.sha256(command_type.encode() + b"\0" + orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        registry: Registry,
+        clients: Mapping[tuple[str, str], Any],
+        stores: Stores,
+        outbox: Outbox,
+        breakers: Mapping[str, CircuitBreaker],
+        settings: DispatchSettings,
+    ) -> None:
+        self.registry = registry
+        self.clients = clients
+        self.stores = stores
+        self.outbox = outbox
+        self.breakers = breakers
+        self.settings = settings
+        self.validators = Validators(list(registry.commands), {t: s.schema for t, s in registry.commands.items()})
+        self.rng = random.Random()
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Process one delivery to its end; never raises for bad input."""
+        structlog.contextvars.clear_contextvars()
+        try:
+            await self._handle(delivery)
+        except AMQPError as exc:
+            # Not acked: the broker redelivers it, and the store says what already happened.
+            log.warning("broker lost while settling; the command will be redelivered", error=str(exc))
+        except Exception:
+            # A bug, not bad input: give it back; the queue's delivery limit
+            # dead-letters it if it keeps failing, instead of it staying unacked.
+            log.exception("unexpected error while settling a command; returning it to the queue")
+            delivery.channel.nack(delivery.delivery_tag, requeue=True)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        started = time.monotonic()
+        decoded = decode(
+            delivery.body, delivery.properties, delivery.routing_key, self.validators, max_bytes=self.settings.max_message_bytes
+        )
+        if isinstance(decoded, Rejection):
+            COMMANDS_RECEIVED.labels(decoded.type).inc()
+            await self._reject(delivery, decoded, started)
+            return
+        command = decoded
+        COMMANDS_RECEIVED.labels(command.type).inc()
+        spec = self.registry.commands[command.type]
+        structlog.contextvars.bind_contextvars(command_id=command.id, type=command.type, vendor=spec.vendor, account=command.account)
+        rejection = self._check(command, spec)
+        if rejection is not None:
+            await self._reject(delivery, rejection, started)
+            return
+        not_before = command.headers.get(H_NOT_BEFORE)
+        if isinstance(not_before, int) and not_before / 1000 - time.time() > 0.5:
+            await self._defer(delivery, command, not_before / 1000 - time.time(), "waiting")
+            return
+        run = _Run(command, spec, fingerprint(command.type, command.payload), started)
+        await self._claim_and_run(delivery, run)
+
+    def _check(self, command: Command, spec: CommandSpec) -> Rejection | None:
+        """Account, payload schema and the handler's own rules."""
+        readable = {"command_id": command.id, "type": command.type, "account": command.account, "meta": command.meta}
+        if (spec.vendor, command.account) not in self.clients:
+            error = CommandRejected(
+                f"account {command.account!r} is not configured for {spec.vendor}", code="unknown_account", details={"path": "/account"}
+            )
+            return Rejection(error, **readable)
+        try:
+            self.validators.payloads[command.type].validate(command.payload)
+            if spec.check is not None:
+                command.payload = spec.check(command.payload)
+        except InvalidPayload as exc:
+            return Rejection(exc, **readable)
+        return None
+
+    async def _claim_and_run(self, delivery: Delivery, run: _Run) -> None:
+        command, spec = run.command, run.spec
+        now = time.time()
+        store = self.stores.idempotency
+        claim = await store.claim(command.account, command.id, run.fingerprint, now, self.settings.lease_seconds)
+        if claim.status is ClaimStatus.CONFLICT:
+            error = CommandRejected(
+                "this id was already used for a different command (type or payload differ)",
+                code="idempotency_conflict",
+                details={"path": "/id"},
+            )
+            await self._reject(delivery, Rejection(error, command.id, command.type, command.account, command.meta), run.started)
+            return
+        if claim.status is ClaimStatus.DONE:
+            assert claim.event is not None
+            DUPLICATES.labels(command.type).inc()
+            await self._publish_stored(delivery, command, claim.event)
+            return
+        if claim.status is ClaimStatus.BUSY:
+            wait = min(self.settings.defer_seconds, max(1.0, (claim.lease_until or now) - now))
+            await self._defer(delivery, command, wait, "claimed_elsewhere")
+            return
+        if claim.status is ClaimStatus.EXPIRED:
+            continuation = claim.state is not None
+            if not (spec.safe_to_repeat or continuation or spec.reconcile):
+                await self._finish(delivery, run, self._outcome_unknown(claim.attempt_started_at), attempts=claim.attempts)
+                return
+            assert claim.lease_until is not None
+            claim = await store.take_over(command.account, command.id, claim.lease_until, now, self.settings.lease_seconds)
+            if claim.status is not ClaimStatus.ACQUIRED:
+                await self._defer(delivery, command, self.settings.defer_seconds, "claimed_elsewhere")
+                return
+            if not (spec.safe_to_repeat or continuation):
+                run.attempts = claim.attempts
+                await self._reconcile_then_run(delivery, run, claim.first_attempt_at or now, claim.state)
+                return
+        run.attempts = claim.attempts
+        await self._run(delivery, run, claim.first_attempt_at or now, claim.state)
+
+    @staticmethod
+    def _outcome_unknown(attempt_started_at: float | None) -> OutcomeUnknown:
+        when = events.utc_iso(attempt_started_at) if attempt_started_at else "unknown"
+        return OutcomeUnknown(
+            f"an earlier attempt started at {when} did not finish (the worker stopped mid-call); "
+            "the vendor may or may not have acted, so it was not repeated",
+            details={"previous_attempt_started_at": when},
+        )
+
+    async def _reconcile_then_run(self, delivery: Delivery, run: _Run, first_at: float, state: dict[str, Any] | None) -> None:
+        """Unsafe command after a crash: ask the vendor before doing it again."""
+        assert run.spec.reconcile is not None
+        ctx = self._context(run, first_at, state)
+        try:
+            found = await asyncio.wait_for(run.spec.reconcile(run.command.payload, ctx), self.settings.handler_timeout_seconds)
+        except (SwitchboardError, asyncio.TimeoutError):
+            await self._finish(delivery, run, self._outcome_unknown(None), attempts=run.attempts)
+            return
+        if found is not None:
+            await self._finish(delivery, run, found, attempts=run.attempts)
+            return
+        await self._run(delivery, run, first_at, state)
+
+    def _context(self, run: _Run, first_at: float, state: dict[str, Any] | None) -> CommandContext[Any]:
+        command = run.command
+        return CommandContext(
+            command_id=command.id,
+            type=command.type,
+            account=command.account,
+            attempt=run.attempts,
+            meta=command.meta,
+            client=self.clients[(run.spec.vendor, command.account)],
+            log=structlog.get_logger(f"switchboard.handlers.{run.spec.vendor}"),
+            first_attempt_at=datetime.fromtimestamp(first_at, UTC),
+            suppressions=self.stores.suppressions,
+            state=state,
+        )
+
+    async def _run(self, delivery: Delivery, run: _Run, first_at: float, state: dict[str, Any] | None) -> None:
+        command, spec = run.command, run.spec
+        structlog.contextvars.bind_contextvars(attempt=run.attempts)
+        breaker = self.breakers.get(spec.vendor)
+        if breaker is not None and not breaker.allow():
+            await self.stores.idempotency.release(command.account, command.id, state, waiting=True)
+            await self._defer(delivery, command, max(1.0, breaker.remaining_cooldown()), "circuit_open")
+            return
+        if delivery.redeliveries >= self.settings.poison_redeliveries:
+            poison = PermanentError(
+                f"delivered {delivery.redeliveries} times without an outcome (workers stopped while running it)",
+                code="poison_message",
+            )
+            outcome: dict[str, Any] | Continue | SwitchboardError = (
+                poison if spec.safe_to_repeat or state is not None else self._outcome_unknown(None)
+            )
+            await self._finish(delivery, run, outcome, attempts=run.attempts)
+            return
+        ctx = self._context(run, first_at, state)
+        timer = time.perf_counter()
+        outcome = await self._call(spec, command.payload, ctx)
+        HANDLER_DURATION.labels(command.type).observe(time.perf_counter() - timer)
+        self._feed_breaker(breaker, outcome)
+        if isinstance(outcome, TransientError):
+            await self._after_transient(delivery, run, outcome, first_at, state)
+        elif isinstance(outcome, Continue):
+            await self._continue(delivery, run, outcome)
+        else:
+            await self._finish(delivery, run, outcome, attempts=run.attempts)
+
+    async def _call(self, spec: CommandSpec, payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any] | Continue | SwitchboardError:
+        try:
+            return await asyncio.wait_for(spec.handler(payload, ctx), self.settings.handler_timeout_seconds)
+        except SwitchboardError as exc:
+            return exc
+        except asyncio.TimeoutError:
+            return VendorUnavailable(
+                f"handler did not finish within {self.settings.handler_timeout_seconds}s",
+                code="handler_timeout",
+                maybe_applied=True,
+            )
+        except Exception as exc:
+            log.exception("handler raised an unexpected error")
+            return PermanentError(f"internal error in the handler: {exc.__class__.__name__}", code="internal_error")
+
+    @staticmethod
+    def _feed_breaker(breaker: CircuitBreaker | None, outcome: object) -> None:
+        if breaker is None:
+            return
+        if isinstance(outcome, VendorUnavailable | RateLimited):
+            breaker.record_failure()
+        elif not isinstance(outcome, TransientError):
+            breaker.record_success()
+
+    async def _after_transient(
+        self, delivery: Delivery, run: _Run, error: TransientError, first_at: float, state: dict[str, Any] | None
+    ) -> None:
+        command, spec = run.command, run.spec
+        policy = self.settings.policy
+        if spec.max_attempts or spec.max_age_seconds:
+            policy = RetryPolicy(
+                max_attempts=spec.max_attempts or policy.max_attempts,
+                max_age_seconds=spec.max_age_seconds or policy.max_age_seconds,
+                base_seconds=policy.base_seconds,
+                cap_seconds=policy.cap_seconds,
+            )
+        decision = decide(
+            error,
+            attempts=run.attempts,
+            age_seconds=time.time() - first_at,
+            safe_to_repeat=spec.safe_to_repeat or state is not None,
+            policy=policy,
+            rng=self.rng,
+        )
+        if isinstance(decision, Retry):
+            RETRIES.labels(command.type, error.code).inc()
+            log.info("transient error; retrying later", code=error.code, error=error.message, delay_seconds=round(decision.delay_seconds, 2))
+            await self.stores.idempotency.release(command.account, command.id, state)
+            await self._send_back(delivery, command, decision.delay_seconds, "retry", attempts=run.attempts)
+            return
+        await self._finish(delivery, run, decision, attempts=run.attempts)
+
+    async def _continue(self, delivery: Delivery, run: _Run, step: Continue) -> None:
+        command = run.command
+        await self.stores.idempotency.release(command.account, command.id, step.state, waiting=True)
+        if step.progress is not None:
+            event = events.build(
+                command_id=command.id,
+                type=command.type,
+                account=command.account,
+                status="progress",
+                attempts=run.attempts,
+                duration_ms=(time.monotonic() - run.started) * 1000,
+                meta=command.meta,
+                result=step.progress,
+            )
+            await self.outbox.event(
+                events.encode(event), routing_key=events.routing_key(event), event_id=event["event_id"], command_id=command.id
+            )
+            PROGRESS_EVENTS.labels(command.type, "progress").inc()
+        await self._send_back(delivery, command, step.after_seconds, "continuation", attempts=run.attempts)
+
+    async def _defer(self, delivery: Delivery, command: Command, seconds: float, reason: str) -> None:
+        """Back through a delay queue without counting an attempt."""
+        DEFERRALS.labels(command.type, reason).inc()
+        attempts = command.headers.get(H_ATTEMPT, 0)
+        await self._send_back(delivery, command, seconds, reason, attempts=attempts if isinstance(attempts, int) else 0)
+
+    async def _send_back(self, delivery: Delivery, command: Command, seconds: float, reason: str, *, attempts: int) -> None:
+        first_seen = command.headers.get(H_FIRST_SEEN, int(time.time() * 1000))
+        await self.outbox.delay(
+            delivery.body,
+            delivery.properties,
+            routing_key=command.type,
+            seconds=seconds,
+            headers={H_ATTEMPT: attempts, H_FIRST_SEEN: first_seen, H_REASON: reason},
+        )
+        delivery.channel.ack(delivery.delivery_tag)
+
+    # -- terminal outcomes ------------------------------------------------------
+    async def _finish(
+        self, delivery: Delivery, run: _Run, outcome: dict[str, Any] | SwitchboardError, *, attempts: int
+    ) -> None:
+        """Store, publish and ack the terminal event of a command we hold."""
+        command = run.command
+        if isinstance(outcome, SwitchboardError):
+            status = "rejected" if isinstance(outcome, CommandRejected) else "failed"
+            event = self._event(command.id, command.type, command.account, command.meta, status, attempts, run.started, error=outcome)
+        else:
+            event = self._event(command.id, command.type, command.account, command.meta, "succeeded", attempts, run.started, result=outcome)
+        body = events.encode(event)
+        stored = await self._store_outcome(command, run.fingerprint, body)
+        if stored is not body:
+            event = orjson.loads(stored)
+            body = stored
+        await self._publish_terminal(delivery, event, body, command.properties.reply_to)
+
+    async def _store_outcome(self, command: Command, fp: str, body: bytes) -> bytes:
+        """Store the terminal event, retrying briefly: the vendor already acted."""
+        for attempt in range(5):
+            try:
+                return await self.stores.idempotency.complete(command.account, command.id, fp, body, time.time())
+            except Exception:
+                if attempt == 4:
+                    raise
+                log.warning("store unavailable while recording an outcome; retrying", exc_info=True)
+                await asyncio.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _event(
+        self,
+        command_id: str | None,
+        command_type: str,
+        account: str,
+        meta: dict[str, Any],
+        status: str,
+        attempts: int,
+        started: float,
+        *,
+        result: dict[str, Any] | None = None,
+        error: SwitchboardError | None = None,
+    ) -> dict[str, Any]:
+        return events.build(
+            command_id=command_id,
+            type=command_type,
+            account=account,
+            status=status,
+            attempts=attempts,
+            duration_ms=(time.monotonic() - started) * 1000,
+            meta=meta,
+            result=result,
+            error=None if error is None else error.as_event_error(),
+        )
+
+    async def _reject(self, delivery: Delivery, rejection: Rejection, started: float) -> None:
+        """Rejections are not stored: the publisher may fix the message and send it again."""
+        event = self._event(
+            rejection.command_id, rejection.type, rejection.account, rejection.meta, "rejected", 0, started, error=rejection.error
+        )
+        await self._publish_terminal(delivery, event, events.encode(event), delivery.properties.reply_to)
+
+    async def _publish_stored(self, delivery: Delivery, command: Command, stored: bytes) -> None:
+        event = orjson.loads(stored)
+        log.info("already finished; publishing the stored event again", status=event["status"])
+        await self.outbox.event(
+            stored,
+            routing_key=events.routing_key(event),
+            event_id=event["event_id"],
+            command_id=command.id,
+            reply_to=command.properties.reply_to,
+        )
+        delivery.channel.ack(delivery.delivery_tag)
+
+    async def _publish_terminal(self, delivery: Delivery, event: dict[str, Any], body: bytes, reply_to: str | None) -> None:
+        status, command_type = event["status"], event["type"]
+        publishing = [
+            self.outbox.event(
+                body, routing_key=events.routing_key(event), event_id=event["event_id"], command_id=event["command_id"], reply_to=reply_to
+            )
+        ]
+        error = event.get("error")
+        if status != "succeeded" and error is not None:
+            publishing.append(
+                self.outbox.dead_letter(
+                    delivery.body,
+                    delivery.properties,
+                    routing_key=delivery.routing_key,
+                    status=status,
+                    error=error,
+                    event_id=event["event_id"],
+                )
+            )
+            DEAD_LETTERS.labels(command_type, status).inc()
+        await asyncio.gather(*publishing)
+        delivery.channel.ack(delivery.delivery_tag)
+        COMMANDS_FINISHED.labels(command_type, status).inc()
+        if error is not None:
+            COMMAND_ERRORS.labels(command_type, error["code"]).inc()
+        log.info(
+            "command finished",
+            status=status,
+            code=None if error is None else error["code"],
+            attempts=event["attempts"],
+            duration_ms=event["duration_ms"],
+        )

@@ -1,0 +1,156 @@
+"""Everything the worker publishes, each awaited until the broker confirms.
+
+- events to ``switchboard.events`` (and to the command's ``reply_to``),
+- copies of failed/rejected messages to ``switchboard.dead`` with the reason,
+- commands sent back through a delay queue (retry, deferral, continuation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pika
+
+from worker import topology
+from worker.amqp import Channel, ConnectionLost
+
+PERSISTENT = 2
+
+# Headers the runtime puts on a command it sends back through a delay queue.
+H_ATTEMPT = "x-switchboard-attempts"
+H_FIRST_SEEN = "x-switchboard-first-seen"  # Unix milliseconds (AMQP tables have no floats in pika)
+H_NOT_BEFORE = "x-switchboard-not-before"  # Unix milliseconds
+H_REASON = "x-switchboard-delay-reason"
+# Headers of a dead-lettered copy.
+H_DEAD_STATUS = "x-switchboard-status"
+H_DEAD_ERROR = "x-switchboard-error"
+H_DEAD_EVENT_ID = "x-switchboard-event-id"
+H_DEAD_ROUTING_KEY = "x-switchboard-routing-key"
+H_DEAD_AT = "x-switchboard-dead-at"
+RUNTIME_HEADERS = frozenset(
+    {H_ATTEMPT, H_FIRST_SEEN, H_NOT_BEFORE, H_REASON, H_DEAD_STATUS, H_DEAD_ERROR, H_DEAD_EVENT_ID, H_DEAD_ROUTING_KEY, H_DEAD_AT, topology.DELAY_HEADER}
+)
+
+
+def amqp_safe(headers: dict[str, Any] | None) -> dict[str, Any]:
+    """A copy of ``headers`` that pika can encode again (it decodes floats it cannot encode)."""
+    safe: dict[str, Any] = {}
+    for key, value in (headers or {}).items():
+        if isinstance(value, float):
+            safe[key] = repr(value)
+        elif isinstance(value, dict):
+            safe[key] = amqp_safe(value)
+        elif isinstance(value, list):
+            safe[key] = [amqp_safe(v) if isinstance(v, dict) else repr(v) if isinstance(v, float) else v for v in value]
+        else:
+            safe[key] = value
+    return safe
+
+
+class Outbox:
+    """Publishes on the current confirm channel (it changes on reconnect)."""
+
+    def __init__(self, channel: Callable[[], Channel | None]) -> None:
+        self._channel = channel
+
+    def _publish(self, exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties) -> asyncio.Future[None]:
+        channel = self._channel()
+        if channel is None:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            future.set_exception(ConnectionLost("not connected to the broker"))
+            return future
+        return channel.publish(exchange, routing_key, body, properties)
+
+    async def event(
+        self,
+        body: bytes,
+        *,
+        routing_key: str,
+        event_id: str,
+        command_id: str | None,
+        reply_to: str | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish an event, and to ``reply_to`` too when given."""
+        properties = pika.BasicProperties(
+            content_type="application/json",
+            delivery_mode=PERSISTENT,
+            message_id=event_id,
+            correlation_id=command_id,
+            type=routing_key,
+            timestamp=int(time.time()),
+            headers=headers,
+        )
+        confirms = [self._publish(topology.EVENTS_EXCHANGE, routing_key, body, properties)]
+        if reply_to:
+            confirms.append(self._publish("", reply_to, body, properties))
+        await asyncio.gather(*confirms)
+
+    async def dead_letter(
+        self,
+        body: bytes,
+        original: pika.spec.BasicProperties,
+        *,
+        routing_key: str,
+        status: str,
+        error: dict[str, Any],
+        event_id: str,
+    ) -> None:
+        """Keep the original message in ``switchboard.dead`` with why it ended there."""
+        headers = {k: v for k, v in amqp_safe(original.headers).items() if k not in RUNTIME_HEADERS}
+        headers.update(
+            {
+                H_DEAD_STATUS: status,
+                H_DEAD_ERROR: orjson.dumps(error).decode(),
+                H_DEAD_EVENT_ID: event_id,
+                H_DEAD_ROUTING_KEY: routing_key,
+                H_DEAD_AT: datetime.now(UTC).isoformat(timespec="milliseconds"),
+            }
+        )
+        properties = pika.BasicProperties(
+            content_type=original.content_type,
+            content_encoding=original.content_encoding,
+            delivery_mode=PERSISTENT,
+            message_id=original.message_id,
+            correlation_id=original.correlation_id,
+            reply_to=original.reply_to,
+            type=original.type,
+            headers=headers,
+        )
+        await self._publish(topology.DEAD_LETTER_EXCHANGE, routing_key, body, properties)
+
+    async def delay(
+        self,
+        body: bytes,
+        original: pika.spec.BasicProperties,
+        *,
+        routing_key: str,
+        seconds: float,
+        headers: dict[str, Any],
+    ) -> None:
+        """Send the command back to ``switchboard.commands`` after ``seconds``.
+
+        Waits longer than the longest delay queue hop through it again:
+        ``x-switchboard-not-before`` tells the worker to send it back once more.
+        """
+        bucket = topology.delay_bucket(seconds)
+        merged = amqp_safe(original.headers)
+        merged.update(headers)
+        merged[topology.DELAY_HEADER] = f"{bucket}s"
+        merged[H_NOT_BEFORE] = int((time.time() + seconds) * 1000)
+        properties = pika.BasicProperties(
+            content_type=original.content_type,
+            content_encoding=original.content_encoding,
+            delivery_mode=PERSISTENT,
+            message_id=original.message_id,
+            correlation_id=original.correlation_id,
+            reply_to=original.reply_to,
+            type=original.type,
+            headers=merged,
+        )
+        await self._publish(topology.DELAY_EXCHANGE, routing_key, body, properties)

@@ -1,0 +1,278 @@
+"""The worker process: connect, declare, consume, reconnect, drain.
+
+It owns the broker connection and the lifecycle of everything shared (HTTP
+session, store, vendor clients, the HTTP port); each command is handed to the
+:class:`~worker.dispatcher.Dispatcher` as its own task, so hundreds are in
+flight at once while they wait on vendor HTTP.
+
+On SIGTERM/SIGINT: stop consuming, flip ``/readyz`` to failing, let in-flight
+commands finish within the grace period, close the connection (what is still
+unacked goes back to the queue for another worker), exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+import pika.channel
+import pika.spec
+import redis.asyncio as aioredis
+
+from worker import topology
+from worker.accounts import Accounts, build_clients, resolve
+from worker.amqp import Channel, Connection, ConnectionLost
+from worker.breaker import BreakerState, CircuitBreaker
+from worker.config import Settings
+from worker.dispatcher import DispatchSettings, Dispatcher, Delivery
+from worker.http import build_app, serve
+from worker.logging import get_logger
+from worker.metrics import BROKER_CONNECTED, BROKER_RECONNECTS, IN_FLIGHT
+from worker.outbox import Outbox
+from worker.registry import Registry, WebhookContext
+from worker.retry import RetryPolicy
+from worker.store import Stores, open_stores
+
+log = get_logger("switchboard.runtime")
+
+PRUNE_EVERY_SECONDS = 600.0
+UNROUTED_PREFETCH = 32
+
+
+class Runtime:
+    def __init__(self, settings: Settings, registry: Registry, *, consume: bool = True, webhooks: bool | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.consume = consume
+        self.webhooks = settings.webhooks if webhooks is None else webhooks
+        self.stopping = asyncio.Event()
+        self.connection: Connection | None = None
+        self.publish_channel: Channel | None = None
+        self.consumers: dict[str, tuple[Channel, str]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.ready = False
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.outbox = Outbox(lambda: self.publish_channel)
+        self._topology = topology.build(
+            {vendor: registry.types_of(vendor) for vendor in registry.vendors}, delivery_limit=settings.delivery_limit
+        )
+
+    # -- lifecycle --------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        stores = await open_stores(self.settings.store_url.get_secret_value(), retention_seconds=self.settings.retention_days * 86400)
+        redis_url = self.settings.shared_redis_url()
+        redis_client = aioredis.Redis.from_url(redis_url) if redis_url else None
+        accounts = await resolve(self.settings, self.registry)
+        connector = aiohttp.TCPConnector(limit=max(100, self.settings.max_in_flight * 2), ttl_dns_cache=300)
+        session = aiohttp.ClientSession(connector=connector)
+        clients = build_clients(accounts, self.registry, session, self.settings, redis_client)
+        self.dispatcher = self._dispatcher(clients, stores, accounts)
+        http = await serve(self._http_app(accounts, stores), self.settings.metrics_host, self.settings.metrics_port)
+        pruning = asyncio.create_task(self._prune(stores))
+        log.info(
+            "worker started",
+            vendors=accounts.vendors,
+            store=stores.backend,
+            metrics_port=self.settings.metrics_port,
+            max_in_flight=self.settings.max_in_flight,
+        )
+        try:
+            await self._connection_loop(accounts.vendors)
+            await self._drain()
+        finally:
+            pruning.cancel()
+            await self._close_connection()
+            await http.cleanup()
+            for client in clients.values():
+                await client.close()
+            await session.close()
+            await accounts.stop_sandboxes()
+            await stores.close()
+            if redis_client is not None:
+                await redis_client.aclose()
+        log.info("worker stopped")
+        return 0
+
+    def stop(self) -> None:
+        if not self.stopping.is_set():
+            log.info("stopping: no new commands; finishing those in flight", in_flight=len(self.tasks))
+            self.ready = False
+            self.stopping.set()
+
+    def _dispatcher(self, clients: dict[tuple[str, str], Any], stores: Stores, accounts: Accounts) -> Dispatcher:
+        s = self.settings
+        for vendor in accounts.vendors:
+            self.breakers[vendor] = CircuitBreaker(
+                vendor,
+                failure_threshold=s.breaker_failures,
+                cooldown_seconds=s.breaker_cooldown_seconds,
+                on_change=self._breaker_changed,
+            )
+        return Dispatcher(
+            self.registry,
+            clients,
+            stores,
+            self.outbox,
+            self.breakers,
+            DispatchSettings(
+                max_message_bytes=s.max_message_bytes,
+                lease_seconds=s.lease_seconds,
+                handler_timeout_seconds=s.handler_timeout_seconds,
+                defer_seconds=s.defer_seconds,
+                poison_redeliveries=max(1, s.delivery_limit - 2),
+                policy=RetryPolicy(s.max_attempts, s.max_age_seconds, s.retry_base_seconds, s.retry_max_seconds),
+            ),
+        )
+
+    def _http_app(self, accounts: Accounts, stores: Stores) -> Any:
+        apps = {}
+        if self.webhooks:
+            for vendor in accounts.vendors:
+                factory = self.registry.vendors[vendor].webhook_app
+                if factory is not None:
+                    apps[vendor] = factory(
+                        WebhookContext(
+                            accounts=accounts.settings_of(vendor),
+                            publish=self.publish_event,
+                            suppressions=stores.suppressions,
+                            deduper=stores.deduper,
+                            log=get_logger(f"switchboard.webhooks.{vendor}"),
+                        )
+                    )
+        return build_app(lambda: self.ready, apps)
+
+    async def publish_event(self, routing_key: str, event: dict[str, Any]) -> None:
+        """For webhooks: publish an event and return once the broker confirmed."""
+        await self.outbox.event(
+            orjson.dumps(event), routing_key=routing_key, event_id=str(event.get("event_id", "")), command_id=None
+        )
+
+    async def _prune(self, stores: Stores) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_EVERY_SECONDS)
+            try:
+                removed = await stores.idempotency.prune(time.time())
+                log.debug("pruned expired records", removed=removed)
+            except Exception:
+                log.warning("pruning the store failed", exc_info=True)
+
+    # -- broker -------------------------------------------------------------------
+    async def _connection_loop(self, vendors: list[str]) -> None:
+        delay = 0.5
+        first = True
+        while not self.stopping.is_set():
+            lost = asyncio.Event()
+            try:
+                await self._connect(vendors, lost)
+            except (ConnectionLost, OSError, asyncio.TimeoutError) as exc:
+                log.warning("broker not reachable; retrying", error=str(exc), retry_in_seconds=delay)
+                await self._close_connection()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            if not first:
+                BROKER_RECONNECTS.inc()
+            first, delay = False, 0.5
+            self.ready = True
+            BROKER_CONNECTED.set(1)
+            log.info("connected to the broker; consuming", queues=sorted(self.consumers))
+            stop_wait = asyncio.create_task(self.stopping.wait())
+            lost_wait = asyncio.create_task(lost.wait())
+            await asyncio.wait({stop_wait, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            lost_wait.cancel()
+            self.ready = False
+            BROKER_CONNECTED.set(0)
+            if lost.is_set() and not self.stopping.is_set():
+                log.warning("broker connection lost; reconnecting")
+                self.consumers.clear()
+                self.publish_channel = None
+
+    async def _connect(self, vendors: list[str], lost: asyncio.Event) -> None:
+        connection = await asyncio.wait_for(Connection.connect(self.settings.amqp_url.get_secret_value(), name="switchboard-worker"), 30)
+        self.connection = connection
+        connection.on_lost = lambda reason: lost.set()
+        setup = await connection.channel()
+        await topology.declare(setup, self._topology)
+        await setup.close()
+        publish = await connection.channel()
+        await publish.enable_confirms()
+        self.publish_channel = publish
+        if not self.consume:
+            return
+        for vendor in vendors:
+            if self.breakers[vendor].state != BreakerState.OPEN:
+                await self._subscribe(vendor, topology.vendor_queue(vendor), self.settings.max_in_flight)
+        await self._subscribe("unrouted", topology.UNROUTED_QUEUE, UNROUTED_PREFETCH)
+
+    async def _subscribe(self, vendor: str, queue: str, prefetch: int) -> None:
+        assert self.connection is not None
+        channel = await self.connection.channel()
+        await channel.qos(prefetch)
+        tag = await channel.consume(queue, self._on_message(vendor, channel))
+        self.consumers[vendor] = (channel, tag)
+
+    async def _unsubscribe(self, vendor: str) -> None:
+        entry = self.consumers.pop(vendor, None)
+        if entry is not None:
+            channel, tag = entry
+            with contextlib.suppress(ConnectionLost):
+                await channel.cancel(tag)
+
+    def _on_message(self, vendor: str, channel: Channel) -> Any:
+        gauge = IN_FLIGHT.labels(vendor)
+        loop = asyncio.get_running_loop()
+
+        def on_message(
+            _: pika.channel.Channel, method: pika.spec.Basic.Deliver, properties: pika.spec.BasicProperties, body: bytes
+        ) -> None:
+            delivery = Delivery(channel, method.delivery_tag, method.routing_key, properties, body)
+            gauge.inc()
+            task = loop.create_task(self.dispatcher.handle(delivery))
+            self.tasks.add(task)
+            task.add_done_callback(lambda t: (self.tasks.discard(t), gauge.dec()))
+
+        return on_message
+
+    def _breaker_changed(self, vendor: str, state: BreakerState) -> None:
+        log.warning("circuit breaker changed", vendor=vendor, state=state.name.lower())
+        if state == BreakerState.OPEN:
+            asyncio.get_running_loop().create_task(self._pause_vendor(vendor))
+
+    async def _pause_vendor(self, vendor: str) -> None:
+        """Stop taking this vendor's commands for the cool-down, then probe."""
+        await self._unsubscribe(vendor)
+        breaker = self.breakers[vendor]
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), breaker.remaining_cooldown())
+        if self.stopping.is_set() or vendor in self.consumers or self.connection is None or not self.connection.is_open:
+            return
+        with contextlib.suppress(ConnectionLost):
+            await self._subscribe(vendor, topology.vendor_queue(vendor), self.settings.max_in_flight)
+
+    async def _drain(self) -> None:
+        for vendor in list(self.consumers):
+            await self._unsubscribe(vendor)
+        if self.tasks:
+            log.info("draining in-flight commands", in_flight=len(self.tasks), grace_seconds=self.settings.shutdown_grace_seconds)
+            _, pending = await asyncio.wait(set(self.tasks), timeout=self.settings.shutdown_grace_seconds)
+            if pending:
+                log.warning("grace period over; leaving unfinished commands to another worker", unfinished=len(pending))
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _close_connection(self) -> None:
+        if self.connection is not None:
+            await self.connection.close()
+            self.connection = None
+        self.publish_channel = None

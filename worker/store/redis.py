@@ -1,0 +1,182 @@
+"""Redis backend: shared by workers on many hosts.
+
+Each decision is one Lua script, so it is atomic on the server. A record is a
+hash ``sb:cmd:<account>:<id>`` that expires after the retention period.
+Redis as most teams run it keeps nothing on disk: a restart forgets records
+and opt-outs (the PostgreSQL backend is for fleets that need both to survive).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from worker.store.base import Claim, ClaimStatus
+
+_CLAIM = """
+local r = redis.call('HMGET', KEYS[1], 'fp', 'status', 'attempts', 'first', 'started', 'lease', 'state', 'event')
+local now = tonumber(ARGV[2])
+local lease = ARGV[3]
+if not r[1] then
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'status', 'running', 'attempts', 1, 'first', ARGV[2],
+             'started', ARGV[2], 'lease', lease)
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  return {'acquired', 1, ARGV[2], ARGV[2], lease, false, false}
+end
+if r[1] ~= ARGV[1] then return {'conflict', r[3], r[4], r[5], r[6] or false, false, false} end
+if r[2] == 'done' then return {'done', r[3], r[4], r[5], r[6] or false, false, r[8]} end
+if r[2] == 'pending' or r[2] == 'waiting' then
+  local attempts = tonumber(r[3])
+  if r[2] == 'pending' then attempts = attempts + 1 end
+  redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', attempts, 'started', ARGV[2], 'lease', lease)
+  return {'acquired', attempts, r[4], ARGV[2], lease, r[7] or false, false}
+end
+if tonumber(r[6]) > now then return {'busy', r[3], r[4], r[5], r[6], r[7] or false, false} end
+return {'expired', r[3], r[4], r[5], r[6], r[7] or false, false}
+"""
+
+_TAKE_OVER = """
+local r = redis.call('HMGET', KEYS[1], 'status', 'lease', 'attempts', 'first', 'state')
+if r[1] ~= 'running' or r[2] ~= ARGV[1] then return {'busy'} end
+local attempts = tonumber(r[3]) + 1
+redis.call('HSET', KEYS[1], 'attempts', attempts, 'started', ARGV[2], 'lease', ARGV[3])
+return {'acquired', attempts, r[4], ARGV[2], ARGV[3], r[5] or false, false}
+"""
+
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'lease', '0')
+if ARGV[2] == '' then redis.call('HDEL', KEYS[1], 'state') else redis.call('HSET', KEYS[1], 'state', ARGV[2]) end
+return 1
+"""
+
+_COMPLETE = """
+local r = redis.call('HMGET', KEYS[1], 'status', 'event')
+if r[1] == 'done' then return r[2] end
+redis.call('HSET', KEYS[1], 'status', 'done', 'event', ARGV[2], 'lease', '0')
+if not redis.call('HGET', KEYS[1], 'fp') then
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'attempts', 0, 'first', ARGV[3])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return ARGV[2]
+"""
+
+_STATUS = {
+    b"acquired": ClaimStatus.ACQUIRED,
+    b"done": ClaimStatus.DONE,
+    b"busy": ClaimStatus.BUSY,
+    b"expired": ClaimStatus.EXPIRED,
+    b"conflict": ClaimStatus.CONFLICT,
+}
+
+
+def _float(value: Any) -> float | None:
+    return None if value in (None, b"") else float(value)
+
+
+def _to_claim(reply: list[Any]) -> Claim:
+    status = _STATUS[reply[0]]
+    if len(reply) == 1:
+        return Claim(status)
+    return Claim(
+        status,
+        attempts=int(reply[1] or 0),
+        first_attempt_at=_float(reply[2]),
+        attempt_started_at=_float(reply[3]),
+        lease_until=_float(reply[4]),
+        state=orjson.loads(reply[5]) if reply[5] else None,
+        event=reply[6] or None,
+    )
+
+
+def _key(account: str, command_id: str) -> str:
+    return f"sb:cmd:{account}:{command_id}"
+
+
+class RedisIdempotencyStore:
+    def __init__(self, client: aioredis.Redis, retention_seconds: float) -> None:
+        self.client = client
+        self.retention_ms = int(retention_seconds * 1000)
+        self._claim = client.register_script(_CLAIM)
+        self._take_over = client.register_script(_TAKE_OVER)
+        self._release = client.register_script(_RELEASE)
+        self._complete = client.register_script(_COMPLETE)
+
+    async def claim(self, account: str, command_id: str, fingerprint: str, now: float, lease_seconds: float) -> Claim:
+        reply = await self._claim(
+            keys=[_key(account, command_id)],
+            args=[fingerprint, repr(now), repr(now + lease_seconds), self.retention_ms],
+        )
+        return _to_claim(reply)
+
+    async def take_over(
+        self, account: str, command_id: str, expected_lease_until: float, now: float, lease_seconds: float
+    ) -> Claim:
+        reply = await self._take_over(
+            keys=[_key(account, command_id)],
+            args=[repr(expected_lease_until), repr(now), repr(now + lease_seconds)],
+        )
+        return _to_claim(reply)
+
+    async def release(self, account: str, command_id: str, state: dict[str, Any] | None = None, *, waiting: bool = False) -> None:
+        await self._release(
+            keys=[_key(account, command_id)],
+            args=["waiting" if waiting else "pending", b"" if state is None else orjson.dumps(state)],
+        )
+
+    async def complete(self, account: str, command_id: str, fingerprint: str, event: bytes, now: float) -> bytes:
+        stored: bytes = await self._complete(
+            keys=[_key(account, command_id)], args=[fingerprint, event, repr(now), self.retention_ms]
+        )
+        return stored
+
+    async def forget(self, account: str, command_id: str) -> bool:
+        return bool(await self.client.delete(_key(account, command_id)))
+
+    async def prune(self, now: float) -> int:
+        return 0  # keys expire by themselves
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class RedisSuppressionList:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+
+    @staticmethod
+    def _key(account: str) -> str:
+        return f"sb:suppressed:{account}"
+
+    async def add(self, account: str, number: str, *, reason: str, source: str, now: float) -> None:
+        value = orjson.dumps({"reason": reason, "source": source, "created_at": now})
+        await self.client.hset(self._key(account), number, value)  # type: ignore[misc]
+
+    async def remove(self, account: str, number: str) -> bool:
+        return bool(await self.client.hdel(self._key(account), number))  # type: ignore[misc]
+
+    async def contains(self, account: str, number: str) -> bool:
+        return bool(await self.client.hexists(self._key(account), number))  # type: ignore[misc]
+
+    async def list(self, account: str | None = None) -> list[dict[str, Any]]:
+        if account is not None:
+            keys = [self._key(account).encode()]
+        else:
+            keys = sorted([key async for key in self.client.scan_iter(match="sb:suppressed:*")])
+        rows: list[dict[str, Any]] = []
+        for key in keys:
+            owner = key.decode().removeprefix("sb:suppressed:")
+            entries = await self.client.hgetall(key)  # type: ignore[misc]
+            for number, value in sorted(entries.items()):
+                rows.append({"account": owner, "number": number.decode(), **orjson.loads(value)})
+        return rows
+
+
+class RedisDeduper:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+
+    async def first_time(self, key: str, now: float, ttl_seconds: float) -> bool:
+        return bool(await self.client.set(f"sb:seen:{key}", b"1", nx=True, px=int(ttl_seconds * 1000)))

@@ -1,0 +1,75 @@
+"""Validation with the JSON Schemas in ``schemas/`` as they are (no second copy).
+
+Errors become :class:`InvalidPayload` with the JSON pointer of the field that
+failed (``/payload/to_number``), so a publisher knows what to fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema_rs
+
+import schemas
+from worker.errors import InvalidPayload
+
+_MAX_MESSAGE = 300
+_MAX_ERRORS = 10
+
+
+def _pointer(parts: list[str | int]) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _describe(error: Any, prefix: str) -> dict[str, str]:
+    parts = list(error.instance_path)
+    kind = error.kind
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.Required):
+        parts.append(kind.property)
+    message = str(error.message)
+    if len(message) > _MAX_MESSAGE:
+        message = message[:_MAX_MESSAGE] + "…"
+    return {"path": prefix + _pointer(parts), "message": message}
+
+
+class SchemaValidator:
+    """One compiled schema; ``prefix`` is where the validated value sits."""
+
+    def __init__(self, schema: dict[str, Any], *, prefix: str = "") -> None:
+        self._validator = jsonschema_rs.validator_for(schema, validate_formats=True)
+        self.prefix = prefix
+
+    def errors(self, instance: Any) -> list[dict[str, str]]:
+        if self._validator.is_valid(instance):
+            return []
+        found = []
+        for error in self._validator.iter_errors(instance):
+            found.append(_describe(error, self.prefix))
+            if len(found) >= _MAX_ERRORS:
+                break
+        # Deepest path first: "/payload/to_number" says more than "/payload".
+        found.sort(key=lambda e: -e["path"].count("/"))
+        return found
+
+    def validate(self, instance: Any, *, code: str = "invalid_payload") -> None:
+        errors = self.errors(instance)
+        if errors:
+            first = errors[0]
+            raise_invalid(first["message"], first["path"], code=code, errors=errors)
+
+
+def raise_invalid(message: str, path: str, *, code: str, errors: list[dict[str, str]]) -> None:
+    error = InvalidPayload(f"{path or '/'}: {message}", path=path or "/", code=code)
+    error.details["errors"] = errors
+    raise error
+
+
+class Validators:
+    """The envelope validator and one payload validator per command type."""
+
+    def __init__(self, command_types: list[str], schema_names: dict[str, str]) -> None:
+        self.envelope = SchemaValidator(schemas.load("command"))
+        self.payloads = {
+            command_type: SchemaValidator(schemas.load(schema_names[command_type]), prefix="/payload")
+            for command_type in command_types
+        }
