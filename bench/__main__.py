@@ -37,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--only", default=",".join(GROUPS), help=f"scenario groups, of {','.join(GROUPS)}")
     parser.add_argument(
-        "--amqp-url", default=os.environ.get("SWITCHBOARD_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+        "--amqp-url",
+        default=os.environ.get("SWITCHBOARD_BENCH_AMQP_URL", amqp.DEFAULT_URL),
+        help=f"the broker (default: vhost {amqp.BENCH_VHOST}, created with rabbitmqctl if missing)",
     )
     parser.add_argument(
         "--redis-url", default="redis://127.0.0.1:6379/15", help="the store for --store redis"
@@ -55,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         "--latencies", default="0,50", help="vendor latencies in ms for the throughput scenarios"
     )
     parser.add_argument(
-        "--paced-rate", type=float, default=1000.0, help="commands/s of the latency runs; 0: none"
+        "--paced-rate", type=float, default=500.0, help="commands/s of the latency runs; 0: none"
     )
     parser.add_argument("--paced", type=int, help="commands a latency run (default 10,000; quick 2,000)")
     parser.add_argument(
@@ -113,6 +115,10 @@ def _git_commit() -> str | None:
 
 def _prepare(config: RunConfig, groups: set[str], force: bool) -> bool:
     """Topology in place and nobody else consuming; whether the worker can be run."""
+    if problem := amqp.ensure_vhost(config.amqp_url):
+        raise SystemExit(
+            f"{problem}; pass --amqp-url (or SWITCHBOARD_BENCH_AMQP_URL) for a broker you can use"
+        )
     how = amqp.ensure_worker_topology(config.amqp_url, procs.VENV_BIN / "switchboard")
     say(f"topology: {how}")
     worker_groups = groups & {"worker", "backlog", "replays"}

@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,6 +47,11 @@ BASELINE_KEY = "bench.baseline.send_text"
 """The baseline's own routing key on the same topic exchange: a copy of each
 command never lands in the worker's queue, and the routing work is the same."""
 
+BENCH_VHOST = "switchboard-bench"
+DEFAULT_URL = f"amqp://guest:guest@127.0.0.1:5672/{BENCH_VHOST}"
+"""A vhost of its own: a worker someone runs by hand on ``/`` never takes the bench's
+commands, and the bench's purges never touch anyone else's queues."""
+
 PAYLOAD = {"to_number": "+18885553333", "from_number": "+18885552222", "text_body": "bench"}
 
 
@@ -57,6 +63,28 @@ def channel(url: str) -> Iterator[BlockingChannel]:
     finally:
         with contextlib.suppress(Exception):
             connection.close()
+
+
+def ensure_vhost(url: str) -> str | None:
+    """Create the URL's vhost with rabbitmqctl when it is missing (as the tests do); a problem, or None."""
+    parsed = urllib.parse.urlparse(url)
+    vhost = urllib.parse.unquote(parsed.path[1:]) or "/"
+    user = urllib.parse.unquote(parsed.username or "guest")
+    try:
+        with channel(url):
+            return None
+    except pika.exceptions.AMQPConnectionError:
+        pass
+    rabbitmqctl = shutil.which("rabbitmqctl")
+    if rabbitmqctl is None:
+        return f"cannot open vhost {vhost!r} and there is no rabbitmqctl to create it"
+    for args in (["add_vhost", vhost], ["set_permissions", "-p", vhost, user, ".*", ".*", ".*"]):
+        subprocess.run([rabbitmqctl, "-q", *args], capture_output=True, timeout=60, check=False)
+    try:
+        with channel(url):
+            return None
+    except pika.exceptions.AMQPConnectionError as exc:
+        return f"cannot open vhost {vhost!r} even after rabbitmqctl add_vhost: {exc!r}"
 
 
 def queue_state(url: str, queue: str) -> tuple[int, int] | None:

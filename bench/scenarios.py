@@ -60,7 +60,8 @@ class RunConfig:
 
     @property
     def logdir(self) -> Path:
-        return self.workdir / "logs"
+        """Kept after the run (bench/results/ is not committed): where to look when a row has notes."""
+        return self.results_dir / f"logs-{self.stamp}"
 
 
 @dataclass

@@ -7,7 +7,10 @@
    ``upload_list.progress`` and calls again after ``list_poll_seconds``
    through a broker delay queue, holding no worker slot meanwhile.
 2. (``ctx.state``) ``GET /phonelists/{token}/checkstatus``; progress is
-   published only when ``list_state`` changed. Not ACTIVE after
+   published only when ``list_state`` changed. A check that fails with a
+   transient error (5xx, 429, timeout) is a missed poll: the next one follows
+   (runtime attempts count every step, so retrying polls there would soon
+   exhaust them). Not ACTIVE after
    ``list_deadline_seconds`` since the first attempt ->
    ``list_processing_timeout``. A state naming a failure (ERROR, FAILED,
    INVALID, REJECTED, DELETED; the document lists none, so this is our
@@ -31,7 +34,7 @@ from handlers.peerly.client import PeerlyClient
 from handlers.peerly.files import UploadFile, csv_from_rows, read_reference
 from handlers.peerly.jobs import assign
 from handlers.peerly.validation import check_upload_list, invalid_rows_report, normalise_rows
-from worker.errors import InvalidPayload, PermanentError
+from worker.errors import InvalidPayload, PermanentError, TransientError
 from worker.registry import CommandContext, Continue, Result, registry
 
 ACTIVE = "ACTIVE"
@@ -205,7 +208,14 @@ async def _poll(ctx: CommandContext[PeerlyClient], state: dict[str, Any]) -> Con
     """One status check: a Continue while processing, None once ACTIVE (state updated)."""
     account = ctx.client.account
     token = state["list_status_token"]
-    status = await fetch_status(ctx.client, token)
+    try:
+        status = await fetch_status(ctx.client, token)
+    except TransientError as exc:
+        # A status check is a read: one that fails is a missed poll, not a failed
+        # upload. The deadline bounds how long we keep trying.
+        _check_deadline(ctx, state.get("list_state", "unknown"), token)
+        ctx.log.warning("peerly list status check failed; polling again", code=exc.code)
+        return Continue(state=state, after_seconds=max(exc.retry_after or 0.0, account.list_poll_seconds))
     changed = status.state != state.get("list_state")
     state["list_state"] = status.state
     if status.active:
@@ -219,13 +229,7 @@ async def _poll(ctx: CommandContext[PeerlyClient], state: dict[str, Any]) -> Con
             code="list_processing_failed",
             details=details,
         )
-    waited = _seconds_since(ctx.first_attempt_at)
-    if waited >= account.list_deadline_seconds:
-        raise PermanentError(
-            f"the list is not ACTIVE after {int(waited)} s (list_state {status.state})",
-            code="list_processing_timeout",
-            details=details,
-        )
+    waited = _check_deadline(ctx, status.state, token)
     after = min(account.list_poll_seconds, account.list_deadline_seconds - waited)
     return Continue(
         state=state, after_seconds=max(after, 0.0), progress=_progress(state) if changed else None
@@ -251,6 +255,18 @@ async def _assign_next(
             progress = _progress(state) if changed else None
             return Continue(state=state, after_seconds=ASSIGN_STEP_SECONDS, progress=progress)
     return {**_progress(state), "list_id": state["list_id"], "assigned_jobs": done}
+
+
+def _check_deadline(ctx: CommandContext[PeerlyClient], list_state: str, token: str) -> float:
+    """Seconds since the first attempt; list_processing_timeout once past the deadline."""
+    waited = _seconds_since(ctx.first_attempt_at)
+    if waited >= ctx.client.account.list_deadline_seconds:
+        raise PermanentError(
+            f"the list is not ACTIVE after {int(waited)} s (list_state {list_state})",
+            code="list_processing_timeout",
+            details={"list_status_token": token, "list_state": list_state},
+        )
+    return waited
 
 
 def _progress(state: dict[str, Any]) -> dict[str, Any]:

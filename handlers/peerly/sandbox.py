@@ -15,8 +15,9 @@ Routes are under ``/api`` (clients use ``<base_url>/api`` as Peerly's base):
   when the title or file name contains ``corrupt``
 
 Test hooks by list name: ``NEVER-ACTIVE...`` stays PENDING, ``FAIL-...`` ends
-in ``ERROR``. Side effects recorded: ``list_uploaded``, ``job_created``,
-``list_assigned``, ``media_created``. Faults come from :class:`SimulatorBase`.
+in ``ERROR``; :meth:`PeerlySimulator.answer_with` cans any answer. Side effects
+recorded: ``list_uploaded``, ``job_created``, ``list_assigned``, ``media_created``.
+Faults come from :class:`SimulatorBase`.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ class PeerlySimulator(SimulatorBase):
         self.jobs: dict[str, SimJob] = {}
         self.media: dict[str, dict[str, Any]] = {}
         self._expired: set[str] = set()
+        self._canned: dict[tuple[str, str], tuple[int, Any]] = {}
         self._issued: list[str] = []
         super().__init__(seed=seed)
 
@@ -130,6 +132,11 @@ class PeerlySimulator(SimulatorBase):
         """Every token issued so far is now expired (a JWT running out mid-run)."""
         with self._lock:
             self._expired.update(self._issued)
+
+    def answer_with(self, method: str, path: str, status: int, body: Any) -> None:
+        """Answer ``method path`` (after auth) with this JSON instead (odd shapes for tests)."""
+        with self._lock:
+            self._canned[(method.upper(), path)] = (status, body)
 
     def logins(self) -> int:
         with self._lock:
@@ -189,6 +196,10 @@ class PeerlySimulator(SimulatorBase):
             refusal = self._auth_refusal(request.headers.get("Authorization"))
             if refusal is not None:
                 return _error(refusal, status=401, key="message")
+            with self._lock:
+                canned = self._canned.get((request.method, request.path))
+            if canned is not None:
+                return web.json_response(canned[1], status=canned[0])
             response: web.StreamResponse = await handler(request)
             return response
 

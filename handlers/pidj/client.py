@@ -17,11 +17,11 @@ as "Group has no phone number."), never credentials or the text we sent.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import aiohttp
 
 from handlers.pidj.settings import PidjAccount
 from worker.errors import PermanentError, VendorAuthFailed, VendorRejected
@@ -69,9 +69,9 @@ class PidjClient:
     def __init__(self, account: PidjAccount, http: VendorHTTP) -> None:
         self.account = account
         self.http = http
-        self._auth = aiohttp.BasicAuth(
-            account.account_key.get_secret_value(), account.token.get_secret_value()
-        )
+        credentials = f"{account.account_key.get_secret_value()}:{account.token.get_secret_value()}"
+        # Built once; never logged (VendorHTTP logs no headers).
+        self._authorization = "Basic " + base64.b64encode(credentials.encode("utf-8")).decode("ascii")
 
     async def close(self) -> None:
         """Nothing of our own to release: the session belongs to the runtime."""
@@ -98,8 +98,8 @@ class PidjClient:
         required header, so every request carries it, with a (possibly empty) form body.
         """
         body = urlencode(form or {}).encode("ascii")
-        headers = {"Content-Type": FORM, "Accept": "application/json"}
-        kwargs: dict[str, Any] = {"headers": headers, "auth": self._auth}
+        headers = {"Content-Type": FORM, "Accept": "application/json", "Authorization": self._authorization}
+        kwargs: dict[str, Any] = {"headers": headers}
         if method != "GET":
             kwargs["data"] = body
         answer = await self.http.request(method, endpoint, path, **kwargs)

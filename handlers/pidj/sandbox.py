@@ -84,6 +84,8 @@ class PidjSimulator(SimulatorBase):
         self.token = token
         self.webhook_secret = webhook_secret
         self.state = PidjState.seeded()
+        self.last_authorization = ""
+        """The Authorization header of the latest API request (for tests of what the client sends)."""
         super().__init__(seed=seed)
 
     @property
@@ -126,7 +128,8 @@ class PidjSimulator(SimulatorBase):
         return handle
 
     def _authorize(self, request: web.Request) -> Answer | None:
-        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+        self.last_authorization = request.headers.get("Authorization", "")
+        scheme, _, encoded = self.last_authorization.partition(" ")
         try:
             user, _, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
         except (binascii.Error, UnicodeDecodeError, ValueError):
@@ -192,7 +195,7 @@ async def _form(request: web.Request) -> dict[str, str] | Answer:
     if request.method not in ("POST", "PUT"):
         return {}
     fields = await request.post()
-    names = list(fields.keys())
+    names = [name for name, _ in fields.items()]
     if len(names) != len(set(names)):
         return bad_request("A field is given more than once.")
     form: dict[str, str] = {}

@@ -55,7 +55,9 @@ ClientFactory = Callable[..., PeerlyClient]
 def make_client(sim: PeerlySimulator, session: aiohttp.ClientSession) -> ClientFactory:
     """``make_client(clock=..., **account_fields)``: a client of the simulator's account."""
 
-    def build(*, clock: Callable[[], float] | None = None, timeout: float = 5.0, **fields: Any) -> PeerlyClient:
+    def build(
+        *, clock: Callable[[], float] | None = None, timeout: float = 5.0, **fields: Any
+    ) -> PeerlyClient:
         settings = {
             "base_url": sim.api_url,
             "email": SANDBOX_EMAIL,

@@ -37,12 +37,16 @@ def test_login_body_is_md5_of_lowercased_email_and_password() -> None:
     }
 
 
-async def test_simulator_refuses_raw_credentials(sim: PeerlySimulator, session: aiohttp.ClientSession) -> None:
+async def test_simulator_refuses_raw_credentials(
+    sim: PeerlySimulator, session: aiohttp.ClientSession
+) -> None:
     """The simulator answers 400 to raw credentials and 200 with a JWT with exp to md5 ones."""
     raw = {"email": SANDBOX_EMAIL, "password": SANDBOX_PASSWORD}
     async with session.post(sim.api_url + "/token-auth", json=raw) as response:
         assert response.status == 400
-    async with session.post(sim.api_url + "/token-auth", json=login_body(SANDBOX_EMAIL, SANDBOX_PASSWORD)) as response:
+    async with session.post(
+        sim.api_url + "/token-auth", json=login_body(SANDBOX_EMAIL, SANDBOX_PASSWORD)
+    ) as response:
         assert response.status == 200
         token = (await response.json())["token"]
     exp = jwt_exp(token)
@@ -57,7 +61,9 @@ async def test_simulator_refuses_bad_authorization(
     sim: PeerlySimulator, session: aiohttp.ClientSession, header: str | None
 ) -> None:
     """Anything but ``Authorization: JWT <valid token>`` gets a 401."""
-    async with session.post(sim.api_url + "/token-auth", json=login_body(SANDBOX_EMAIL, SANDBOX_PASSWORD)) as response:
+    async with session.post(
+        sim.api_url + "/token-auth", json=login_body(SANDBOX_EMAIL, SANDBOX_PASSWORD)
+    ) as response:
         token = (await response.json())["token"]
     token_path = _a_list(sim)
     headers = {} if header is None else {"Authorization": header.format(token=token)}
@@ -72,7 +78,9 @@ async def test_simulator_refuses_bad_authorization(
 async def test_simulator_refuses_expired_token(sim: PeerlySimulator, session: aiohttp.ClientSession) -> None:
     """A JWT past its exp gets a 401."""
     sim.token_lifetime = -1
-    async with session.post(sim.api_url + "/token-auth", json=login_body(SANDBOX_EMAIL, SANDBOX_PASSWORD)) as response:
+    async with session.post(
+        sim.api_url + "/token-auth", json=login_body(SANDBOX_EMAIL, SANDBOX_PASSWORD)
+    ) as response:
         token = (await response.json())["token"]
     async with session.get(
         f"{sim.api_url}/phonelists/{_a_list(sim)}/checkstatus", headers={"Authorization": f"JWT {token}"}
@@ -129,7 +137,9 @@ async def test_failed_login_is_shared_and_clean(sim: PeerlySimulator, make_clien
     results = await asyncio.gather(*(_ping(client, token) for _ in range(50)), return_exceptions=True)
     assert all(isinstance(r, VendorAuthFailed) for r in results)
     assert len([r for r in sim.requests if r.path == "/api/token-auth"]) == 1
-    text = orjson.dumps(results[0].as_event_error() if isinstance(results[0], VendorAuthFailed) else None).decode()
+    text = orjson.dumps(
+        results[0].as_event_error() if isinstance(results[0], VendorAuthFailed) else None
+    ).decode()
     for secret in ("wrong-password", SANDBOX_EMAIL, *login_body(SANDBOX_EMAIL, "wrong-password").values()):
         assert secret not in text
 

@@ -19,6 +19,7 @@ from handlers.peerly.media import create_media
 from handlers.peerly.sandbox import PeerlySimulator
 from handlers.simulator import Fault
 from tests.peerly.conftest import P2P_UPLOAD, ClientFactory, make_ctx
+from tests.peerly.test_peerly_validation import UPLOAD_TABLE
 from worker.errors import (
     InvalidPayload,
     PermanentError,
@@ -124,7 +125,9 @@ async def test_check_list_status_pending(sim: PeerlySimulator, client: PeerlyCli
     sim.list_active_after = 60
     outcome = await upload_list(copy.deepcopy(P2P_UPLOAD), make_ctx(client))
     assert isinstance(outcome, Continue)
-    result = await check_list_status({"list_status_token": outcome.state["list_status_token"]}, make_ctx(client))
+    result = await check_list_status(
+        {"list_status_token": outcome.state["list_status_token"]}, make_ctx(client)
+    )
     assert result["list_state"] == "PENDING" and result["list_id"] is None and result["active"] is False
 
 
@@ -144,7 +147,7 @@ async def test_upload_followed_to_active_and_assigned(sim: PeerlySimulator, clie
 
 
 async def test_upload_sends_the_documented_form(sim: PeerlySimulator, client: PeerlyClient) -> None:
-    """The upload is multipart with account, flags as 0/1/4, a list_map and a text/csv file of 10-digit phones."""
+    """The upload is multipart: account, flags as 0/1/4, a list_map, a text/csv file of 10-digit phones."""
     await upload_list(copy.deepcopy(P2P_UPLOAD), make_ctx(client))
     request = next(r for r in sim.requests if r.path == "/api/phonelists")
     assert request.content_type == "multipart/form-data"
@@ -177,7 +180,7 @@ async def test_upload_publishes_progress_only_on_change(sim: PeerlySimulator, cl
 
 
 async def test_upload_deadline(sim: PeerlySimulator, client: PeerlyClient) -> None:
-    """A list not ACTIVE by list_deadline_seconds after the first attempt fails with list_processing_timeout."""
+    """A list not ACTIVE list_deadline_seconds after the first attempt fails: list_processing_timeout."""
     payload = {**copy.deepcopy(P2P_UPLOAD), "list_name": "NEVER-ACTIVE list"}
     first = await upload_list(payload, make_ctx(client))
     assert isinstance(first, Continue)
@@ -194,7 +197,9 @@ async def test_upload_failed_list_state(sim: PeerlySimulator, client: PeerlyClie
     assert caught.value.code == "list_processing_failed"
 
 
-async def test_upload_assignment_failure_names_what_was_done(sim: PeerlySimulator, client: PeerlyClient) -> None:
+async def test_upload_assignment_failure_names_what_was_done(
+    sim: PeerlySimulator, client: PeerlyClient
+) -> None:
     """If assigning to a job fails, the error says the list_id, the jobs done and the job that failed."""
     good = sim.add_job()
     with pytest.raises(VendorRejected) as caught:
@@ -220,7 +225,9 @@ async def test_upload_continuation_never_uploads_again(sim: PeerlySimulator, cli
     assert done_state is not None and done_state["assigned_jobs"] == [job]
 
 
-async def test_upload_from_file_path(sim: PeerlySimulator, make_client: ClientFactory, tmp_path: Path) -> None:
+async def test_upload_from_file_path(
+    sim: PeerlySimulator, make_client: ClientFactory, tmp_path: Path
+) -> None:
     """A file under upload_dir is sent as it is, with the payload's list_map."""
     (tmp_path / "may.csv").write_bytes(b"name,phone\r\nAda,2025550143\r\n")
     client = make_client(upload_dir=str(tmp_path))
@@ -231,14 +238,18 @@ async def test_upload_from_file_path(sim: PeerlySimulator, make_client: ClientFa
     assert b"Ada,2025550143" in next(r for r in sim.requests if r.path == "/api/phonelists").body
 
 
-async def test_upload_zip_from_file_path(sim: PeerlySimulator, make_client: ClientFactory, tmp_path: Path) -> None:
+async def test_upload_zip_from_file_path(
+    sim: PeerlySimulator, make_client: ClientFactory, tmp_path: Path
+) -> None:
     """A .zip of .csv files is sent as application/zip and accepted."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("a.csv", "lead_phone\r\n2025550143\r\n")
     (tmp_path / "lists.zip").write_bytes(buffer.getvalue())
     client = make_client(upload_dir=str(tmp_path))
-    payload = {k: v for k, v in copy.deepcopy(P2P_UPLOAD).items() if k != "rows"} | {"file": {"path": "lists.zip"}}
+    payload = {k: v for k, v in copy.deepcopy(P2P_UPLOAD).items() if k != "rows"} | {
+        "file": {"path": "lists.zip"}
+    }
     await upload_list(payload, make_ctx(client))
     assert sim.effects("list_uploaded")[0].data["rows"] == 1
 
@@ -251,7 +262,9 @@ async def test_file_over_100_mib_refused_before_sending(
     with big.open("wb") as handle:
         handle.truncate(MAX_UPLOAD_BYTES + 1)
     client = make_client(upload_dir=str(tmp_path))
-    payload = {k: v for k, v in copy.deepcopy(P2P_UPLOAD).items() if k != "rows"} | {"file": {"path": "big.csv"}}
+    payload = {k: v for k, v in copy.deepcopy(P2P_UPLOAD).items() if k != "rows"} | {
+        "file": {"path": "big.csv"}
+    }
     with pytest.raises(InvalidPayload) as caught:
         await upload_list(payload, make_ctx(client))
     assert caught.value.code == "file_too_large"
@@ -259,7 +272,7 @@ async def test_file_over_100_mib_refused_before_sending(
 
 
 async def test_file_url_not_on_allowlist_refused(sim: PeerlySimulator, make_client: ClientFactory) -> None:
-    """A file URL off the allow-list is InvalidPayload at /payload/file/url, and nothing is fetched or sent."""
+    """A file URL off the allow-list is InvalidPayload at /payload/file/url; nothing is fetched or sent."""
     client = make_client(upload_url_allowlist="files.example.org")
     payload = {k: v for k, v in copy.deepcopy(P2P_UPLOAD).items() if k != "rows"}
     payload["file"] = {"url": "https://elsewhere.example.com/a.csv"}
@@ -269,7 +282,9 @@ async def test_file_url_not_on_allowlist_refused(sim: PeerlySimulator, make_clie
     assert sim.requests == []
 
 
-async def test_upload_refused_by_peerly_when_check_is_bypassed(sim: PeerlySimulator, client: PeerlyClient) -> None:
+async def test_upload_refused_by_peerly_when_check_is_bypassed(
+    sim: PeerlySimulator, client: PeerlyClient
+) -> None:
     """The simulator itself enforces the table: a payload missing opt_in (not P2P) gets Peerly's 400."""
     payload = {**copy.deepcopy(P2P_UPLOAD), "suppress_cell_phones": 1}
     with pytest.raises(VendorRejected) as caught:
@@ -290,7 +305,9 @@ async def test_create_media(sim: PeerlySimulator, make_client: ClientFactory, tm
     assert b'name="identity_id"\r\n\r\n12345678' in request.body
 
 
-async def test_create_media_201_error_is_failure(sim: PeerlySimulator, make_client: ClientFactory, tmp_path: Path) -> None:
+async def test_create_media_201_error_is_failure(
+    sim: PeerlySimulator, make_client: ClientFactory, tmp_path: Path
+) -> None:
     """A 201 with status ERROR is a failure carrying Peerly's error text."""
     (tmp_path / "clip.mp4").write_bytes(b"\x00")
     client = make_client(upload_dir=str(tmp_path))
@@ -300,18 +317,54 @@ async def test_create_media_201_error_is_failure(sim: PeerlySimulator, make_clie
     assert "process this media" in caught.value.details["vendor_error"]
 
 
-async def test_bad_response_shape_is_invalid_vendor_response(sim: PeerlySimulator, client: PeerlyClient) -> None:
+async def test_bad_response_shape_is_invalid_vendor_response(
+    sim: PeerlySimulator, client: PeerlyClient
+) -> None:
     """A 2xx whose body lacks the documented fields is invalid_vendor_response, not success."""
 
-    async def no_data(request: Any) -> Any:
-        from aiohttp import web
-
-        return web.json_response({"ok": True})
-
-    sim.app.router._frozen = False
-    sim.app.router.add_get("/api/phonelists/shape/checkstatus", no_data)
+    sim.answer_with("GET", "/api/phonelists/shape/checkstatus", 200, {"ok": True})
     with pytest.raises(PermanentError) as caught:
         await check_list_status({"list_status_token": "shape"}, make_ctx(client))
+    assert caught.value.code == "invalid_vendor_response"
+
+
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        ({"error": "from error"}, "from error"),
+        ({"message": "from message"}, "from message"),
+        ({"Error": "from Error"}, "from Error"),
+        ({"list_id": ["must be an integer"]}, "list_id: must be an integer"),
+    ],
+)
+async def test_error_text_read_from_every_key(
+    sim: PeerlySimulator, client: PeerlyClient, body: dict[str, Any], text: str
+) -> None:
+    """Peerly's error text is read from error, message or Error (or the whole body)."""
+    job_id = sim.add_job()
+    sim.answer_with("POST", f"/api/1to1/jobs/{job_id}/assignlist", 400, body)
+    with pytest.raises(VendorRejected) as caught:
+        await assign_list({"job_id": job_id, "list_id": 1}, make_ctx(client))
+    assert caught.value.details["vendor_error"] == text
+    assert text in caught.value.message
+
+
+async def test_create_media_missing_media_id_is_invalid(
+    sim: PeerlySimulator, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A media answer without media_id (and not ERROR) is invalid_vendor_response."""
+    (tmp_path / "a.png").write_bytes(b"\x89PNG")
+    sim.answer_with("POST", "/api/v2/media", 201, {"status": "ACTIVE"})
+    with pytest.raises(PermanentError) as caught:
+        await create_media({"file": {"path": "a.png"}}, make_ctx(make_client(upload_dir=str(tmp_path))))
+    assert caught.value.code == "invalid_vendor_response"
+
+
+async def test_upload_without_token_is_invalid(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """A 201 upload answer without Data.token is invalid_vendor_response."""
+    sim.answer_with("POST", "/api/phonelists", 201, {"Data": {"list_state": "PENDING"}})
+    with pytest.raises(PermanentError) as caught:
+        await upload_list(copy.deepcopy(P2P_UPLOAD), make_ctx(client))
     assert caught.value.code == "invalid_vendor_response"
 
 
@@ -338,3 +391,75 @@ async def test_transport_faults_are_transient(
     assert getattr(caught.value, "code", None) == code
     if isinstance(caught.value, RateLimited):
         assert caught.value.retry_after == 7
+
+
+@pytest.mark.parametrize(("case", "payload", "missing"), UPLOAD_TABLE, ids=[c[0] for c in UPLOAD_TABLE])
+async def test_simulator_enforces_upload_table(
+    sim: PeerlySimulator, client: PeerlyClient, case: str, payload: dict[str, Any], missing: str | None
+) -> None:
+    """With the worker's check bypassed, the simulator refuses (400) exactly what the table refuses."""
+    if missing is None:
+        assert isinstance(await upload_list(copy.deepcopy(payload), make_ctx(client)), Continue)
+        return
+    with pytest.raises(VendorRejected) as caught:
+        await upload_list(copy.deepcopy(payload), make_ctx(client))
+    assert missing in caught.value.details["vendor_error"]
+    assert sim.effects("list_uploaded") == []
+
+
+async def test_failed_status_check_is_a_missed_poll(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """A 503 on a status check does not fail the upload: the next poll follows, no progress published."""
+    first = await upload_list(copy.deepcopy(P2P_UPLOAD), make_ctx(client))
+    assert isinstance(first, Continue)
+    sim.add_fault(Fault(kind="status", status=503, retry_after=3, path_prefix="/api/phonelists/", count=1))
+    second = await upload_list(copy.deepcopy(P2P_UPLOAD), make_ctx(client, state=first.state))
+    assert isinstance(second, Continue) and second.progress is None
+    assert second.after_seconds == 3
+    result, _, _ = await run_upload(copy.deepcopy(P2P_UPLOAD), client)
+    assert result["list_state"] == "ACTIVE"
+
+
+async def test_start_sandbox_serves_a_working_account(session: Any) -> None:
+    """start_sandbox() gives account settings a client can log in with; stop() shuts it."""
+    from handlers.peerly import PeerlyAccount
+    from handlers.peerly.sandbox import start_sandbox
+    from worker.vendor_http import VendorHTTP
+
+    sandbox = await start_sandbox(list_active_after=0.2)
+    try:
+        account = PeerlyAccount.model_validate(dict(sandbox.account))
+        client = PeerlyClient(account, VendorHTTP("peerly", session, account.base_url))
+        result, _, _ = await run_upload(copy.deepcopy(P2P_UPLOAD), client)
+        assert result["list_state"] == "ACTIVE"
+    finally:
+        await sandbox.stop()
+
+
+async def test_simulator_keeps_binary_uploads_intact(
+    sim: PeerlySimulator, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Bytes of every value (CR, LF, NUL ...) reach the simulator unchanged in a multipart upload."""
+    content = bytes(range(256)) * 64 + b"\r\n\r\n--\r\n\n\r"
+    (tmp_path / "pic.png").write_bytes(content)
+    client = make_client(upload_dir=str(tmp_path))
+    result = await create_media({"file": {"path": "pic.png"}}, make_ctx(client))
+    assert result["size_bytes"] == len(content) and result["media_type"] == "IMAGE"
+
+
+async def test_serve_runs_until_cancelled(capsys: pytest.CaptureFixture[str]) -> None:
+    """serve() prints the sandbox account settings on stderr and stops cleanly when cancelled."""
+    import orjson
+
+    from handlers.peerly.sandbox import serve
+
+    task = asyncio.ensure_future(serve("127.0.0.1", 0))
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if capsys.readouterr().err if False else False:
+            break
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert orjson.loads(line)["base_url"].endswith("/api")

@@ -75,14 +75,26 @@ UPLOAD_TABLE: list[tuple[str, dict[str, Any], str | None]] = [
         "wireless_suppress_initials",
     ),
     ("suppress 1 needs no wireless initials", IVR_OPT_IN, None),
-    ("use_nat_dnc 0 with initials passes", {**NO_DNC, "dnc_suppress_initials": "JD", "state_dnc_suppress_initials": "JD"}, None),
-    ("use_nat_dnc 0 needs dnc_suppress_initials", {**NO_DNC, "state_dnc_suppress_initials": "JD"}, "dnc_suppress_initials"),
+    (
+        "use_nat_dnc 0 with initials passes",
+        {**NO_DNC, "dnc_suppress_initials": "JD", "state_dnc_suppress_initials": "JD"},
+        None,
+    ),
+    (
+        "use_nat_dnc 0 needs dnc_suppress_initials",
+        {**NO_DNC, "state_dnc_suppress_initials": "JD"},
+        "dnc_suppress_initials",
+    ),
     (
         "use_nat_dnc absent (default 0) needs dnc_suppress_initials",
         without({**NO_DNC, "state_dnc_suppress_initials": "JD"}, "use_nat_dnc"),
         "dnc_suppress_initials",
     ),
-    ("use_state_dnc 0 needs state_dnc_suppress_initials", {**NO_DNC, "dnc_suppress_initials": "JD"}, "state_dnc_suppress_initials"),
+    (
+        "use_state_dnc 0 needs state_dnc_suppress_initials",
+        {**NO_DNC, "dnc_suppress_initials": "JD"},
+        "state_dnc_suppress_initials",
+    ),
     (
         "use_state_dnc absent (default 0) needs state_dnc_suppress_initials",
         without({**NO_DNC, "dnc_suppress_initials": "JD"}, "use_state_dnc"),
@@ -147,7 +159,10 @@ def test_upload_field_values_outside_the_document_are_refused(field: str, value:
     assert not UPLOAD.is_valid(payload)
 
 
-@pytest.mark.parametrize(("field", "values"), [("split_states", [0, 1]), ("split_timezones", [0, 1]), ("suppress_cell_phones", [0, 1, 4])])
+@pytest.mark.parametrize(
+    ("field", "values"),
+    [("split_states", [0, 1]), ("split_timezones", [0, 1]), ("suppress_cell_phones", [0, 1, 4])],
+)
 def test_upload_flags_accept_every_documented_value(field: str, values: list[int]) -> None:
     """Every documented flag value passes the schema (with the fields it then requires)."""
     for value in values:
@@ -233,7 +248,9 @@ def test_all_rows_invalid_is_rejected() -> None:
 
 def test_csv_from_rows_writes_header_and_list_map() -> None:
     """The CSV has the columns in the document's order and a 1-based list_map that matches."""
-    upload, list_map = csv_from_rows([{"first_name": "Ada", "lead_phone": "2025550143"}, {"lead_phone": "3125550187", "zip": "60601"}])
+    upload, list_map = csv_from_rows(
+        [{"first_name": "Ada", "lead_phone": "2025550143"}, {"lead_phone": "3125550187", "zip": "60601"}]
+    )
     assert upload.content_type == "text/csv"
     lines = upload.content.decode().splitlines()
     assert lines == ["lead_phone,first_name,zip", "2025550143,Ada,", "3125550187,,60601"]
@@ -268,10 +285,19 @@ def _job(**changes: Any) -> dict[str, Any]:
         ("no default template", _job(templates=[{"title": "a", "text": "b"}]), "/payload/templates"),
         (
             "two default templates",
-            _job(templates=[{"title": "a", "text": "b", "is_default": True}, {"title": "c", "text": "d", "is_default": True}]),
+            _job(
+                templates=[
+                    {"title": "a", "text": "b", "is_default": True},
+                    {"title": "c", "text": "d", "is_default": True},
+                ]
+            ),
             "/payload/templates",
         ),
-        ("question points at no template", _job(questions=[{"title": "q", "template": "nope"}]), "/payload/questions/0/template"),
+        (
+            "question points at no template",
+            _job(questions=[{"title": "q", "template": "nope"}]),
+            "/payload/questions/0/template",
+        ),
         (
             "response points at no template",
             _job(questions=[{"title": "q", "responses": [{"text": "Yes", "template": "nope"}]}]),
@@ -324,11 +350,17 @@ def test_create_job_media_needs_id_and_type() -> None:
 def test_account_allowlist_from_env_string() -> None:
     """upload_url_allowlist accepts the comma-separated string the environment gives."""
     account = PeerlyAccount.model_validate(
-        {"email": "a@b.c", "password": "p", "upload_url_allowlist": "files.example.org, https://cdn.example.com/lists/"}
+        {
+            "email": "a@b.c",
+            "password": "p",
+            "upload_url_allowlist": "files.example.org, https://cdn.example.com/lists/",
+        }
     )
     assert account.upload_url_allowlist == ["files.example.org", "https://cdn.example.com/lists/"]
     with pytest.raises(ValueError):
-        PeerlyAccount.model_validate({"email": "a@b.c", "password": "p", "upload_url_allowlist": "http://x.org/"})
+        PeerlyAccount.model_validate(
+            {"email": "a@b.c", "password": "p", "upload_url_allowlist": "http://x.org/"}
+        )
 
 
 @pytest.mark.parametrize(
