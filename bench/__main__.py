@@ -57,9 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         "--latencies", default="0,50", help="vendor latencies in ms for the throughput scenarios"
     )
     parser.add_argument(
+        "--repeat", type=int, help="rounds of the throughput runs, medians reported (3; quick 1)"
+    )
+    parser.add_argument(
         "--paced-rate", type=float, default=500.0, help="commands/s of the latency runs; 0: none"
     )
-    parser.add_argument("--paced", type=int, help="commands a latency run (default 10,000; quick 2,000)")
+    parser.add_argument("--paced", type=int, help="commands a latency run (default 5,000; quick 2,000)")
     parser.add_argument(
         "--backlog-latency", type=float, default=0.0, help="vendor latency (ms) while draining the backlog"
     )
@@ -95,7 +98,8 @@ def _config(args: argparse.Namespace, workdir: Path, stamp: str) -> RunConfig:
         max_in_flight=args.max_in_flight,
         latencies_ms=tuple(float(value) for value in args.latencies.split(",") if value.strip()),
         paced_rate=args.paced_rate,
-        paced_commands=args.paced or (2_000 if quick else 10_000),
+        repeat=args.repeat or (1 if quick else 3),
+        paced_commands=args.paced or (2_000 if quick else 5_000),
         backlog_latency_ms=args.backlog_latency,
         sim_impl=args.sim_impl,
         workdir=workdir,
@@ -148,23 +152,24 @@ class _Rows(list[Row]):
 
 
 def _throughput(config: RunConfig, groups: set[str], worker_ok: bool, no_confirms: bool, rows: _Rows) -> None:
+    """Baseline and worker in turn, ``repeat`` rounds (latency runs in the first only); medians kept."""
+    systems: list[tuple[str, Callable[..., list[Row]]]] = []
+    if "baseline" in groups:
+        systems.append(("baseline", functools.partial(scenarios.baseline, confirms=True)))
+        if no_confirms:
+            systems.append(("baseline, no confirms", functools.partial(scenarios.baseline, confirms=False)))
+    if worker_ok and "worker" in groups:
+        systems += [
+            (f"worker [{store}]", functools.partial(scenarios.worker, store=store)) for store in config.stores
+        ]
     for latency in config.latencies_ms:
         with scenarios.simulator(config, latency) as sim:
-            if "baseline" in groups:
-                rows.attempt(
-                    f"baseline {latency:g} ms", lambda: scenarios.baseline(config, sim, confirms=True)
-                )
-                if no_confirms:
-                    rows.attempt(
-                        f"baseline {latency:g} ms, no confirms",
-                        lambda: scenarios.baseline(config, sim, confirms=False),
+            for round_ in range(config.repeat):
+                for name, step in systems:
+                    what = f"{name} {latency:g} ms" + (
+                        f", round {round_ + 1}/{config.repeat}" if config.repeat > 1 else ""
                     )
-            if worker_ok and "worker" in groups:
-                for store in config.stores:
-                    rows.attempt(
-                        f"worker [{store}] {latency:g} ms",
-                        functools.partial(scenarios.worker, config, sim, store),
-                    )
+                    rows.attempt(what, functools.partial(step, config, sim, paced=round_ == 0))
 
 
 def _scenarios(config: RunConfig, groups: set[str], worker_ok: bool, no_confirms: bool) -> list[Row]:
@@ -174,6 +179,7 @@ def _scenarios(config: RunConfig, groups: set[str], worker_ok: bool, no_confirms
             "harness ceiling (publisher + collector, no consumer)", lambda: scenarios.calibration(config)
         )
     _throughput(config, groups, worker_ok, no_confirms, rows)
+    rows[:] = report.medians(rows)
     if worker_ok and groups & {"backlog", "replays"}:
         with scenarios.simulator(config, config.backlog_latency_ms) as sim:
             for store in config.stores:

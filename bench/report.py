@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +31,27 @@ def ratio_of(row: Row, rows: Sequence[Row]) -> float:
     if row.scenario != "throughput" or row.system == "baseline":
         return math.nan
     return stats.ratio(row.rate, ceiling(rows, row.vendor_latency_ms))
+
+
+def medians(rows: Sequence[Row]) -> list[Row]:
+    """One row per (scenario, system, latency): the run with the median rate, its siblings' rates in a note.
+
+    Whole rows, not per-column medians, so each row's numbers come from one run.
+    """
+    groups: dict[tuple[str, str, float], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.scenario, row.system, row.vendor_latency_ms), []).append(row)
+    merged = []
+    for group in groups.values():
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        ordered = sorted(group, key=lambda row: -math.inf if math.isnan(row.rate) else row.rate)
+        middle = dataclasses.replace(ordered[(len(ordered) - 1) // 2])
+        rates = ", ".join(_number(row.rate) for row in group)
+        middle.notes = [*middle.notes, f"median of {len(group)} runs by cmd/s: {rates}"]
+        merged.append(middle)
+    return merged
 
 
 def _number(value: float | None, digits: int = 0) -> str:

@@ -36,6 +36,7 @@ class RunConfig:
     latencies_ms: tuple[float, ...]
     paced_rate: float
     paced_commands: int
+    repeat: int
     backlog_latency_ms: float
     sim_impl: str
     workdir: Path
@@ -167,7 +168,7 @@ def calibration(config: RunConfig) -> list[Row]:
     return [_row("harness ceiling", "publisher+collector", 0, run(plan), None)]
 
 
-def baseline(config: RunConfig, sim: Simulator, *, confirms: bool) -> list[Row]:
+def baseline(config: RunConfig, sim: Simulator, *, confirms: bool, paced: bool = True) -> list[Row]:
     """The bare consumer on its own quorum queue: flooded with ``commands``, then paced."""
     amqp.ensure_baseline_queue(config.amqp_url)
     amqp.purge(config.amqp_url, amqp.BASELINE_QUEUE)
@@ -177,20 +178,22 @@ def baseline(config: RunConfig, sim: Simulator, *, confirms: bool) -> list[Row]:
         account_key=config.account_key, token=config.token, logdir=config.logdir, max_seconds=3600,
     )  # fmt: skip
     try:
-        return _flood_and_paced(config, sim, system, amqp.BASELINE_KEY, managed.pid)
+        return _flood_and_paced(config, sim, system, amqp.BASELINE_KEY, managed.pid, paced)
     finally:
         managed.stop()
 
 
-def _flood_and_paced(config: RunConfig, sim: Simulator, system: str, routing_key: str, pid: int) -> list[Row]:
+def _flood_and_paced(
+    config: RunConfig, sim: Simulator, system: str, routing_key: str, pid: int, paced: bool
+) -> list[Row]:
     """A flood of ``commands`` (throughput), then ``paced_commands`` at ``paced_rate`` (latency)."""
     label = f"{system} {sim.latency_ms:g} ms"
     calls = sim.sent()
     measured = _publish_and_wait(config, label, _prefix("flood"), config.commands, pid, routing_key)
     rows = [_row("throughput", system, sim.latency_ms, measured, sim.sent() - calls)]
-    if config.paced_rate > 0 and config.paced_commands > 0:
+    if paced and config.paced_rate > 0 and config.paced_commands > 0:
         calls = sim.sent()
-        paced = _publish_and_wait(
+        slow = _publish_and_wait(
             config,
             f"{label} paced",
             _prefix("paced"),
@@ -200,7 +203,7 @@ def _flood_and_paced(config: RunConfig, sim: Simulator, system: str, routing_key
             config.paced_rate,
         )
         rows.append(
-            _row(f"latency @{config.paced_rate:,.0f}/s", system, sim.latency_ms, paced, sim.sent() - calls)
+            _row(f"latency @{config.paced_rate:,.0f}/s", system, sim.latency_ms, slow, sim.sent() - calls)
         )
     return rows
 
@@ -268,12 +271,12 @@ def _publish_and_wait(
     return run(plan)
 
 
-def worker(config: RunConfig, sim: Simulator, store: str) -> list[Row]:
+def worker(config: RunConfig, sim: Simulator, store: str, *, paced: bool = True) -> list[Row]:
     """The worker, already consuming: flooded with ``commands``, then paced."""
     amqp.purge(config.amqp_url, amqp.WORKER_QUEUE)
     runner = Worker(config, sim, store, f"worker-{store}-{sim.latency_ms:g}ms")
     try:
-        rows = _flood_and_paced(config, sim, f"worker [{store}]", amqp.COMMAND_KEY, runner.start())
+        rows = _flood_and_paced(config, sim, f"worker [{store}]", amqp.COMMAND_KEY, runner.start(), paced)
     finally:
         notes = runner.stop()
     rows[0].notes.extend(notes)

@@ -47,7 +47,13 @@ def build(
 
 
 def encode(event: dict[str, Any]) -> bytes:
-    return orjson.dumps(event)
+    try:
+        return orjson.dumps(event)
+    except orjson.JSONEncodeError:
+        # Only the publisher's own data can be unencodable (meta nested past
+        # orjson's limit): the event still goes out, without it.
+        event["meta"] = {"dropped": "meta could not be encoded (nested too deeply)"}
+        return orjson.dumps(event)
 
 
 def routing_key(event: dict[str, Any]) -> str:

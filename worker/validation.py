@@ -40,13 +40,17 @@ class SchemaValidator:
         self.prefix = prefix
 
     def errors(self, instance: Any) -> list[dict[str, str]]:
-        if self._validator.is_valid(instance):
-            return []
-        found = []
-        for error in self._validator.iter_errors(instance):
-            found.append(_describe(error, self.prefix))
-            if len(found) >= _MAX_ERRORS:
-                break
+        try:
+            if self._validator.is_valid(instance):
+                return []
+            found = []
+            for error in self._validator.iter_errors(instance):
+                found.append(_describe(error, self.prefix))
+                if len(found) >= _MAX_ERRORS:
+                    break
+        except ValueError:
+            # jsonschema_rs stops at its recursion limit: say so instead of crashing.
+            return [{"path": self.prefix, "message": "value is nested too deeply to validate"}]
         # Deepest path first: "/payload/to_number" says more than "/payload".
         found.sort(key=lambda e: -e["path"].count("/"))
         return found

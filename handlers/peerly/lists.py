@@ -155,18 +155,19 @@ async def _upload(payload: dict[str, Any], ctx: CommandContext[PeerlyClient]) ->
         fields["list_map"] = _json(list_map)
 
     def form() -> aiohttp.FormData:
-        data = aiohttp.FormData()
+        multipart = aiohttp.FormData()
         for name, value in fields.items():
-            data.add_field(name, value)
-        data.add_field("file", upload.content, filename=upload.filename, content_type=upload.content_type)
-        return data
+            multipart.add_field(name, value)
+        multipart.add_field(
+            "file", upload.content, filename=upload.filename, content_type=upload.content_type
+        )
+        return multipart
 
     body = await client.call("POST", "/phonelists", form=form)
     data = body.get("Data") if isinstance(body, dict) else None
-    token = data.get("token") if isinstance(data, dict) else None
-    if not isinstance(token, str) or not token:
+    if not isinstance(data, dict) or not isinstance(data.get("token"), str) or not data["token"]:
         raise client.invalid_response("/phonelists", "no Data.token")
-    assert isinstance(data, dict)
+    token = data["token"]
     list_state = data.get("list_state") if isinstance(data.get("list_state"), str) else "PENDING"
     state = {
         "list_status_token": token,

@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
-
 from handlers.pidj.settings import PidjAccount
 from worker.errors import PermanentError, VendorAuthFailed, VendorRejected
 from worker.vendor_http import VendorHTTP, VendorResponse
@@ -79,8 +78,15 @@ class PidjClient:
     async def get(self, endpoint: str, path: str | None = None) -> dict[str, Any]:
         return await self.call("GET", endpoint, path=path)
 
-    async def post(self, endpoint: str, form: Form | None = None, path: str | None = None) -> dict[str, Any]:
-        return await self.call("POST", endpoint, path=path, form=form or {})
+    async def post(
+        self,
+        endpoint: str,
+        form: Form | None = None,
+        path: str | None = None,
+        *,
+        accept_failure: bool = False,
+    ) -> dict[str, Any]:
+        return await self.call("POST", endpoint, path=path, form=form or {}, accept_failure=accept_failure)
 
     async def put(self, endpoint: str, form: Form | None = None, path: str | None = None) -> dict[str, Any]:
         return await self.call("PUT", endpoint, path=path, form=form or {})
@@ -89,9 +95,18 @@ class PidjClient:
         return await self.call("DELETE", endpoint, path=path)
 
     async def call(
-        self, method: str, endpoint: str, *, path: str | None = None, form: Form | None = None
+        self,
+        method: str,
+        endpoint: str,
+        *,
+        path: str | None = None,
+        form: Form | None = None,
+        accept_failure: bool = False,
     ) -> dict[str, Any]:
         """One request; returns the body of a ``status: success`` answer or raises.
+
+        ``accept_failure`` returns a ``status: failure`` body instead of raising, for
+        calls where Pidj's "failure" is an expected outcome (a consent text not due).
 
         ``endpoint`` is the route template (a metric label), ``path`` the concrete path.
         The document lists ``Content-Type: application/x-www-form-urlencoded`` as a
@@ -103,10 +118,12 @@ class PidjClient:
         if method != "GET":
             kwargs["data"] = body
         answer = await self.http.request(method, endpoint, path, **kwargs)
-        return interpret(answer, method=method, endpoint=endpoint)
+        return interpret(answer, method=method, endpoint=endpoint, accept_failure=accept_failure)
 
 
-def interpret(answer: VendorResponse, *, method: str, endpoint: str) -> dict[str, Any]:
+def interpret(
+    answer: VendorResponse, *, method: str, endpoint: str, accept_failure: bool = False
+) -> dict[str, Any]:
     """Map one Pidj answer (2xx-4xx; VendorHTTP already raised for 429/5xx) to a body or an error."""
     status = answer.status
     body = answer.json()
@@ -129,7 +146,7 @@ def interpret(answer: VendorResponse, *, method: str, endpoint: str) -> dict[str
             details=details,
         )
     outcome = body.get("status")
-    if outcome == _OK:
+    if outcome == _OK or (accept_failure and outcome == "failure"):
         return body
     if outcome in _REFUSED:
         details["status"] = outcome

@@ -18,6 +18,7 @@ from typing import Any
 from handlers.pidj import rules
 from handlers.pidj.client import build_form, path_segment
 from handlers.pidj.common import VENDOR, PidjContext, contact_number, refuse_if_opted_out, status_of
+from worker.errors import VendorRejected
 from worker.registry import registry
 
 CHECK_CONSENT = "/contact/{contact_id}/{group_id}/check-consent"
@@ -151,7 +152,13 @@ async def update_contact(payload: dict[str, Any], ctx: PidjContext) -> dict[str,
 async def delete_contact(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """Delete a contact permanently (DELETE /contact/{id})."""
     check_contact_id(payload)
-    body = await ctx.client.delete("/contact/{id}", path=_contact_path(payload["id"]))
+    try:
+        body = await ctx.client.delete("/contact/{id}", path=_contact_path(payload["id"]))
+    except VendorRejected as exc:
+        # A retry after an attempt that may have deleted it: gone is what was asked for.
+        if exc.code == "not_found" and ctx.attempt > 1:
+            return {"status": "success", "id": payload["id"], "already_deleted": True}
+        raise
     return status_of(body) | {"id": payload["id"]}
 
 
@@ -169,8 +176,11 @@ async def send_consent_text(payload: dict[str, Any], ctx: PidjContext) -> dict[s
     if number is not None:
         await refuse_if_opted_out(ctx, number, "contact_id")
     form = build_form({"contact_id": payload["contact_id"], "group_id": payload["group_id"]})
-    body = await ctx.client.post("/contact/send-consent-text", form)
-    return status_of(body)
+    # 'Consent texts may report failure to send for a number of reasons' (not set up, already
+    # requested ...): an expected outcome of a call that 'can safely be called at any point',
+    # so it succeeds with sent=false and Pidj's reason. ``status: error`` and 4xx still fail.
+    body = await ctx.client.post("/contact/send-consent-text", form, accept_failure=True)
+    return status_of(body) | {"sent": body.get("status") == "success"}
 
 
 @registry.command(

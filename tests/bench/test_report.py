@@ -73,3 +73,17 @@ def test_procstat_reads_this_process() -> None:
     usage = procstat.usage(os.getpid())
     assert usage.cpu_seconds > 0
     assert usage.peak_rss_bytes >= usage.rss_bytes > 0
+
+
+def test_medians_keep_the_middle_run_whole() -> None:
+    """Repeated runs collapse to the one with the median rate, and the note lists every rate."""
+    rows = [
+        _row("baseline", 3000),
+        _row("worker [sqlite]", 900),
+        _row("baseline", 1000),
+        _row("baseline", 2000),
+    ]
+    merged = report.medians(rows)
+    assert [(row.system, row.rate) for row in merged] == [("baseline", 2000), ("worker [sqlite]", 900)]
+    assert merged[0].notes == ["median of 3 runs by cmd/s: 3,000, 1,000, 2,000"]
+    assert rows[3].notes == []

@@ -103,13 +103,15 @@ def run(make_client: Callable[..., PidjClient], suppressions: MemorySuppressions
     """``await run(type, payload)``: the command's check, then its handler, as the dispatcher does."""
     client = make_client()
 
-    async def execute(command_type: str, payload: dict[str, Any], *, account: str = "default") -> Any:
+    async def execute(
+        command_type: str, payload: dict[str, Any], *, account: str = "default", attempt: int = 1
+    ) -> Any:
         spec = registry.commands[command_type]
         ctx: CommandContext[PidjClient] = CommandContext(
             command_id=f"test-{time.monotonic_ns()}",
             type=command_type,
             account=account,
-            attempt=1,
+            attempt=attempt,
             meta={},
             client=client,
             log=structlog.get_logger("test"),

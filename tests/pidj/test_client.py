@@ -29,7 +29,10 @@ def answer(status: int, body: bytes) -> VendorResponse:
 class TestInterpret:
     def test_success_body_is_returned(self) -> None:
         """status success gives the body."""
-        assert interpret(answer(200, b'{"code":200,"status":"success","x":1}'), method="GET", endpoint="/x")["x"] == 1
+        assert (
+            interpret(answer(200, b'{"code":200,"status":"success","x":1}'), method="GET", endpoint="/x")["x"]
+            == 1
+        )
 
     @pytest.mark.parametrize("status", ["failure", "error"])
     def test_200_with_failure_status_is_vendor_failure(self, status: str) -> None:
@@ -48,7 +51,9 @@ class TestInterpret:
     def test_404_is_not_found(self) -> None:
         """404 is VendorRejected not_found."""
         with pytest.raises(VendorRejected) as caught:
-            interpret(answer(404, b'{"status":"error","message":"Contact not found."}'), method="GET", endpoint="/c")
+            interpret(
+                answer(404, b'{"status":"error","message":"Contact not found."}'), method="GET", endpoint="/c"
+            )
         assert caught.value.code == "not_found"
 
     def test_other_4xx_is_rejected(self) -> None:
@@ -85,7 +90,9 @@ class TestWire:
     ) -> None:
         """Every request carries Basic auth (key:token) and the form Content-Type; bodies are form-encoded."""
         client = make_client()
-        await client.post("/send", {"to_number": "+18885553333", "from_number": "+18885552222", "text_body": "a b"})
+        await client.post(
+            "/send", {"to_number": "+18885553333", "from_number": "+18885552222", "text_body": "a b"}
+        )
         request = sim.requests[-1]
         assert request.content_type == "application/x-www-form-urlencoded"
         assert parse_qs(request.body.decode()) == {
@@ -93,7 +100,10 @@ class TestWire:
             "from_number": ["+18885552222"],
             "text_body": ["a b"],
         }
-        assert sim_authorization(sim) == "Basic " + base64.b64encode(b"sandbox-account-key:sandbox-token").decode()
+        assert (
+            sim_authorization(sim)
+            == "Basic " + base64.b64encode(b"sandbox-account-key:sandbox-token").decode()
+        )
 
     async def test_wrong_token_is_auth_failed(self, make_client: Callable[..., PidjClient]) -> None:
         """The simulator's 401 reaches the handler as VendorAuthFailed."""
@@ -115,11 +125,15 @@ class TestWire:
         """A 500 after the text went out is VendorUnavailable maybe_applied (the runtime will not resend)."""
         sim.add_fault(Fault(status=500, after_processing=True, count=1))
         with pytest.raises(VendorUnavailable) as caught:
-            await make_client().post("/send", {"to_number": "+18885553333", "group_id": sim_group(), "text_body": "x"})
+            await make_client().post(
+                "/send", {"to_number": "+18885553333", "group_id": sim_group(), "text_body": "x"}
+            )
         assert caught.value.maybe_applied
         assert len(sim.effects("text")) == 1
 
-    async def test_slow_answer_times_out(self, sim: PidjSimulator, make_client: Callable[..., PidjClient]) -> None:
+    async def test_slow_answer_times_out(
+        self, sim: PidjSimulator, make_client: Callable[..., PidjClient]
+    ) -> None:
         """An answer slower than the timeout is VendorUnavailable vendor_timeout."""
         sim.add_fault(Fault(kind="slow", delay=1.0, count=1))
         with pytest.raises(VendorUnavailable) as caught:
@@ -132,7 +146,9 @@ class TestWire:
         """A connection dropped without an answer is VendorUnavailable (maybe applied); nothing was sent."""
         sim.add_fault(Fault(kind="drop"))
         with pytest.raises(VendorUnavailable) as caught:
-            await make_client().post("/send", {"to_number": "+18885553333", "group_id": sim_group(), "text_body": "x"})
+            await make_client().post(
+                "/send", {"to_number": "+18885553333", "group_id": sim_group(), "text_body": "x"}
+            )
         assert caught.value.maybe_applied
         assert sim.effects("text") == []
 
@@ -151,7 +167,9 @@ def sim_group() -> str:
 class TestSettings:
     def test_secrets_do_not_print(self) -> None:
         """Token, key and webhook secret are hidden in repr."""
-        account = PidjAccount(account_key="k", token="t0ken", webhook_secret="s" * 20)  # type: ignore[arg-type]
+        account = PidjAccount.model_validate(
+            {"account_key": "k", "token": "t0ken", "webhook_secret": "s" * 20}
+        )
         assert "t0ken" not in repr(account) and "sssss" not in repr(account)
         assert account.base_url == "https://gopidj.com/api/2020"
 

@@ -31,7 +31,9 @@ def form_of(sim: PidjSimulator, path: str) -> dict[str, list[str]]:
 class TestSendText:
     async def test_sent_from_number_as_e164(self, run: Run, sim: PidjSimulator) -> None:
         """A formatted number is sent as E.164; the result has Pidj's message and no truncation."""
-        result = await run("send_text", {"to_number": "+1 888-555-3333", "from_number": PRIMARY_NUMBER, "text_body": "hi"})
+        result = await run(
+            "send_text", {"to_number": "+1 888-555-3333", "from_number": PRIMARY_NUMBER, "text_body": "hi"}
+        )
         assert result == {
             "status": "success",
             "message": "Text sent.",
@@ -39,12 +41,17 @@ class TestSendText:
             "from_number": PRIMARY_NUMBER,
             "truncated": False,
         }
-        assert form_of(sim, "/send") == {"to_number": [TO], "from_number": [PRIMARY_NUMBER], "text_body": ["hi"]}
+        assert form_of(sim, "/send") == {
+            "to_number": [TO],
+            "from_number": [PRIMARY_NUMBER],
+            "text_body": ["hi"],
+        }
 
     async def test_sent_from_group(self, run: Run, sim: PidjSimulator) -> None:
         """group_id is sent instead of from_number; allow_truncation is not sent to Pidj."""
         result = await run(
-            "send_text", {"to_number": TO, "group_id": SUPPORT_GROUP, "text_body": "y" * 1700, "allow_truncation": True}
+            "send_text",
+            {"to_number": TO, "group_id": SUPPORT_GROUP, "text_body": "y" * 1700, "allow_truncation": True},
         )
         assert result["truncated"] is True
         assert set(form_of(sim, "/send")) == {"to_number", "group_id", "text_body"}
@@ -56,11 +63,16 @@ class TestSendText:
         assert caught.value.code == "vendor_failure"
         assert sim.effects("text") == []
 
-    async def test_opted_out_number_not_sent(self, run: Run, sim: PidjSimulator, suppressions: MemorySuppressions) -> None:
+    async def test_opted_out_number_not_sent(
+        self, run: Run, sim: PidjSimulator, suppressions: MemorySuppressions
+    ) -> None:
         """A suppressed number ends recipient_opted_out and Pidj is not called."""
         await suppressions.add("default", TO, reason="opt-out", source="test", now=0)
         with pytest.raises(PermanentError) as caught:
-            await run("send_text", {"to_number": "+1 888 555 3333", "from_number": PRIMARY_NUMBER, "text_body": "hi"})
+            await run(
+                "send_text",
+                {"to_number": "+1 888 555 3333", "from_number": PRIMARY_NUMBER, "text_body": "hi"},
+            )
         assert caught.value.code == "recipient_opted_out"
         assert sim.requests == []
 
@@ -79,10 +91,15 @@ class TestSendText:
 
 class TestUsers:
     async def test_user_lifecycle(self, run: Run, sim: PidjSimulator) -> None:
-        """create, get, update, pause, unpause, delete, recover, SSO URL: each answers and changes the record."""
+        """create, get, update, pause, unpause, delete, recover, SSO URL: each answers and acts."""
         created = await run(
             "create_user",
-            {"username": "ann", "password": "pw", "roles": ["agent", "manager"], "groups": ["primary", SUPPORT_GROUP]},
+            {
+                "username": "ann",
+                "password": "pw",
+                "roles": ["agent", "manager"],
+                "groups": ["primary", SUPPORT_GROUP],
+            },
         )
         user_id = created["id"]
         assert user_id.startswith("us:") and created["message"] == "User created."
@@ -130,7 +147,12 @@ class TestUsers:
 class TestContacts:
     async def test_contact_lifecycle(self, run: Run, sim: PidjSimulator) -> None:
         """create (with address), get, by phone, update, list, delete."""
-        payload = {"phone_number": "+1 801 555 1111", "first_name": "John", "home_street_1": "1 Main", "home_postal": "84101"}
+        payload = {
+            "phone_number": "+1 801 555 1111",
+            "first_name": "John",
+            "home_street_1": "1 Main",
+            "home_postal": "84101",
+        }
         contact_id = (await run("create_contact", payload))["id"]
         assert form_of(sim, "/contact")["phone_number"] == ["+18015551111"]
         assert (await run("get_contact", {"id": contact_id}))["contact"]["first_name"] == "John"
@@ -142,6 +164,15 @@ class TestContacts:
         await run("delete_contact", {"id": contact_id})
         with pytest.raises(VendorRejected):
             await run("get_contact", {"id": contact_id})
+
+    async def test_delete_retry_of_a_deleted_contact_succeeds(self, run: Run) -> None:
+        """not_found on a retry (attempt 2) means an earlier attempt deleted it; on attempt 1 it fails."""
+        contact_id = (await run("create_contact", {"phone_number": TO}))["id"]
+        await run("delete_contact", {"id": contact_id})
+        again = await run("delete_contact", {"id": contact_id}, attempt=2)
+        assert again["already_deleted"] is True
+        with pytest.raises(VendorRejected):
+            await run("delete_contact", {"id": contact_id}, attempt=1)
 
     async def test_existing_contact_is_left_alone(self, run: Run, sim: PidjSimulator) -> None:
         """Creating a contact whose number exists changes nothing and returns the same id."""
@@ -156,10 +187,10 @@ class TestContacts:
         contact_id = (await run("create_contact", {"phone_number": TO}))["id"]
         pair = {"contact_id": contact_id, "group_id": PRIMARY_GROUP}
         assert (await run("check_consent", pair))["needed"] is True
-        await run("send_consent_text", pair)
+        assert (await run("send_consent_text", pair))["sent"] is True
         assert (await run("check_consent", pair))["needed"] is False
-        with pytest.raises(VendorRejected):  # Pidj reports it will not send twice
-            await run("send_consent_text", pair)
+        again = await run("send_consent_text", pair)  # Pidj reports 'failure': not due, not an error
+        assert again["sent"] is False and again["message"]
         assert len(sim.effects("consent_text")) == 1
         path = f"/api/2020/contact/{contact_id}/{PRIMARY_GROUP}/check-consent"
         assert any(r.path == path for r in sim.requests)
@@ -187,7 +218,12 @@ class TestCatalog:
 
     async def test_series_and_survey(self, run: Run, sim: PidjSimulator) -> None:
         """A number is subscribed to a series and a contact gets a survey."""
-        series = {"series_id": SERIES_ID, "timezone": "America/Denver", "to_number": TO, "group_id": PRIMARY_GROUP}
+        series = {
+            "series_id": SERIES_ID,
+            "timezone": "America/Denver",
+            "to_number": TO,
+            "group_id": PRIMARY_GROUP,
+        }
         assert (await run("subscribe_series", series))["message"] == "Series subscribe."
         contact_id = sim.state.contact_by_phone(TO)["id"]  # type: ignore[index]
         survey = {"survey_id": SURVEY_ID, "contact_id": contact_id, "from_number": PRIMARY_NUMBER}
@@ -197,12 +233,18 @@ class TestCatalog:
     async def test_opted_out_contact_gets_no_survey(
         self, run: Run, sim: PidjSimulator, suppressions: MemorySuppressions
     ) -> None:
-        """A contact-addressed survey looks the number up and refuses an opted-out one without /survey/initiate."""
+        """A contact-addressed survey looks the number up; an opted-out one never reaches Pidj."""
         contact_id = (await run("create_contact", {"phone_number": TO}))["id"]
         await suppressions.add("default", TO, reason="opt-out", source="test", now=0)
         for command_type, payload in [
-            ("initiate_survey", {"survey_id": SURVEY_ID, "contact_id": contact_id, "group_id": PRIMARY_GROUP}),
-            ("subscribe_series", {"series_id": SERIES_ID, "timezone": "UTC", "to_number": TO, "group_id": PRIMARY_GROUP}),
+            (
+                "initiate_survey",
+                {"survey_id": SURVEY_ID, "contact_id": contact_id, "group_id": PRIMARY_GROUP},
+            ),
+            (
+                "subscribe_series",
+                {"series_id": SERIES_ID, "timezone": "UTC", "to_number": TO, "group_id": PRIMARY_GROUP},
+            ),
         ]:
             with pytest.raises(PermanentError) as caught:
                 await run(command_type, payload)

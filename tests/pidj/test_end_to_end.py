@@ -65,19 +65,25 @@ def succeeded(tap: EventTap, command_type: str, payload: dict[str, Any]) -> dict
 def sends_to(sim: PidjSimulator, number: str) -> list[str]:
     """Every request that could text ``number`` (send, series, survey)."""
     texting = ("/api/2020/send", "/api/2020/series/subscribe", "/api/2020/survey/initiate")
-    return [r.path for r in sim.requests if r.path in texting and number.encode() in r.body.replace(b"%2B", b"+")]
+    return [
+        r.path for r in sim.requests if r.path in texting and number.encode() in r.body.replace(b"%2B", b"+")
+    ]
 
 
 def test_send_text_succeeds_with_pidj_message(tap: EventTap, sim: PidjSimulator) -> None:
     """The runtime's acceptance payload succeeds and the result carries Pidj's message."""
-    result = succeeded(tap, "send_text", {"to_number": "+18885553333", "from_number": "+18885552222", "text_body": "hi"})
+    result = succeeded(
+        tap, "send_text", {"to_number": "+18885553333", "from_number": "+18885552222", "text_body": "hi"}
+    )
     assert result["message"] == "Text sent."
     assert any(e.data["to_number"] == "+18885553333" for e in sim.effects("text"))
 
 
 def test_group_without_number_fails_with_vendor_message(tap: EventTap) -> None:
     """HTTP 200 with status failure ends the command failed (vendor_failure), not succeeded."""
-    event = run(tap, "send_text", {"to_number": "+18885553333", "group_id": NO_NUMBER_GROUP, "text_body": "hi"})
+    event = run(
+        tap, "send_text", {"to_number": "+18885553333", "group_id": NO_NUMBER_GROUP, "text_body": "hi"}
+    )
     assert event["status"] == "failed"
     assert event["error"]["code"] == "vendor_failure"
 
@@ -85,7 +91,9 @@ def test_group_without_number_fails_with_vendor_message(tap: EventTap) -> None:
 def test_too_long_text_is_rejected_and_not_sent(tap: EventTap, sim: PidjSimulator) -> None:
     """1,601 characters without allow_truncation is rejected before Pidj is called."""
     before = len(sim.requests)
-    event = run(tap, "send_text", {"to_number": "+18885553333", "group_id": PRIMARY_GROUP, "text_body": "x" * 1601})
+    event = run(
+        tap, "send_text", {"to_number": "+18885553333", "group_id": PRIMARY_GROUP, "text_body": "x" * 1601}
+    )
     assert event["status"] == "rejected"
     assert event["error"]["details"]["path"] == "/payload/text_body"
     assert len(sim.requests) == before
@@ -110,14 +118,30 @@ def test_user_commands(tap: EventTap) -> None:
 def test_contact_commands(tap: EventTap) -> None:
     """create/get/by-phone/update/consent/list/delete contact, through the bus."""
     number = "+18015550123"
-    contact_id = succeeded(tap, "create_contact", {"phone_number": number, "first_name": "Jo", "group": "Primary"})["id"]
-    assert succeeded(tap, "create_contact", {"phone_number": number, "first_name": "Other"})["id"] == contact_id
+    contact_id = succeeded(
+        tap, "create_contact", {"phone_number": number, "first_name": "Jo", "group": "Primary"}
+    )["id"]
+    assert (
+        succeeded(tap, "create_contact", {"phone_number": number, "first_name": "Other"})["id"] == contact_id
+    )
     assert succeeded(tap, "get_contact", {"id": contact_id})["contact"]["first_name"] == "Jo"
-    assert succeeded(tap, "get_contact_by_phone", {"phone_number": "+1 801 555 0123"})["contact"]["id"] == contact_id
+    assert (
+        succeeded(tap, "get_contact_by_phone", {"phone_number": "+1 801 555 0123"})["contact"]["id"]
+        == contact_id
+    )
     succeeded(tap, "update_contact", {"id": contact_id, "home_state": "UT", "home_postal": "84101"})
-    assert succeeded(tap, "check_consent", {"contact_id": contact_id, "group_id": PRIMARY_GROUP})["needed"] is True
-    succeeded(tap, "send_consent_text", {"contact_id": contact_id, "group_id": PRIMARY_GROUP})
-    assert succeeded(tap, "check_consent", {"contact_id": contact_id, "group_id": PRIMARY_GROUP})["needed"] is False
+    assert (
+        succeeded(tap, "check_consent", {"contact_id": contact_id, "group_id": PRIMARY_GROUP})["needed"]
+        is True
+    )
+    assert (
+        succeeded(tap, "send_consent_text", {"contact_id": contact_id, "group_id": PRIMARY_GROUP})["sent"]
+        is True
+    )
+    assert (
+        succeeded(tap, "check_consent", {"contact_id": contact_id, "group_id": PRIMARY_GROUP})["needed"]
+        is False
+    )
     assert any(c["id"] == contact_id for c in succeeded(tap, "list_contacts", {})["contacts"])
     succeeded(tap, "delete_contact", {"id": contact_id})
     missing = run(tap, "get_contact", {"id": contact_id})
@@ -131,7 +155,12 @@ def test_catalog_task_series_survey_commands(tap: EventTap, sim: PidjSimulator) 
     assert succeeded(tap, "list_surveys", {})["surveys"][0]["survey_id"] == SURVEY_ID
     assert succeeded(tap, "check_authorization", {})["message"] == "Authorization successful."
     assert succeeded(tap, "initiate_task", {"channel": "ticket", "subject": "e2e"})["task"].startswith("ci:")
-    series = {"series_id": SERIES_ID, "timezone": "America/Denver", "to_number": "+18885553334", "group_id": PRIMARY_GROUP}
+    series = {
+        "series_id": SERIES_ID,
+        "timezone": "America/Denver",
+        "to_number": "+18885553334",
+        "group_id": PRIMARY_GROUP,
+    }
     assert succeeded(tap, "subscribe_series", series)["message"] == "Series subscribe."
     survey = {"survey_id": SURVEY_ID, "to_number": "+18885553334", "from_number": "+18885552222"}
     assert succeeded(tap, "initiate_survey", survey)["message"] == "Survey initiated."
@@ -151,21 +180,26 @@ def test_webhook_with_wrong_secret_is_401_and_publishes_nothing(
     tap: EventTap, sim: PidjSimulator, worker: WorkerProcess
 ) -> None:
     """A wrong secret gets 401; nothing reaches the bus (checked by a following good webhook)."""
-    assert sim.fire_webhook_sync(webhook_url(worker, "wrong-secret-0123456789"), {"event": "e2e-forged"}) == 401
+    assert (
+        sim.fire_webhook_sync(webhook_url(worker, "wrong-secret-0123456789"), {"event": "e2e-forged"}) == 401
+    )
     assert sim.fire_webhook_sync(webhook_url(worker), {"event": "e2e-marker"}) == 200
     tap.wait_for_routing_key("pidj.webhook.e2e-marker")
     assert not [m for m, _, _ in tap.raw if m.routing_key == "pidj.webhook.e2e-forged"]
 
 
 def test_opted_out_number_is_never_sent_to(tap: EventTap, sim: PidjSimulator, worker: WorkerProcess) -> None:
-    """After an opt-out webhook, texting commands fail recipient_opted_out and Pidj sees no send; opt-in undoes it."""
+    """After an opt-out webhook, texting commands fail recipient_opted_out, unsent; opt-in undoes it."""
     number = "+18885559876"
     opt_out = {"event": "opt-out", "contact": {"uuid": "co:e2e-out", "phone": number}}
     assert sim.fire_webhook_sync(webhook_url(worker), opt_out) == 200
     contact_id = succeeded(tap, "create_contact", {"phone_number": number})["id"]
     attempts = [
         ("send_text", {"to_number": number, "group_id": PRIMARY_GROUP, "text_body": "hello"}),
-        ("subscribe_series", {"series_id": SERIES_ID, "timezone": "UTC", "to_number": number, "group_id": PRIMARY_GROUP}),
+        (
+            "subscribe_series",
+            {"series_id": SERIES_ID, "timezone": "UTC", "to_number": number, "group_id": PRIMARY_GROUP},
+        ),
         ("initiate_survey", {"survey_id": SURVEY_ID, "contact_id": contact_id, "group_id": PRIMARY_GROUP}),
         ("send_consent_text", {"contact_id": contact_id, "group_id": PRIMARY_GROUP}),
     ]

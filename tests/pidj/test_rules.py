@@ -72,7 +72,7 @@ class TestRegistry:
 
 class TestPhoneNumbers:
     def test_formatted_number_is_sent_as_e164(self) -> None:
-        """"+1 888-555-3333" becomes "+18885553333"."""
+        """ "+1 888-555-3333" becomes "+18885553333"."""
         assert check("send_text", {**TEXT, "to_number": "+1 (888) 555-3333"})["to_number"] == "+18885553333"
 
     @pytest.mark.parametrize("number", ["8885553333", "+1555", "+1 555 555 0100", "+999123456789", "call me"])
@@ -104,7 +104,10 @@ class TestEitherOr:
 
     def test_group_sender_accepted(self) -> None:
         """A group id alone is a valid sender."""
-        assert check("send_text", {"to_number": "+18885553333", "group_id": G, "text_body": "x"})["group_id"] == G
+        assert (
+            check("send_text", {"to_number": "+18885553333", "group_id": G, "text_body": "x"})["group_id"]
+            == G
+        )
 
     @pytest.mark.parametrize("command_type", ["subscribe_series", "initiate_survey"])
     def test_contact_and_number_together_rejected(self, command_type: str) -> None:
@@ -124,7 +127,7 @@ class TestPrefixes:
     @pytest.mark.parametrize(
         ("command_type", "payload", "path"),
         [
-            ("send_text", {**{k: v for k, v in TEXT.items() if k != "from_number"}, "group_id": G[3:]}, "group_id"),
+            ("send_text", {"to_number": "+18885553333", "text_body": "x", "group_id": G[3:]}, "group_id"),
             ("get_user", {"id": "co:abc"}, "id"),
             ("get_contact", {"id": "us:abc"}, "id"),
             ("send_consent_text", {"contact_id": C, "group_id": "co:abc"}, "group_id"),
@@ -163,11 +166,16 @@ class TestOtherRules:
 
     def test_roles_are_checked_and_kept_for_pipe_joining(self) -> None:
         """Roles must be admin/manager/agent, once each."""
-        assert check("create_user", {"username": "a", "password": "b", "roles": ["agent", "admin"]})["roles"] == [
+        assert check("create_user", {"username": "a", "password": "b", "roles": ["agent", "admin"]})[
+            "roles"
+        ] == [
             "agent",
             "admin",
         ]
-        assert rejected_at("create_user", {"username": "a", "password": "b", "roles": ["owner"]}) == "/payload/roles"
+        assert (
+            rejected_at("create_user", {"username": "a", "password": "b", "roles": ["owner"]})
+            == "/payload/roles"
+        )
         assert rejected_at("create_user", {"username": "a", "password": "b", "roles": ["agent", "agent"]})
 
     def test_group_name_with_pipe_rejected(self) -> None:
@@ -200,12 +208,16 @@ class TestOtherRules:
     )
     def test_address_fields_checked(self, field: str, value: str) -> None:
         """Address limits, state, postal code and country are refused rather than discarded by Pidj."""
-        assert rejected_at("create_contact", {"phone_number": "+18015551111", field: value}) == f"/payload/{field}"
+        assert (
+            rejected_at("create_contact", {"phone_number": "+18015551111", field: value})
+            == f"/payload/{field}"
+        )
 
     @pytest.mark.parametrize(
         ("field", "value"),
-        [("home_state", "ut"), ("home_postal", "84101-1234"), ("home_postal", "K1A 0B1"), ("home_postal", "SW1A 1AA"),
-         ("home_postal", "2000"), ("home_country", "USA"), ("business_country", "gb"), ("home_street_1", "x" * 200)],
+        [("home_state", "ut"), ("home_postal", "84101-1234"), ("home_postal", "K1A 0B1"),
+         ("home_postal", "SW1A 1AA"), ("home_postal", "2000"), ("home_country", "USA"),
+         ("business_country", "gb"), ("home_street_1", "x" * 200)],
     )  # fmt: skip
     def test_valid_address_fields_pass(self, field: str, value: str) -> None:
         """Valid US/CA/UK/AU postal codes, state and country codes pass."""

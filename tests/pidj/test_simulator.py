@@ -35,7 +35,9 @@ async def test_wrong_or_missing_auth_is_401(http: Any, sim: PidjSimulator) -> No
     """No Authorization, a wrong token, or a Bearer scheme gets 401 and no text is sent."""
     wrong = "Basic " + base64.b64encode(f"{SANDBOX_ACCOUNT_KEY}:nope".encode()).decode()
     for headers in ({}, {"Authorization": wrong}, {"Authorization": "Bearer " + SANDBOX_TOKEN}):
-        status, body = await http("POST", "/send", data=SEND, headers={**FORM, **headers} if headers else None)
+        status, body = await http(
+            "POST", "/send", data=SEND, headers={**FORM, **headers} if headers else None
+        )
         assert status == 401 and body["status"] == "error"
     assert sim.effects("text") == []
 
@@ -56,7 +58,9 @@ async def test_unknown_and_repeated_fields_are_400(http: Any) -> None:
 
 async def test_non_e164_and_bad_prefix_are_400(http: Any) -> None:
     """A formatted number or a group id without gr: is refused: the vendor wants E.164 and prefixes."""
-    assert (await http("POST", "/send", data={**SEND, "to_number": "+1 888 555 3333"}, headers=FORM))[0] == 400
+    assert (await http("POST", "/send", data={**SEND, "to_number": "+1 888 555 3333"}, headers=FORM))[
+        0
+    ] == 400
     data = {"to_number": "+18885553333", "group_id": PRIMARY_GROUP[3:], "text_body": "x"}
     assert (await http("POST", "/send", data=data, headers=FORM))[0] == 400
 
@@ -121,10 +125,15 @@ async def test_fire_webhook_posts_json(sim: PidjSimulator) -> None:
     port = runner.addresses[0][1]
     try:
         assert await sim.fire_webhook(f"http://127.0.0.1:{port}/hook", {"event": "opt-out"}) == 202
-        status = await asyncio.to_thread(sim.fire_webhook_sync, f"http://127.0.0.1:{port}/hook", {"event": "x"})
+        status = await asyncio.to_thread(
+            sim.fire_webhook_sync, f"http://127.0.0.1:{port}/hook", {"event": "x"}
+        )
         assert status == 202
         spec = {"url": f"http://127.0.0.1:{port}/hook", "body": {"event": "y"}}
-        async with aiohttp.ClientSession() as session, session.post(sim.base_url + "/_sandbox/pidj/webhook", json=spec) as a:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(sim.base_url + "/_sandbox/pidj/webhook", json=spec) as a,
+        ):
             assert (await a.json())["status"] == 202
     finally:
         await runner.cleanup()

@@ -1,0 +1,268 @@
+"""The dispatcher's decisions, with an in-memory store and a recording outbox."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import pika
+import pytest
+from pydantic import BaseModel
+
+from worker.dispatcher import Delivery, DispatchSettings, Dispatcher
+from worker.errors import OutcomeUnknown, RateLimited, VendorRejected, VendorUnavailable
+from worker.registry import CommandContext, Continue, Registry, VendorSpec
+from worker.retry import RetryPolicy
+from worker.store import ClaimStatus, Stores
+from worker.store.sqlite import SQLiteDeduper, SQLiteIdempotencyStore, SQLiteSuppressionList, connect
+
+
+class FakeChannel:
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+        self.nacked: list[int] = []
+
+    def ack(self, tag: int) -> bool:
+        self.acked.append(tag)
+        return True
+
+    def nack(self, tag: int, *, requeue: bool) -> bool:
+        self.nacked.append(tag)
+        return True
+
+
+class FakeOutbox:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.dead: list[dict[str, Any]] = []
+        self.delayed: list[tuple[float, dict[str, Any]]] = []
+
+    async def event(self, body: bytes, **kwargs: Any) -> None:
+        self.events.append(orjson.loads(body))
+
+    async def dead_letter(self, body: bytes, original: Any, **kwargs: Any) -> None:
+        self.dead.append(kwargs)
+
+    async def delay(self, body: bytes, original: Any, **kwargs: Any) -> None:
+        self.delayed.append((kwargs["seconds"], kwargs["headers"]))
+
+
+class Account(BaseModel):
+    base_url: str = "http://vendor.invalid"
+
+
+Behaviour = Callable[[dict[str, Any], CommandContext[Any]], Awaitable[dict[str, Any] | Continue]]
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.behaviour: Behaviour = self._ok
+        self.calls = 0
+        self.registry = Registry()
+        self.registry.vendor(VendorSpec(name="acme", account_model=Account, make_client=lambda a, h: None))
+
+        async def handler(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any] | Continue:
+            self.calls += 1
+            return await self.behaviour(payload, ctx)
+
+        for name, safe in (("echo", True), ("charge", False)):
+            self.registry.command(name, vendor="acme", safe_to_repeat=safe, schema="command")(handler)
+        conn = connect(":memory:")
+        self.store = SQLiteIdempotencyStore(conn, 3600)
+        stores = Stores(self.store, SQLiteSuppressionList(conn), SQLiteDeduper(conn), "sqlite")
+        self.outbox = FakeOutbox()
+        self.channel = FakeChannel()
+        self.dispatcher = Dispatcher(
+            self.registry,
+            {("acme", "default"): object()},
+            stores,
+            self.outbox,  # type: ignore[arg-type]
+            {},
+            DispatchSettings(
+                max_message_bytes=4096,
+                lease_seconds=60,
+                handler_timeout_seconds=5,
+                defer_seconds=3,
+                poison_redeliveries=5,
+                policy=RetryPolicy(max_attempts=3, base_seconds=0.1),
+            ),
+        )
+        # The payload schema of the fake commands is the envelope schema; give them a permissive one.
+        from worker.validation import SchemaValidator
+
+        for name in ("echo", "charge"):
+            self.dispatcher.validators.payloads[name] = SchemaValidator({"type": "object"}, prefix="/payload")
+
+    @staticmethod
+    async def _ok(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
+        return {"ok": True}
+
+    async def deliver(self, command_type: str, command_id: str = "c-1", payload: dict[str, Any] | None = None, headers: dict[str, Any] | None = None) -> None:
+        body = orjson.dumps({"id": command_id, "type": command_type, "payload": payload or {"n": 1}})
+        properties = pika.BasicProperties(content_type="application/json", message_id=command_id, headers=headers)
+        await self.dispatcher.handle(Delivery(self.channel, 1, command_type, properties, body))  # type: ignore[arg-type]
+
+    def statuses(self) -> list[str]:
+        return [e["status"] for e in self.outbox.events]
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+async def test_success_is_stored_published_and_acked(h: Harness) -> None:
+    """A handler result becomes one succeeded event, stored, then acked."""
+    await h.deliver("echo")
+    assert h.statuses() == ["succeeded"]
+    assert h.outbox.events[0]["result"] == {"ok": True}
+    assert h.channel.acked == [1]
+    claim = await h.store.claim("default", "c-1", "x", time.time(), 60)
+    assert claim.status in (ClaimStatus.DONE, ClaimStatus.CONFLICT)
+
+
+async def test_duplicate_republishes_the_stored_event(h: Harness) -> None:
+    """The same command again does not run the handler; the same event_id is published."""
+    await h.deliver("echo")
+    await h.deliver("echo")
+    assert h.calls == 1
+    assert h.outbox.events[0]["event_id"] == h.outbox.events[1]["event_id"]
+
+
+async def test_conflicting_payload_is_rejected(h: Harness) -> None:
+    """The same id with another payload is rejected with idempotency_conflict."""
+    await h.deliver("echo", payload={"n": 1})
+    await h.deliver("echo", payload={"n": 2})
+    assert h.outbox.events[1]["error"]["code"] == "idempotency_conflict"
+    assert h.calls == 1
+
+
+async def test_live_claim_elsewhere_defers(h: Harness) -> None:
+    """A command another worker is running is sent back through a delay queue, not run."""
+    from worker.dispatcher import fingerprint
+
+    await h.store.claim("default", "c-1", fingerprint("echo", {"n": 1}), time.time(), 60)
+    await h.deliver("echo")
+    assert h.calls == 0
+    assert h.outbox.events == []
+    assert h.outbox.delayed[0][1]["x-switchboard-delay-reason"] == "claimed_elsewhere"
+    assert h.channel.acked == [1]
+
+
+async def test_expired_claim_of_unsafe_command_is_outcome_unknown(h: Harness) -> None:
+    """An unsafe command whose earlier attempt died mid-call is not run again."""
+    from worker.dispatcher import fingerprint
+
+    await h.store.claim("default", "c-1", fingerprint("charge", {"n": 1}), time.time() - 120, 60)
+    await h.deliver("charge")
+    assert h.calls == 0
+    assert h.outbox.events[0]["error"]["code"] == "outcome_unknown"
+    assert "previous_attempt_started_at" in h.outbox.events[0]["error"]["details"]
+
+
+async def test_expired_claim_of_safe_command_runs_again(h: Harness) -> None:
+    """A safe command whose earlier attempt died is taken over and run."""
+    from worker.dispatcher import fingerprint
+
+    await h.store.claim("default", "c-1", fingerprint("echo", {"n": 1}), time.time() - 120, 60)
+    await h.deliver("echo")
+    assert h.calls == 1
+    assert h.statuses() == ["succeeded"]
+    assert h.outbox.events[0]["attempts"] == 2
+
+
+async def test_transient_error_is_retried_through_a_delay_queue(h: Harness) -> None:
+    """A transient error releases the claim and sends the command back; no event yet."""
+
+    async def flaky(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
+        raise RateLimited("slow down", retry_after=7)
+
+    h.behaviour = flaky
+    await h.deliver("charge")
+    assert h.outbox.events == []
+    seconds, headers = h.outbox.delayed[0]
+    assert seconds >= 7
+    assert headers["x-switchboard-delay-reason"] == "retry"
+    h.behaviour = h._ok
+    await h.deliver("charge")
+    assert h.outbox.events[0]["attempts"] == 2
+
+
+async def test_maybe_applied_error_on_unsafe_command_is_outcome_unknown(h: Harness) -> None:
+    """A timeout after sending ends an unsafe command with outcome_unknown, carrying the cause."""
+
+    async def timeout(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
+        raise VendorUnavailable("no answer", code="vendor_timeout", maybe_applied=True)
+
+    h.behaviour = timeout
+    await h.deliver("charge")
+    event = h.outbox.events[0]
+    assert event["error"]["code"] == OutcomeUnknown.code
+    assert event["error"]["details"]["cause"]["code"] == "vendor_timeout"
+    assert len(h.outbox.dead) == 1
+
+
+async def test_gives_up_after_max_attempts(h: Harness) -> None:
+    """After max attempts the command fails with the last error and gave_up."""
+
+    async def down(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
+        raise VendorUnavailable("down")
+
+    h.behaviour = down
+    for _ in range(3):
+        await h.deliver("echo")
+    assert h.statuses() == ["failed"]
+    assert h.outbox.events[0]["attempts"] == 3
+    assert h.outbox.events[0]["error"]["details"]["gave_up"] is True
+
+
+async def test_permanent_error_fails_and_is_dead_lettered(h: Harness) -> None:
+    """A vendor refusal ends the command failed, kept in the dead-letter queue."""
+
+    async def refuse(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
+        raise VendorRejected("no such group")
+
+    h.behaviour = refuse
+    await h.deliver("echo")
+    assert h.statuses() == ["failed"]
+    assert h.outbox.dead[0]["status"] == "failed"
+
+
+async def test_continuation_publishes_progress_and_resumes_with_state(h: Harness) -> None:
+    """A Continue answer publishes progress, waits in a delay queue, and the next call sees the state."""
+    seen: list[dict[str, Any] | None] = []
+
+    async def poll(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any] | Continue:
+        seen.append(ctx.state)
+        if ctx.state is None:
+            return Continue(state={"token": "t"}, after_seconds=30, progress={"state": "PENDING"})
+        return {"done": ctx.state["token"]}
+
+    h.behaviour = poll
+    await h.deliver("charge")
+    await h.deliver("charge")
+    assert seen == [None, {"token": "t"}]
+    assert h.statuses() == ["progress", "succeeded"]
+    assert h.outbox.events[1]["attempts"] == 1
+    assert h.outbox.delayed[0][0] == 30
+
+
+async def test_poison_message_is_failed_without_running(h: Harness) -> None:
+    """A message redelivered past the limit is ended instead of crashing workers again."""
+    await h.deliver("echo", headers={"x-delivery-count": 9})
+    assert h.calls == 0
+    assert h.outbox.events[0]["error"]["code"] == "poison_message"
+
+
+async def test_unexpected_handler_exception_is_an_internal_error(h: Harness) -> None:
+    """A bug in a handler ends the command failed with internal_error; the worker goes on."""
+
+    async def bug(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
+        raise KeyError("oops")
+
+    h.behaviour = bug
+    await h.deliver("echo")
+    assert h.outbox.events[0]["error"]["code"] == "internal_error"
+    assert h.channel.acked == [1]
