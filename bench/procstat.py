@@ -33,12 +33,14 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime + cutime + cstime) / _TICKS
 
 
-def status_kib(pid: int, key: str) -> int:
-    """A ``kB`` line of /proc/<pid>/status (``VmHWM``, ``VmRSS``) in KiB; 0 when absent."""
+def status_kib(pid: int, *keys: str) -> dict[str, int]:
+    """``kB`` lines of /proc/<pid>/status (``VmHWM``, ``VmRSS``) in KiB, read in one go so they agree."""
+    found = dict.fromkeys(keys, 0)
     for line in (_PROC / str(pid) / "status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
+        key, _, value = line.partition(":")
+        if key in found:
+            found[key] = int(value.split()[0])
+    return found
 
 
 def descendants(pid: int) -> list[int]:
@@ -65,9 +67,10 @@ def usage(pid: int) -> Usage:
     cpu, peak, rss = 0.0, 0, 0
     for member in descendants(pid):
         try:
+            memory = status_kib(member, "VmHWM", "VmRSS")
             cpu += cpu_seconds(member)
-            peak += status_kib(member, "VmHWM") * 1024
-            rss += status_kib(member, "VmRSS") * 1024
+            peak += memory["VmHWM"] * 1024
+            rss += memory["VmRSS"] * 1024
         except (OSError, ValueError):
             continue
     return Usage(cpu_seconds=cpu, peak_rss_bytes=peak, rss_bytes=rss)

@@ -2,8 +2,8 @@
 
 Each line of the input is ``frame;frame;...;frame <samples>``, a frame being
 ``function (path:line)``. The summary gives the share of samples by package
-of the innermost frame (self time), and the top functions by self and by
-inclusive time, line numbers dropped.
+and file of the innermost frame (self time), the top functions by self time,
+and the project's own functions by inclusive time, line numbers dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 _LINE_NUMBER = re.compile(r":\d+\)$")
 _SITE = re.compile(r"site-packages/([A-Za-z0-9_]+)")
 _STDLIB = re.compile(r"python3\.\d+/([A-Za-z0-9_]+)")
+_PROJECT = frozenset({"worker", "handlers", "schemas"})
+_FILE = re.compile(r"\(([^()]+?)(?::\d+)?\)$")
 
 
 def parse(text: str) -> list[tuple[list[str], int]]:
@@ -29,16 +31,24 @@ def parse(text: str) -> list[tuple[list[str], int]]:
     return stacks
 
 
+def source(frame: str) -> str:
+    """The file of a frame: ``f (worker/store/sqlite.py)`` -> ``worker/store/sqlite.py``."""
+    match = _FILE.search(frame)
+    return match.group(1) if match else frame
+
+
 def area(frame: str) -> str:
-    """The package a frame belongs to: a site-packages name, ``stdlib:<module>``, or the project folder."""
+    """The package a frame belongs to: a site-packages name, ``stdlib:<module>``, or a top-level name.
+
+    py-spy names most files relative to their ``sys.path`` entry (``aiohttp/client.py``,
+    ``worker/dispatcher.py``) and some in full; both give the same package.
+    """
     if match := _SITE.search(frame):
         return match.group(1)
     if match := _STDLIB.search(frame):
         return f"stdlib:{match.group(1)}"
-    for local in ("worker/", "handlers/", "schemas/", "bench/"):
-        if local in frame:
-            return local.rstrip("/")
-    return "other"
+    path = source(frame).lstrip("/")
+    return path.split("/", 1)[0] if "/" in path else path.removesuffix(".py")
 
 
 def summarize(path: Path, top: int = 25) -> str:
@@ -48,13 +58,16 @@ def summarize(path: Path, top: int = 25) -> str:
     if not total:
         return f"# Profile {path.name}\n\nNo samples.\n"
     by_area: Counter[str] = Counter()
+    by_file: Counter[str] = Counter()
     by_self: Counter[str] = Counter()
     by_inclusive: Counter[str] = Counter()
     for frames, count in stacks:
         by_area[area(frames[-1])] += count
+        by_file[source(frames[-1])] += count
         by_self[frames[-1]] += count
         for frame in set(frames):
-            by_inclusive[frame] += count
+            if area(frame) in _PROJECT:
+                by_inclusive[frame] += count
 
     def table(title: str, counts: Counter[str]) -> list[str]:
         lines = [f"## {title}", "", "| share | samples | where |", "|---:|---:|---|"]
@@ -69,6 +82,7 @@ def summarize(path: Path, top: int = 25) -> str:
         "",
     ]
     out += table("Self time by package", by_area)
+    out += table("Self time by file", by_file)
     out += table("Self time by function", by_self)
-    out += table("Inclusive time by function", by_inclusive)
+    out += table("Inclusive time by project function (worker/, handlers/)", by_inclusive)
     return "\n".join(out)

@@ -206,7 +206,9 @@ class SimulatorBase:
         record.answered = response.status
         return response
 
-    async def _answer(self, request: web.Request, handler: Handler, fault: Fault | None) -> web.StreamResponse:
+    async def _answer(
+        self, request: web.Request, handler: Handler, fault: Fault | None
+    ) -> web.StreamResponse:
         if fault is None:
             return await handler(request)
         if fault.kind == "slow":

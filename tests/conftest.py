@@ -18,7 +18,9 @@ SWITCHBOARD_QUEUES_PREFIX = "switchboard."
 def _declare_topology() -> None:
     ensure_vhost()
     env = {**os.environ, "SWITCHBOARD_AMQP_URL": AMQP_URL}
-    subprocess.run([str(SWITCHBOARD), "topology", "declare"], check=True, capture_output=True, timeout=60, env=env)
+    subprocess.run(
+        [str(SWITCHBOARD), "topology", "declare"], check=True, capture_output=True, timeout=60, env=env
+    )
 
 
 def _purge_switchboard_queues() -> None:

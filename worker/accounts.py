@@ -57,15 +57,28 @@ async def resolve(settings: Settings, registry: Registry) -> Accounts:
             continue
         by_alias = raw[vendor]
         default = by_alias.get("default", {})
-        if settings.sandbox and spec.start_sandbox is not None and not _complete(vendor, default, registry, settings):
+        if (
+            settings.sandbox
+            and spec.start_sandbox is not None
+            and not _complete(vendor, default, registry, settings)
+        ):
             sandbox = await spec.start_sandbox()
             result._stops.append(sandbox.stop)
-            by_alias["default"] = {**sandbox.account, **{k: v for k, v in default.items() if v not in ("", None)}}
+            by_alias["default"] = {
+                **sandbox.account,
+                **{k: v for k, v in default.items() if v not in ("", None)},
+            }
             result.sandboxes[vendor] = str(sandbox.account.get("base_url", ""))
-            log.warning("vendor sandbox started: commands go to a simulator, not the vendor", vendor=vendor, url=result.sandboxes[vendor])
+            log.warning(
+                "vendor sandbox started: commands go to a simulator, not the vendor",
+                vendor=vendor,
+                url=result.sandboxes[vendor],
+            )
         if not by_alias:
             if wanted is not None:
-                raise ConfigError([f"SWITCHBOARD_VENDORS names {vendor}, but no {vendor} account is configured"])
+                raise ConfigError(
+                    [f"SWITCHBOARD_VENDORS names {vendor}, but no {vendor} account is configured"]
+                )
             log.warning("no account configured; not consuming this vendor's queue", vendor=vendor)
             continue
         for alias, values in sorted(by_alias.items()):
@@ -101,7 +114,7 @@ def build_clients(
                 if redis_client is not None
                 else TokenBucket(account.rate_limit_per_second)
             )
-        base_url = str(getattr(account.settings, "base_url"))
+        base_url = str(account.settings.model_dump()["base_url"])
         http = VendorHTTP(vendor, session, base_url, timeout=settings.vendor_timeout_seconds, limiter=limiter)
         clients[(vendor, alias)] = registry.vendors[vendor].make_client(account.settings, http)
     return clients

@@ -12,6 +12,7 @@ Nothing here knows about commands, vendors or events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -96,7 +97,11 @@ class Connection:
     async def channel(self) -> Channel:
         loop = asyncio.get_running_loop()
         opened: asyncio.Future[pika.channel.Channel] = loop.create_future()
-        self.raw.channel(on_open_callback=lambda ch: opened.done() or opened.set_result(ch))
+        def on_open(channel: pika.channel.Channel) -> None:
+            if not opened.done():
+                opened.set_result(channel)
+
+        self.raw.channel(on_open_callback=on_open)
         return Channel(await asyncio.wait_for(opened, 30))
 
     async def close(self) -> None:
@@ -104,10 +109,8 @@ class Connection:
         if self.raw.is_open:
             self.raw.close()
         if not self._closed.done():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._closed), 10)
-            except asyncio.TimeoutError:
-                pass
 
 
 class Channel:
@@ -140,7 +143,9 @@ class Channel:
             raise ConnectionLost(str(self.closed_reason))
         return await future
 
-    async def exchange_declare(self, name: str, kind: str, *, durable: bool = True, arguments: dict[str, Any] | None = None) -> None:
+    async def exchange_declare(
+        self, name: str, kind: str, *, durable: bool = True, arguments: dict[str, Any] | None = None
+    ) -> None:
         future, done = self._rpc()
         self.raw.exchange_declare(name, kind, durable=durable, arguments=arguments, callback=done)
         await self._wait(future)
@@ -168,7 +173,9 @@ class Channel:
         frame: pika.frame.Method = await self._wait(future)
         return frame
 
-    async def queue_bind(self, queue: str, exchange: str, routing_key: str = "", arguments: dict[str, Any] | None = None) -> None:
+    async def queue_bind(
+        self, queue: str, exchange: str, routing_key: str = "", arguments: dict[str, Any] | None = None
+    ) -> None:
         future, done = self._rpc()
         self.raw.queue_bind(queue, exchange, routing_key=routing_key, arguments=arguments, callback=done)
         await self._wait(future)

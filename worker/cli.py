@@ -47,7 +47,11 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--sandbox/--no-sandbox", default=None, help="Start the vendor simulators for vendors with no credentials.")
+@click.option(
+    "--sandbox/--no-sandbox",
+    default=None,
+    help="Start the vendor simulators for vendors with no credentials.",
+)
 def run(sandbox: bool | None) -> None:
     """Run the worker until SIGTERM/SIGINT."""
     from worker.runtime import Runtime
@@ -92,7 +96,9 @@ def topology_declare(as_json: bool) -> None:
 
     settings = _settings()
     registry = _registry()
-    layout = topo.build({v: registry.types_of(v) for v in registry.vendors}, delivery_limit=settings.delivery_limit)
+    layout = topo.build(
+        {v: registry.types_of(v) for v in registry.vendors}, delivery_limit=settings.delivery_limit
+    )
 
     async def declare() -> None:
         connection = await Connection.connect(settings.amqp_url.get_secret_value(), name="switchboard-cli")
@@ -103,14 +109,20 @@ def topology_declare(as_json: bool) -> None:
 
     asyncio.run(declare())
     if as_json:
-        _print_json({"exchanges": [e.name for e in layout.exchanges], "queues": [q.name for q in layout.queues]})
+        _print_json(
+            {"exchanges": [e.name for e in layout.exchanges], "queues": [q.name for q in layout.queues]}
+        )
     else:
         click.echo(f"declared {len(layout.exchanges)} exchanges and {len(layout.queues)} queues", err=True)
 
 
 @main.command("schemas")
 @click.argument("name", required=False)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Write every schema as a file in this folder.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write every schema as a file in this folder.",
+)
 def schemas_command(name: str | None, out: Path | None) -> None:
     """Print the JSON Schemas (one by NAME, or all), or export them with --out."""
     names = ["command", "event", *schema_files.payload_names()]
@@ -161,7 +173,13 @@ def _json_argument(value: str, option: str) -> Any:
 @click.option("--wait", is_flag=True, help="Wait for the terminal event and print it.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait with --wait.")
 def publish(
-    command_type: str, payload: str, command_id: str | None, account: str | None, meta: str | None, wait: bool, timeout: float
+    command_type: str,
+    payload: str,
+    command_id: str | None,
+    account: str | None,
+    meta: str | None,
+    wait: bool,
+    timeout: float,
 ) -> None:
     """Publish a command (with publisher confirms). Exit 1 if --wait sees it fail."""
     from worker.client import Switchboard
@@ -175,7 +193,9 @@ def publish(
             click.echo(f"published {command_type} {sent}", err=True)
             click.echo(sent)
             return
-        event = client.call(command_type, body, id=command_id, account=account, meta=metadata, timeout=timeout)
+        event = client.call(
+            command_type, body, id=command_id, account=account, meta=metadata, timeout=timeout
+        )
     _print_json(event)
     if event.get("status") != "succeeded":
         sys.exit(1)

@@ -55,10 +55,13 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9180, ge=0, le=65535)
     store_url: SecretStr = SecretStr("sqlite:///var/switchboard.sqlite3")
     redis_url: SecretStr | None = Field(
-        None, description="Redis for state shared by workers (rate limits); defaults to STORE_URL when that is Redis."
+        None,
+        description="Redis for state shared by workers (rate limits); defaults to STORE_URL when that is Redis.",
     )
     accounts_file: Path | None = None
-    vendors: str = Field("", description="Comma-separated vendors to consume; empty = every configured vendor.")
+    vendors: str = Field(
+        "", description="Comma-separated vendors to consume; empty = every configured vendor."
+    )
     sandbox: bool = Field(False, description="Start the built-in simulators for vendors with no credentials.")
 
     max_in_flight: int = Field(256, ge=1, le=65535, description="Unacked commands per vendor queue.")
@@ -72,14 +75,22 @@ class Settings(BaseSettings):
     max_age_seconds: float = Field(24 * 3600.0, gt=0)
     retry_base_seconds: float = Field(1.0, gt=0)
     retry_max_seconds: float = Field(600.0, gt=0)
-    defer_seconds: float = Field(5.0, gt=0, description="Wait before re-checking a command another worker holds.")
-    delivery_limit: int = Field(20, ge=2, description="Quorum-queue redeliveries before the broker dead-letters a message.")
+    defer_seconds: float = Field(
+        5.0, gt=0, description="Wait before re-checking a command another worker holds."
+    )
+    delivery_limit: int = Field(
+        20, ge=2, description="Quorum-queue redeliveries before the broker dead-letters a message."
+    )
 
-    breaker_failures: int = Field(20, ge=1, description="Consecutive transient vendor failures that open the breaker.")
+    breaker_failures: int = Field(
+        20, ge=1, description="Consecutive transient vendor failures that open the breaker."
+    )
     breaker_cooldown_seconds: float = Field(30.0, gt=0)
 
     vendor_timeout_seconds: float = Field(15.0, gt=0)
-    rate_limit_per_second: float = Field(0.0, ge=0, description="Default per-account vendor request limit; 0 = none.")
+    rate_limit_per_second: float = Field(
+        0.0, ge=0, description="Default per-account vendor request limit; 0 = none."
+    )
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
@@ -135,7 +146,9 @@ def _lines(exc: ValidationError, prefix: str) -> list[str]:
     return lines
 
 
-def raw_accounts(settings: Settings, registry: Registry, environ: Mapping[str, str] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+def raw_accounts(
+    settings: Settings, registry: Registry, environ: Mapping[str, str] | None = None
+) -> dict[str, dict[str, dict[str, Any]]]:
     """vendor -> alias -> raw settings, from the TOML file and the environment."""
     env = os.environ if environ is None else environ
     accounts: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in registry.vendors}
@@ -143,7 +156,9 @@ def raw_accounts(settings: Settings, registry: Registry, environ: Mapping[str, s
         try:
             document = tomllib.loads(settings.accounts_file.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError([f"{ENV_PREFIX}ACCOUNTS_FILE: cannot read {settings.accounts_file}: {exc}"]) from None
+            raise ConfigError(
+                [f"{ENV_PREFIX}ACCOUNTS_FILE: cannot read {settings.accounts_file}: {exc}"]
+            ) from None
         for vendor, tables in document.items():
             if vendor not in accounts:
                 raise ConfigError([f"{settings.accounts_file}: unknown vendor [{vendor}]"])
@@ -161,7 +176,9 @@ def raw_accounts(settings: Settings, registry: Registry, environ: Mapping[str, s
     return accounts
 
 
-def build_account(vendor: str, alias: str, raw: Mapping[str, Any], registry: Registry, settings: Settings) -> Account:
+def build_account(
+    vendor: str, alias: str, raw: Mapping[str, Any], registry: Registry, settings: Settings
+) -> Account:
     """Validate one account with its vendor's model."""
     spec = registry.vendors[vendor]
     values = dict(raw)

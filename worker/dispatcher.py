@@ -100,7 +100,9 @@ class _Run:
 
 
 def fingerprint(command_type: str, payload: dict[str, Any]) -> str:
-    return hashlib.sha256(command_type.encode() + b"\0" + orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return hashlib.sha256(
+        command_type.encode() + b"\0" + orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()
 
 
 class Dispatcher:
@@ -119,7 +121,9 @@ class Dispatcher:
         self.outbox = outbox
         self.breakers = breakers
         self.settings = settings
-        self.validators = Validators(list(registry.commands), {t: s.schema for t, s in registry.commands.items()})
+        self.validators = Validators(
+            list(registry.commands), {t: s.schema for t, s in registry.commands.items()}
+        )
         self.rng = random.Random()
 
     async def handle(self, delivery: Delivery) -> None:
@@ -139,7 +143,11 @@ class Dispatcher:
     async def _handle(self, delivery: Delivery) -> None:
         started = time.monotonic()
         decoded = decode(
-            delivery.body, delivery.properties, delivery.routing_key, self.validators, max_bytes=self.settings.max_message_bytes
+            delivery.body,
+            delivery.properties,
+            delivery.routing_key,
+            self.validators,
+            max_bytes=self.settings.max_message_bytes,
         )
         if isinstance(decoded, Rejection):
             COMMANDS_RECEIVED.labels(decoded.type).inc()
@@ -148,7 +156,9 @@ class Dispatcher:
         command = decoded
         COMMANDS_RECEIVED.labels(command.type).inc()
         spec = self.registry.commands[command.type]
-        structlog.contextvars.bind_contextvars(command_id=command.id, type=command.type, vendor=spec.vendor, account=command.account)
+        structlog.contextvars.bind_contextvars(
+            command_id=command.id, type=command.type, vendor=spec.vendor, account=command.account
+        )
         rejection = self._check(command, spec)
         if rejection is not None:
             await self._reject(delivery, rejection, started)
@@ -162,10 +172,17 @@ class Dispatcher:
 
     def _check(self, command: Command, spec: CommandSpec) -> Rejection | None:
         """Account, payload schema and the handler's own rules."""
-        readable = {"command_id": command.id, "type": command.type, "account": command.account, "meta": command.meta}
+        readable: dict[str, Any] = {
+            "command_id": command.id,
+            "type": command.type,
+            "account": command.account,
+            "meta": command.meta,
+        }
         if (spec.vendor, command.account) not in self.clients:
             error = CommandRejected(
-                f"account {command.account!r} is not configured for {spec.vendor}", code="unknown_account", details={"path": "/account"}
+                f"account {command.account!r} is not configured for {spec.vendor}",
+                code="unknown_account",
+                details={"path": "/account"},
             )
             return Rejection(error, **readable)
         try:
@@ -180,14 +197,20 @@ class Dispatcher:
         command, spec = run.command, run.spec
         now = time.time()
         store = self.stores.idempotency
-        claim = await store.claim(command.account, command.id, run.fingerprint, now, self.settings.lease_seconds)
+        claim = await store.claim(
+            command.account, command.id, run.fingerprint, now, self.settings.lease_seconds
+        )
         if claim.status is ClaimStatus.CONFLICT:
             error = CommandRejected(
                 "this id was already used for a different command (type or payload differ)",
                 code="idempotency_conflict",
                 details={"path": "/id"},
             )
-            await self._reject(delivery, Rejection(error, command.id, command.type, command.account, command.meta), run.started)
+            await self._reject(
+                delivery,
+                Rejection(error, command.id, command.type, command.account, command.meta),
+                run.started,
+            )
             return
         if claim.status is ClaimStatus.DONE:
             assert claim.event is not None
@@ -201,10 +224,14 @@ class Dispatcher:
         if claim.status is ClaimStatus.EXPIRED:
             continuation = claim.state is not None
             if not (spec.safe_to_repeat or continuation or spec.reconcile):
-                await self._finish(delivery, run, self._outcome_unknown(claim.attempt_started_at), attempts=claim.attempts)
+                await self._finish(
+                    delivery, run, self._outcome_unknown(claim.attempt_started_at), attempts=claim.attempts
+                )
                 return
             assert claim.lease_until is not None
-            claim = await store.take_over(command.account, command.id, claim.lease_until, now, self.settings.lease_seconds)
+            claim = await store.take_over(
+                command.account, command.id, claim.lease_until, now, self.settings.lease_seconds
+            )
             if claim.status is not ClaimStatus.ACQUIRED:
                 await self._defer(delivery, command, self.settings.defer_seconds, "claimed_elsewhere")
                 return
@@ -224,13 +251,17 @@ class Dispatcher:
             details={"previous_attempt_started_at": when},
         )
 
-    async def _reconcile_then_run(self, delivery: Delivery, run: _Run, first_at: float, state: dict[str, Any] | None) -> None:
+    async def _reconcile_then_run(
+        self, delivery: Delivery, run: _Run, first_at: float, state: dict[str, Any] | None
+    ) -> None:
         """Unsafe command after a crash: ask the vendor before doing it again."""
         assert run.spec.reconcile is not None
         ctx = self._context(run, first_at, state)
         try:
-            found = await asyncio.wait_for(run.spec.reconcile(run.command.payload, ctx), self.settings.handler_timeout_seconds)
-        except (SwitchboardError, asyncio.TimeoutError):
+            found = await asyncio.wait_for(
+                run.spec.reconcile(run.command.payload, ctx), self.settings.handler_timeout_seconds
+            )
+        except (TimeoutError, SwitchboardError):
             await self._finish(delivery, run, self._outcome_unknown(None), attempts=run.attempts)
             return
         if found is not None:
@@ -253,7 +284,9 @@ class Dispatcher:
             state=state,
         )
 
-    async def _run(self, delivery: Delivery, run: _Run, first_at: float, state: dict[str, Any] | None) -> None:
+    async def _run(
+        self, delivery: Delivery, run: _Run, first_at: float, state: dict[str, Any] | None
+    ) -> None:
         command, spec = run.command, run.spec
         structlog.contextvars.bind_contextvars(attempt=run.attempts)
         breaker = self.breakers.get(spec.vendor)
@@ -266,10 +299,8 @@ class Dispatcher:
                 f"delivered {delivery.redeliveries} times without an outcome (workers stopped while running it)",
                 code="poison_message",
             )
-            outcome: dict[str, Any] | Continue | SwitchboardError = (
-                poison if spec.safe_to_repeat or state is not None else self._outcome_unknown(None)
-            )
-            await self._finish(delivery, run, outcome, attempts=run.attempts)
+            ending = poison if spec.safe_to_repeat or state is not None else self._outcome_unknown(None)
+            await self._finish(delivery, run, ending, attempts=run.attempts)
             return
         ctx = self._context(run, first_at, state)
         timer = time.perf_counter()
@@ -283,12 +314,14 @@ class Dispatcher:
         else:
             await self._finish(delivery, run, outcome, attempts=run.attempts)
 
-    async def _call(self, spec: CommandSpec, payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any] | Continue | SwitchboardError:
+    async def _call(
+        self, spec: CommandSpec, payload: dict[str, Any], ctx: CommandContext[Any]
+    ) -> dict[str, Any] | Continue | SwitchboardError:
         try:
             return await asyncio.wait_for(spec.handler(payload, ctx), self.settings.handler_timeout_seconds)
         except SwitchboardError as exc:
             return exc
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return VendorUnavailable(
                 f"handler did not finish within {self.settings.handler_timeout_seconds}s",
                 code="handler_timeout",
@@ -296,7 +329,9 @@ class Dispatcher:
             )
         except Exception as exc:
             log.exception("handler raised an unexpected error")
-            return PermanentError(f"internal error in the handler: {exc.__class__.__name__}", code="internal_error")
+            return PermanentError(
+                f"internal error in the handler: {exc.__class__.__name__}", code="internal_error"
+            )
 
     @staticmethod
     def _feed_breaker(breaker: CircuitBreaker | None, outcome: object) -> None:
@@ -308,7 +343,12 @@ class Dispatcher:
             breaker.record_success()
 
     async def _after_transient(
-        self, delivery: Delivery, run: _Run, error: TransientError, first_at: float, state: dict[str, Any] | None
+        self,
+        delivery: Delivery,
+        run: _Run,
+        error: TransientError,
+        first_at: float,
+        state: dict[str, Any] | None,
     ) -> None:
         command, spec = run.command, run.spec
         policy = self.settings.policy
@@ -329,7 +369,12 @@ class Dispatcher:
         )
         if isinstance(decision, Retry):
             RETRIES.labels(command.type, error.code).inc()
-            log.info("transient error; retrying later", code=error.code, error=error.message, delay_seconds=round(decision.delay_seconds, 2))
+            log.info(
+                "transient error; retrying later",
+                code=error.code,
+                error=error.message,
+                delay_seconds=round(decision.delay_seconds, 2),
+            )
             await self.stores.idempotency.release(command.account, command.id, state)
             await self._send_back(delivery, command, decision.delay_seconds, "retry", attempts=run.attempts)
             return
@@ -350,7 +395,10 @@ class Dispatcher:
                 result=step.progress,
             )
             await self.outbox.event(
-                events.encode(event), routing_key=events.routing_key(event), event_id=event["event_id"], command_id=command.id
+                events.encode(event),
+                routing_key=events.routing_key(event),
+                event_id=event["event_id"],
+                command_id=command.id,
             )
             PROGRESS_EVENTS.labels(command.type, "progress").inc()
         await self._send_back(delivery, command, step.after_seconds, "continuation", attempts=run.attempts)
@@ -359,9 +407,13 @@ class Dispatcher:
         """Back through a delay queue without counting an attempt."""
         DEFERRALS.labels(command.type, reason).inc()
         attempts = command.headers.get(H_ATTEMPT, 0)
-        await self._send_back(delivery, command, seconds, reason, attempts=attempts if isinstance(attempts, int) else 0)
+        await self._send_back(
+            delivery, command, seconds, reason, attempts=attempts if isinstance(attempts, int) else 0
+        )
 
-    async def _send_back(self, delivery: Delivery, command: Command, seconds: float, reason: str, *, attempts: int) -> None:
+    async def _send_back(
+        self, delivery: Delivery, command: Command, seconds: float, reason: str, *, attempts: int
+    ) -> None:
         first_seen = command.headers.get(H_FIRST_SEEN, int(time.time() * 1000))
         await self.outbox.delay(
             delivery.body,
@@ -380,9 +432,27 @@ class Dispatcher:
         command = run.command
         if isinstance(outcome, SwitchboardError):
             status = "rejected" if isinstance(outcome, CommandRejected) else "failed"
-            event = self._event(command.id, command.type, command.account, command.meta, status, attempts, run.started, error=outcome)
+            event = self._event(
+                command.id,
+                command.type,
+                command.account,
+                command.meta,
+                status,
+                attempts,
+                run.started,
+                error=outcome,
+            )
         else:
-            event = self._event(command.id, command.type, command.account, command.meta, "succeeded", attempts, run.started, result=outcome)
+            event = self._event(
+                command.id,
+                command.type,
+                command.account,
+                command.meta,
+                "succeeded",
+                attempts,
+                run.started,
+                result=outcome,
+            )
         body = events.encode(event)
         stored = await self._store_outcome(command, run.fingerprint, body)
         if stored is not body:
@@ -394,7 +464,9 @@ class Dispatcher:
         """Store the terminal event, retrying briefly: the vendor already acted."""
         for attempt in range(5):
             try:
-                return await self.stores.idempotency.complete(command.account, command.id, fp, body, time.time())
+                return await self.stores.idempotency.complete(
+                    command.account, command.id, fp, body, time.time()
+                )
             except Exception:
                 if attempt == 4:
                     raise
@@ -430,7 +502,14 @@ class Dispatcher:
     async def _reject(self, delivery: Delivery, rejection: Rejection, started: float) -> None:
         """Rejections are not stored: the publisher may fix the message and send it again."""
         event = self._event(
-            rejection.command_id, rejection.type, rejection.account, rejection.meta, "rejected", 0, started, error=rejection.error
+            rejection.command_id,
+            rejection.type,
+            rejection.account,
+            rejection.meta,
+            "rejected",
+            0,
+            started,
+            error=rejection.error,
         )
         await self._publish_terminal(delivery, event, events.encode(event), delivery.properties.reply_to)
 
@@ -446,11 +525,17 @@ class Dispatcher:
         )
         delivery.channel.ack(delivery.delivery_tag)
 
-    async def _publish_terminal(self, delivery: Delivery, event: dict[str, Any], body: bytes, reply_to: str | None) -> None:
+    async def _publish_terminal(
+        self, delivery: Delivery, event: dict[str, Any], body: bytes, reply_to: str | None
+    ) -> None:
         status, command_type = event["status"], event["type"]
         publishing = [
             self.outbox.event(
-                body, routing_key=events.routing_key(event), event_id=event["event_id"], command_id=event["command_id"], reply_to=reply_to
+                body,
+                routing_key=events.routing_key(event),
+                event_id=event["event_id"],
+                command_id=event["command_id"],
+                reply_to=reply_to,
             )
         ]
         error = event.get("error")

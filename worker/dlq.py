@@ -19,13 +19,18 @@ from typing import Any
 import click
 import orjson
 import pika
-import pika.adapters.blocking_connection
+from pika.adapters.blocking_connection import BlockingChannel
 
 from worker import topology
 from worker.config import load_settings
-from worker.outbox import H_DEAD_AT, H_DEAD_ERROR, H_DEAD_EVENT_ID, H_DEAD_ROUTING_KEY, H_DEAD_STATUS, RUNTIME_HEADERS
-
-BlockingChannel = pika.adapters.blocking_connection.BlockingChannel
+from worker.outbox import (
+    H_DEAD_AT,
+    H_DEAD_ERROR,
+    H_DEAD_EVENT_ID,
+    H_DEAD_ROUTING_KEY,
+    H_DEAD_STATUS,
+    RUNTIME_HEADERS,
+)
 
 
 @dataclass
@@ -44,7 +49,10 @@ class DeadLetter:
         error = orjson.loads(error_raw) if isinstance(error_raw, str | bytes) else None
         if error is None and "x-death" in headers:
             death = headers["x-death"][0]
-            error = {"code": str(death.get("reason")), "message": f"dead-lettered by the broker from {death.get('queue')}"}
+            error = {
+                "code": str(death.get("reason")),
+                "message": f"dead-lettered by the broker from {death.get('queue')}",
+            }
         return {
             "message_id": self.properties.message_id,
             "routing_key": headers.get(H_DEAD_ROUTING_KEY) or _broker_routing_key(headers),
@@ -95,7 +103,9 @@ def _emit(rows: list[dict[str, Any]], as_json: bool) -> None:
         return
     for row in rows:
         error = row.get("error") or {}
-        click.echo(f"{row['message_id'] or '-':40} {row['routing_key'] or '-':22} {row['status']:9} {error.get('code', '-')}: {error.get('message', '')}")
+        click.echo(
+            f"{row['message_id'] or '-':40} {row['routing_key'] or '-':22} {row['status']:9} {error.get('code', '-')}: {error.get('message', '')}"
+        )
 
 
 @click.group()
@@ -138,11 +148,15 @@ def dlq_show(message_id: str, limit: int) -> None:
 @dlq.command("replay")
 @click.argument("ids", nargs=-1)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
-@click.option("--new-id", is_flag=True, help="Give each replayed command a new id, so it runs again on purpose.")
+@click.option(
+    "--new-id", is_flag=True, help="Give each replayed command a new id, so it runs again on purpose."
+)
 @click.option("--dry-run", is_flag=True, help="Say what would be replayed; change nothing.")
 @click.option("--yes", is_flag=True, help="Do it without asking.")
 @click.option("--limit", default=10000, show_default=True)
-def dlq_replay(ids: tuple[str, ...], replay_all: bool, new_id: bool, dry_run: bool, yes: bool, limit: int) -> None:
+def dlq_replay(
+    ids: tuple[str, ...], replay_all: bool, new_id: bool, dry_run: bool, yes: bool, limit: int
+) -> None:
     """Publish dead letters again to switchboard.commands and remove them from the queue."""
     if not ids and not replay_all:
         raise click.UsageError("name the ids to replay, or --all")
@@ -166,7 +180,11 @@ def dlq_replay(ids: tuple[str, ...], replay_all: bool, new_id: bool, dry_run: bo
 
 
 def _replayable(letter: DeadLetter, new_id: bool) -> tuple[bytes, pika.BasicProperties, str]:
-    headers = {k: v for k, v in letter.headers.items() if k not in RUNTIME_HEADERS and not k.startswith("x-death") and k != "x-delivery-count"}
+    headers = {
+        k: v
+        for k, v in letter.headers.items()
+        if k not in RUNTIME_HEADERS and not k.startswith("x-death") and k != "x-delivery-count"
+    }
     routing_key = letter.summary()["routing_key"] or ""
     body = letter.body
     message_id = letter.properties.message_id

@@ -74,11 +74,21 @@ def decode(
     """Decode and check the envelope; never raises for bad input."""
     if len(body) > max_bytes:
         return Rejection(
-            _reject("message_too_large", f"message is {len(body)} bytes, the limit is {max_bytes}", size=len(body), limit=max_bytes),
+            _reject(
+                "message_too_large",
+                f"message is {len(body)} bytes, the limit is {max_bytes}",
+                size=len(body),
+                limit=max_bytes,
+            ),
             command_id=_string_id(properties.message_id),
         )
     content_type = (properties.content_type or "").split(";")[0].strip().lower()
-    if (content_type and content_type not in JSON_CONTENT_TYPES) or properties.content_encoding not in (None, "", "utf-8", "identity"):
+    if (content_type and content_type not in JSON_CONTENT_TYPES) or properties.content_encoding not in (
+        None,
+        "",
+        "utf-8",
+        "identity",
+    ):
         return Rejection(
             _reject(
                 "unsupported_encoding",
@@ -89,11 +99,17 @@ def decode(
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return Rejection(_reject("not_utf8", f"body is not UTF-8 (byte {exc.start})"), command_id=_string_id(properties.message_id))
+        return Rejection(
+            _reject("not_utf8", f"body is not UTF-8 (byte {exc.start})"),
+            command_id=_string_id(properties.message_id),
+        )
     try:
         document = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        return Rejection(_reject("not_json", f"body is not JSON: {exc.msg} at position {exc.pos}"), command_id=_string_id(properties.message_id))
+        return Rejection(
+            _reject("not_json", f"body is not JSON: {exc.msg} at position {exc.pos}"),
+            command_id=_string_id(properties.message_id),
+        )
     return _check_envelope(document, body, properties, routing_key, validators)
 
 
@@ -108,7 +124,12 @@ def _check_envelope(
     errors = validators.envelope.errors(document)
     if errors:
         first = errors[0]
-        error = _reject("invalid_envelope", f"{first['path'] or '/'}: {first['message']}", path=first["path"] or "/", errors=errors)
+        error = _reject(
+            "invalid_envelope",
+            f"{first['path'] or '/'}: {first['message']}",
+            path=first["path"] or "/",
+            errors=errors,
+        )
         return Rejection(error, **readable)
     if properties.message_id is not None and properties.message_id != document["id"]:
         return Rejection(
@@ -117,7 +138,9 @@ def _check_envelope(
         )
     command_type = document["type"]
     if command_type not in validators.payloads:
-        return Rejection(_reject("unknown_type", f"no command type {command_type!r}", path="/type"), **readable)
+        return Rejection(
+            _reject("unknown_type", f"no command type {command_type!r}", path="/type"), **readable
+        )
     if routing_key != command_type:
         return Rejection(
             _reject(

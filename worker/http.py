@@ -8,7 +8,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 
-def build_app(ready: Callable[[], bool], webhook_apps: dict[str, web.Application] | None = None) -> web.Application:
+def build_app(
+    ready: Callable[[], bool], webhook_apps: dict[str, web.Application] | None = None
+) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
 
     async def metrics(_: web.Request) -> web.Response:

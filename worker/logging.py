@@ -48,7 +48,9 @@ def _mask_value(value: Any) -> Any:
     return value
 
 
-_UNMASKED_KEYS = frozenset({"timestamp", "command_id", "event_id", "attempt", "duration_ms", "level", "trace_id"})
+_UNMASKED_KEYS = frozenset(
+    {"timestamp", "command_id", "event_id", "attempt", "duration_ms", "level", "trace_id"}
+)
 
 
 def mask_processor(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -88,7 +90,11 @@ def configure(level: str = "INFO", fmt: str = "auto") -> None:
         cache_logger_on_first_use=True,
     )
     # pika and aiohttp log through the stdlib; keep their noise at WARNING.
-    logging.basicConfig(level=max(numeric_level, logging.WARNING), stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=max(numeric_level, logging.WARNING),
+        stream=sys.stderr,
+        format="%(name)s %(levelname)s %(message)s",
+    )
 
 
 def get_logger(name: str | None = None) -> structlog.typing.FilteringBoundLogger:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -33,7 +33,18 @@ H_DEAD_EVENT_ID = "x-switchboard-event-id"
 H_DEAD_ROUTING_KEY = "x-switchboard-routing-key"
 H_DEAD_AT = "x-switchboard-dead-at"
 RUNTIME_HEADERS = frozenset(
-    {H_ATTEMPT, H_FIRST_SEEN, H_NOT_BEFORE, H_REASON, H_DEAD_STATUS, H_DEAD_ERROR, H_DEAD_EVENT_ID, H_DEAD_ROUTING_KEY, H_DEAD_AT, topology.DELAY_HEADER}
+    {
+        H_ATTEMPT,
+        H_FIRST_SEEN,
+        H_NOT_BEFORE,
+        H_REASON,
+        H_DEAD_STATUS,
+        H_DEAD_ERROR,
+        H_DEAD_EVENT_ID,
+        H_DEAD_ROUTING_KEY,
+        H_DEAD_AT,
+        topology.DELAY_HEADER,
+    }
 )
 
 
@@ -46,7 +57,9 @@ def amqp_safe(headers: dict[str, Any] | None) -> dict[str, Any]:
         elif isinstance(value, dict):
             safe[key] = amqp_safe(value)
         elif isinstance(value, list):
-            safe[key] = [amqp_safe(v) if isinstance(v, dict) else repr(v) if isinstance(v, float) else v for v in value]
+            safe[key] = [
+                amqp_safe(v) if isinstance(v, dict) else repr(v) if isinstance(v, float) else v for v in value
+            ]
         else:
             safe[key] = value
     return safe
@@ -58,7 +71,9 @@ class Outbox:
     def __init__(self, channel: Callable[[], Channel | None]) -> None:
         self._channel = channel
 
-    def _publish(self, exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties) -> asyncio.Future[None]:
+    def _publish(
+        self, exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties
+    ) -> asyncio.Future[None]:
         channel = self._channel()
         if channel is None:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

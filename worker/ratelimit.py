@@ -60,7 +60,9 @@ class RedisRateLimiter:
 
     async def acquire(self) -> None:
         while True:
-            wait = float(await self._script(keys=[self.key], args=[repr(time.time()), repr(self.interval), self.burst]))
+            wait = float(
+                await self._script(keys=[self.key], args=[repr(time.time()), repr(self.interval), self.burst])
+            )
             if wait <= 0:
                 return
             await asyncio.sleep(wait)

@@ -55,7 +55,9 @@ def decide(
 
 
 def _gave_up(error: TransientError, why: str, attempts: int) -> PermanentError:
-    final = PermanentError(f"{why}; last error: {error.message}", code=error.code, details=dict(error.details))
+    final = PermanentError(
+        f"{why}; last error: {error.message}", code=error.code, details=dict(error.details)
+    )
     final.details["attempts"] = attempts
     final.details["gave_up"] = True
     return final

@@ -29,7 +29,7 @@ from worker.accounts import Accounts, build_clients, resolve
 from worker.amqp import Channel, Connection, ConnectionLost
 from worker.breaker import BreakerState, CircuitBreaker
 from worker.config import Settings
-from worker.dispatcher import DispatchSettings, Dispatcher, Delivery
+from worker.dispatcher import Delivery, Dispatcher, DispatchSettings
 from worker.http import build_app, serve
 from worker.logging import get_logger
 from worker.metrics import BROKER_CONNECTED, BROKER_RECONNECTS, IN_FLIGHT
@@ -45,7 +45,9 @@ UNROUTED_PREFETCH = 32
 
 
 class Runtime:
-    def __init__(self, settings: Settings, registry: Registry, *, consume: bool = True, webhooks: bool | None = None) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry, *, consume: bool = True, webhooks: bool | None = None
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.consume = consume
@@ -59,7 +61,8 @@ class Runtime:
         self.breakers: dict[str, CircuitBreaker] = {}
         self.outbox = Outbox(lambda: self.publish_channel)
         self._topology = topology.build(
-            {vendor: registry.types_of(vendor) for vendor in registry.vendors}, delivery_limit=settings.delivery_limit
+            {vendor: registry.types_of(vendor) for vendor in registry.vendors},
+            delivery_limit=settings.delivery_limit,
         )
 
     # -- lifecycle --------------------------------------------------------------
@@ -67,7 +70,9 @@ class Runtime:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        stores = await open_stores(self.settings.store_url.get_secret_value(), retention_seconds=self.settings.retention_days * 86400)
+        stores = await open_stores(
+            self.settings.store_url.get_secret_value(), retention_seconds=self.settings.retention_days * 86400
+        )
         redis_url = self.settings.shared_redis_url()
         redis_client = aioredis.Redis.from_url(redis_url) if redis_url else None
         accounts = await resolve(self.settings, self.registry)
@@ -75,7 +80,9 @@ class Runtime:
         session = aiohttp.ClientSession(connector=connector)
         clients = build_clients(accounts, self.registry, session, self.settings, redis_client)
         self.dispatcher = self._dispatcher(clients, stores, accounts)
-        http = await serve(self._http_app(accounts, stores), self.settings.metrics_host, self.settings.metrics_port)
+        http = await serve(
+            self._http_app(accounts, stores), self.settings.metrics_host, self.settings.metrics_port
+        )
         pruning = asyncio.create_task(self._prune(stores))
         log.info(
             "worker started",
@@ -107,7 +114,9 @@ class Runtime:
             self.ready = False
             self.stopping.set()
 
-    def _dispatcher(self, clients: dict[tuple[str, str], Any], stores: Stores, accounts: Accounts) -> Dispatcher:
+    def _dispatcher(
+        self, clients: dict[tuple[str, str], Any], stores: Stores, accounts: Accounts
+    ) -> Dispatcher:
         s = self.settings
         for vendor in accounts.vendors:
             self.breakers[vendor] = CircuitBreaker(
@@ -128,7 +137,9 @@ class Runtime:
                 handler_timeout_seconds=s.handler_timeout_seconds,
                 defer_seconds=s.defer_seconds,
                 poison_redeliveries=max(1, s.delivery_limit - 2),
-                policy=RetryPolicy(s.max_attempts, s.max_age_seconds, s.retry_base_seconds, s.retry_max_seconds),
+                policy=RetryPolicy(
+                    s.max_attempts, s.max_age_seconds, s.retry_base_seconds, s.retry_max_seconds
+                ),
             ),
         )
 
@@ -152,7 +163,10 @@ class Runtime:
     async def publish_event(self, routing_key: str, event: dict[str, Any]) -> None:
         """For webhooks: publish an event and return once the broker confirmed."""
         await self.outbox.event(
-            orjson.dumps(event), routing_key=routing_key, event_id=str(event.get("event_id", "")), command_id=None
+            orjson.dumps(event),
+            routing_key=routing_key,
+            event_id=str(event.get("event_id", "")),
+            command_id=None,
         )
 
     async def _prune(self, stores: Stores) -> None:
@@ -172,7 +186,7 @@ class Runtime:
             lost = asyncio.Event()
             try:
                 await self._connect(vendors, lost)
-            except (ConnectionLost, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ConnectionLost, OSError) as exc:
                 log.warning("broker not reachable; retrying", error=str(exc), retry_in_seconds=delay)
                 await self._close_connection()
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -198,7 +212,9 @@ class Runtime:
                 self.publish_channel = None
 
     async def _connect(self, vendors: list[str], lost: asyncio.Event) -> None:
-        connection = await asyncio.wait_for(Connection.connect(self.settings.amqp_url.get_secret_value(), name="switchboard-worker"), 30)
+        connection = await asyncio.wait_for(
+            Connection.connect(self.settings.amqp_url.get_secret_value(), name="switchboard-worker"), 30
+        )
         self.connection = connection
         connection.on_lost = lambda reason: lost.set()
         setup = await connection.channel()
@@ -233,15 +249,25 @@ class Runtime:
         loop = asyncio.get_running_loop()
 
         def on_message(
-            _: pika.channel.Channel, method: pika.spec.Basic.Deliver, properties: pika.spec.BasicProperties, body: bytes
+            _: pika.channel.Channel,
+            method: pika.spec.Basic.Deliver,
+            properties: pika.spec.BasicProperties,
+            body: bytes,
         ) -> None:
             delivery = Delivery(channel, method.delivery_tag, method.routing_key, properties, body)
             gauge.inc()
             task = loop.create_task(self.dispatcher.handle(delivery))
             self.tasks.add(task)
-            task.add_done_callback(lambda t: (self.tasks.discard(t), gauge.dec()))
+            task.add_done_callback(self._settled(gauge))
 
         return on_message
+
+    def _settled(self, gauge: Any) -> Any:
+        def done(task: asyncio.Task[None]) -> None:
+            self.tasks.discard(task)
+            gauge.dec()
+
+        return done
 
     def _breaker_changed(self, vendor: str, state: BreakerState) -> None:
         log.warning("circuit breaker changed", vendor=vendor, state=state.name.lower())
@@ -254,7 +280,12 @@ class Runtime:
         breaker = self.breakers[vendor]
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), breaker.remaining_cooldown())
-        if self.stopping.is_set() or vendor in self.consumers or self.connection is None or not self.connection.is_open:
+        if (
+            self.stopping.is_set()
+            or vendor in self.consumers
+            or self.connection is None
+            or not self.connection.is_open
+        ):
             return
         with contextlib.suppress(ConnectionLost):
             await self._subscribe(vendor, topology.vendor_queue(vendor), self.settings.max_in_flight)
@@ -263,10 +294,17 @@ class Runtime:
         for vendor in list(self.consumers):
             await self._unsubscribe(vendor)
         if self.tasks:
-            log.info("draining in-flight commands", in_flight=len(self.tasks), grace_seconds=self.settings.shutdown_grace_seconds)
+            log.info(
+                "draining in-flight commands",
+                in_flight=len(self.tasks),
+                grace_seconds=self.settings.shutdown_grace_seconds,
+            )
             _, pending = await asyncio.wait(set(self.tasks), timeout=self.settings.shutdown_grace_seconds)
             if pending:
-                log.warning("grace period over; leaving unfinished commands to another worker", unfinished=len(pending))
+                log.warning(
+                    "grace period over; leaving unfinished commands to another worker",
+                    unfinished=len(pending),
+                )
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)

@@ -119,17 +119,25 @@ def build(vendor_types: dict[str, Iterable[str]], *, delivery_limit: int = 20) -
 class Declarer(Protocol):
     """What declaring needs of a channel; pika-async and blocking both fit."""
 
-    async def exchange_declare(self, name: str, kind: str, *, durable: bool = True, arguments: dict[str, Any] | None = None) -> None: ...
+    async def exchange_declare(
+        self, name: str, kind: str, *, durable: bool = True, arguments: dict[str, Any] | None = None
+    ) -> None: ...
 
-    async def queue_declare(self, name: str, *, durable: bool = True, arguments: dict[str, Any] | None = None) -> Any: ...
+    async def queue_declare(
+        self, name: str, *, durable: bool = True, arguments: dict[str, Any] | None = None
+    ) -> Any: ...
 
-    async def queue_bind(self, queue: str, exchange: str, routing_key: str = "", arguments: dict[str, Any] | None = None) -> None: ...
+    async def queue_bind(
+        self, queue: str, exchange: str, routing_key: str = "", arguments: dict[str, Any] | None = None
+    ) -> None: ...
 
 
 async def declare(channel: Declarer, topology: Topology) -> None:
     """Declare everything; safe to run any number of times, from any worker."""
     for exchange in topology.exchanges:
-        await channel.exchange_declare(exchange.name, exchange.kind, durable=True, arguments=exchange.arguments or None)
+        await channel.exchange_declare(
+            exchange.name, exchange.kind, durable=True, arguments=exchange.arguments or None
+        )
     for queue in topology.queues:
         await channel.queue_declare(queue.name, durable=True, arguments=queue.arguments or None)
         for exchange_name, routing_key, arguments in queue.bindings:

@@ -15,7 +15,6 @@ will not retry such an error for a command that is unsafe to repeat.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -120,7 +119,7 @@ class VendorHTTP:
                 code="vendor_unreachable",
                 maybe_applied=False,
             ) from exc
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise VendorUnavailable(
                 f"{self.vendor}: no answer within {self.timeout.total}s",
                 code="vendor_timeout",

@@ -63,9 +63,12 @@ def test_profile_summary_ranks_self_time_by_package(tmp_path: Path) -> None:
         30,
     )
     assert area("select (/usr/lib/python3.11/selectors.py)") == "stdlib:selectors"
+    assert area("_request (aiohttp/client.py)") == "aiohttp"
+    assert area("claim (worker/store/sqlite.py)") == "worker"
     summary = summarize(stacks)
     assert "| 75.0% | 30 | `orjson` |" in summary
-    assert "| 100.0% | 40 | `run (worker/runtime.py)` |" in summary
+    assert "| 100.0% | 40 | `run (worker/runtime.py)` |" in summary  # inclusive, project frames only
+    assert "| 75.0% | 30 | `loads (/v/lib/python3.11/site-packages/orjson/x.py)` |" in summary  # self
 
 
 def test_procstat_reads_this_process() -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from handlers.peerly.jobs import JOB_EXAMPLE
 from handlers.peerly.sandbox import SANDBOX_EMAIL, SANDBOX_PASSWORD, PeerlySimulator
+from handlers.simulator import Fault
 from tests.peerly.conftest import P2P_UPLOAD
 from tests.support.amqp import EventTap, publish_command
 from tests.support.worker import WorkerProcess
@@ -125,3 +126,41 @@ def test_token_expiring_mid_run_refreshed_once(broker: None, sim: PeerlySimulato
         events = [tap.wait_for(command_id, timeout=30) for command_id in ids]
     assert all(e["status"] == "succeeded" for e in events)
     assert sim.logins() == 2
+
+
+def test_rate_limited_assign_is_retried(broker: None, sim: PeerlySimulator) -> None:
+    """A 429 with Retry-After on a safe command is retried and then succeeds; the list is assigned once."""
+    job_id, list_id = sim.add_job(), sim.add_active_list()
+    sim.add_fault(Fault(kind="status", status=429, retry_after=1, path_prefix="/api/1to1/", count=1))
+    with EventTap() as tap, WorkerProcess(worker_env(sim)):
+        event = tap.wait_for(
+            publish_command("assign_list", {"job_id": job_id, "list_id": list_id}), timeout=30
+        )
+    assert event["status"] == "succeeded", event
+    assert event["attempts"] >= 2
+    assert sim.job_lists(job_id) == [list_id]
+
+
+def test_create_job_500_after_acting_is_not_repeated(broker: None, sim: PeerlySimulator) -> None:
+    """create_job is unsafe: a 500 after Peerly created the job ends as outcome_unknown, with one job only."""
+    sim.add_fault(
+        Fault(kind="status", status=500, path_prefix="/api/1to1/jobs", count=1, after_processing=True)
+    )
+    with EventTap() as tap, WorkerProcess(worker_env(sim)):
+        event = tap.wait_for(
+            publish_command("create_job", copy.deepcopy(JOB_EXAMPLE) | {"account_id": "12345678"})
+        )
+    assert event["status"] == "failed", event
+    assert event["error"]["code"] == "outcome_unknown" or event["error"]["retryable"] is False
+    assert len(sim.effects("job_created")) == 1
+
+
+def test_create_job_503_before_acting_is_retried(broker: None, sim: PeerlySimulator) -> None:
+    """A 503 (Peerly did nothing) on create_job is retried and creates exactly one job."""
+    sim.add_fault(Fault(kind="status", status=503, retry_after=1, path_prefix="/api/1to1/jobs", count=1))
+    with EventTap() as tap, WorkerProcess(worker_env(sim)):
+        event = tap.wait_for(
+            publish_command("create_job", copy.deepcopy(JOB_EXAMPLE) | {"account_id": "12345678"})
+        )
+    assert event["status"] == "succeeded", event
+    assert len(sim.effects("job_created")) == 1

@@ -212,3 +212,10 @@ def test_opted_out_number_is_never_sent_to(tap: EventTap, sim: PidjSimulator, wo
     assert sim.fire_webhook_sync(webhook_url(worker), opt_in) == 200
     succeeded(tap, "send_text", {"to_number": number, "group_id": PRIMARY_GROUP, "text_body": "welcome back"})
     assert sends_to(sim, number) == ["/api/2020/send"]
+
+
+def test_builtin_sandbox_takes_the_acceptance_text(broker: None) -> None:
+    """`switchboard run --sandbox` with no Pidj credentials sends the runtime's acceptance payload."""
+    with WorkerProcess({"SWITCHBOARD_VENDORS": "pidj", "SWITCHBOARD_SANDBOX": "true"}), EventTap() as tap:
+        payload = {"to_number": "+18885553333", "from_number": "+18885552222", "text_body": "hi"}
+        assert succeeded(tap, "send_text", payload)["message"] == "Text sent."

@@ -31,7 +31,9 @@ def test_send_text_succeeds_and_is_counted(worker: WorkerProcess, pidj: PidjSimu
     assert set(event) >= {"event_id", "command_id", "occurred_at", "duration_ms"}
     assert len(pidj.effects()) == 1
     assert worker.metric("switchboard_commands_finished_total", type="send_text", status="succeeded") == 1
-    assert worker.metric("switchboard_vendor_requests_total", vendor="pidj", endpoint="/send", status="200") == 1
+    assert (
+        worker.metric("switchboard_vendor_requests_total", vendor="pidj", endpoint="/send", status="200") == 1
+    )
 
 
 def test_event_routing_key_is_type_and_status(worker: WorkerProcess) -> None:
@@ -44,7 +46,9 @@ def test_event_routing_key_is_type_and_status(worker: WorkerProcess) -> None:
 def test_not_json_is_rejected_and_dead_lettered(worker: WorkerProcess) -> None:
     """A body that is not JSON gives invalid.rejected (code not_json) and lands in switchboard.dead."""
     with EventTap() as tap:
-        publish_raw("send_text", b"{not json", properties=pika.BasicProperties(message_id="bad-1", delivery_mode=2))
+        publish_raw(
+            "send_text", b"{not json", properties=pika.BasicProperties(message_id="bad-1", delivery_mode=2)
+        )
         event = tap.wait_for_routing_key("invalid.rejected")
     assert event["status"] == "rejected"
     assert event["error"]["code"] == "not_json"
@@ -82,7 +86,11 @@ def test_message_id_must_equal_id(worker: WorkerProcess) -> None:
     """An AMQP message_id different from the body's id is rejected as message_id_mismatch."""
     body = orjson.dumps({"id": "one", "type": "send_text", "payload": SEND})
     with EventTap() as tap:
-        publish_raw("send_text", body, properties=pika.BasicProperties(message_id="two", content_type="application/json"))
+        publish_raw(
+            "send_text",
+            body,
+            properties=pika.BasicProperties(message_id="two", content_type="application/json"),
+        )
         event = tap.wait_for("one")
     assert event["error"]["code"] == "message_id_mismatch"
 

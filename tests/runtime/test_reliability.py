@@ -43,7 +43,9 @@ def test_retry_after_is_honoured(broker: None, pidj: PidjSimulator) -> None:
 
 def test_500_on_an_unsafe_command_is_outcome_unknown(broker: None, pidj: PidjSimulator) -> None:
     """A 500 after Pidj sent the text is not retried: failed with outcome_unknown, one text sent."""
-    pidj.add_fault(Fault(kind="status", status=500, count=1, after_processing=True, path_prefix="/api/2020/send"))
+    pidj.add_fault(
+        Fault(kind="status", status=500, count=1, after_processing=True, path_prefix="/api/2020/send")
+    )
     with WorkerProcess(pidj_env(pidj)), EventTap() as tap:
         command_id = publish_command("send_text", SEND)
         event = tap.wait_for(command_id)
@@ -116,7 +118,9 @@ def test_sigterm_finishes_in_flight_commands(broker: None, pidj: PidjSimulator) 
 def test_worker_killed_mid_call_gives_outcome_unknown(broker: None, pidj: PidjSimulator) -> None:
     """A send_text whose worker died mid-call is not sent again: the next worker reports outcome_unknown."""
     pidj.add_fault(Fault(kind="slow", delay=3.0, count=1, path_prefix="/api/2020/send"))
-    env = pidj_env(pidj, lease_seconds=2, handler_timeout_seconds=1.5, vendor_timeout_seconds=10, defer_seconds=1)
+    env = pidj_env(
+        pidj, lease_seconds=2, handler_timeout_seconds=1.5, vendor_timeout_seconds=10, defer_seconds=1
+    )
     store = {"SWITCHBOARD_STORE_URL": "redis://127.0.0.1:6379/14"}
     import redis
 

@@ -25,6 +25,8 @@ def ensure_vhost() -> None:
         return
     for args in (["add_vhost", TEST_VHOST], ["set_permissions", "-p", TEST_VHOST, "guest", ".*", ".*", ".*"]):
         subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=60, check=False)
+
+
 TERMINAL = frozenset({"succeeded", "failed", "rejected"})
 
 
@@ -128,7 +130,9 @@ class EventTap:
         self._drain(0)
         return [e for e in self.events if e.get("command_id") == command_id]
 
-    def wait_for(self, command_id: str, *, timeout: float = 20.0, statuses: frozenset[str] = TERMINAL) -> dict[str, Any]:
+    def wait_for(
+        self, command_id: str, *, timeout: float = 20.0, statuses: frozenset[str] = TERMINAL
+    ) -> dict[str, Any]:
         """The first event for ``command_id`` with one of ``statuses``."""
         deadline = time.monotonic() + timeout
         while True:
@@ -137,11 +141,17 @@ class EventTap:
                     return event
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                seen = [(e.get("type"), e.get("status")) for e in self.events if e.get("command_id") == command_id]
-                raise AssertionError(f"no {sorted(statuses)} event for {command_id} within {timeout}s; saw {seen}")
+                seen = [
+                    (e.get("type"), e.get("status")) for e in self.events if e.get("command_id") == command_id
+                ]
+                raise AssertionError(
+                    f"no {sorted(statuses)} event for {command_id} within {timeout}s; saw {seen}"
+                )
             self._drain(min(0.2, remaining))
 
-    def wait_for_count(self, count: int, *, timeout: float = 60.0, statuses: frozenset[str] = TERMINAL) -> list[dict[str, Any]]:
+    def wait_for_count(
+        self, count: int, *, timeout: float = 60.0, statuses: frozenset[str] = TERMINAL
+    ) -> list[dict[str, Any]]:
         """Wait until ``count`` events with ``statuses`` arrived; returns them."""
         deadline = time.monotonic() + timeout
         while True:

@@ -30,7 +30,9 @@ def free_port() -> int:
 class WorkerProcess:
     """``with WorkerProcess({...env...}) as worker:`` starts a worker and waits until /readyz is 200."""
 
-    def __init__(self, env: dict[str, str] | None = None, *, ready_timeout: float = 30.0, wait_ready: bool = True) -> None:
+    def __init__(
+        self, env: dict[str, str] | None = None, *, ready_timeout: float = 30.0, wait_ready: bool = True
+    ) -> None:
         self.port = free_port()
         self._tmp = tempfile.TemporaryDirectory(prefix="switchboard-test-")
         base = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
@@ -58,7 +60,9 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen([str(SWITCHBOARD), "run"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [str(SWITCHBOARD), "run"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
         if self.wait_ready:
             self.wait_until_ready()
         return self

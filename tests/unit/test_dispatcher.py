@@ -11,7 +11,7 @@ import pika
 import pytest
 from pydantic import BaseModel
 
-from worker.dispatcher import Delivery, DispatchSettings, Dispatcher
+from worker.dispatcher import Delivery, Dispatcher, DispatchSettings
 from worker.errors import OutcomeUnknown, RateLimited, VendorRejected, VendorUnavailable
 from worker.registry import CommandContext, Continue, Registry, VendorSpec
 from worker.retry import RetryPolicy
@@ -99,9 +99,17 @@ class Harness:
     async def _ok(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
         return {"ok": True}
 
-    async def deliver(self, command_type: str, command_id: str = "c-1", payload: dict[str, Any] | None = None, headers: dict[str, Any] | None = None) -> None:
+    async def deliver(
+        self,
+        command_type: str,
+        command_id: str = "c-1",
+        payload: dict[str, Any] | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
         body = orjson.dumps({"id": command_id, "type": command_type, "payload": payload or {"n": 1}})
-        properties = pika.BasicProperties(content_type="application/json", message_id=command_id, headers=headers)
+        properties = pika.BasicProperties(
+            content_type="application/json", message_id=command_id, headers=headers
+        )
         await self.dispatcher.handle(Delivery(self.channel, 1, command_type, properties, body))  # type: ignore[arg-type]
 
     def statuses(self) -> list[str]:

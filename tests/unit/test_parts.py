@@ -40,7 +40,10 @@ class TestEnvelope:
         assert code_of(b"[]") == "invalid_envelope"
         assert code_of(orjson.dumps({"id": "a", "type": "send_text"})) == "invalid_envelope"
         assert code_of(ok, pika.BasicProperties(message_id="b")) == "message_id_mismatch"
-        assert code_of(orjson.dumps({"id": "a", "type": "fly", "payload": {}}), routing_key="fly") == "unknown_type"
+        assert (
+            code_of(orjson.dumps({"id": "a", "type": "fly", "payload": {}}), routing_key="fly")
+            == "unknown_type"
+        )
         assert code_of(ok, routing_key="create_job") == "routing_key_mismatch"
 
     def test_envelope_error_names_the_field(self) -> None:
@@ -52,11 +55,17 @@ class TestEnvelope:
 
     def test_unknown_envelope_field_is_rejected(self) -> None:
         """Fields outside the envelope are refused, not ignored."""
-        assert code_of(orjson.dumps({"id": "a", "type": "send_text", "payload": {}, "extra": 1})) == "invalid_envelope"
+        assert (
+            code_of(orjson.dumps({"id": "a", "type": "send_text", "payload": {}, "extra": 1}))
+            == "invalid_envelope"
+        )
 
     def test_deep_nesting_is_rejected_not_crashing(self) -> None:
         """JSON nested deeper than the parser allows is not_json."""
-        assert code_of(b"[" * 100000 + b"]" * 100000, routing_key="send_text") in ("not_json", "message_too_large")
+        assert code_of(b"[" * 100000 + b"]" * 100000, routing_key="send_text") in (
+            "not_json",
+            "message_too_large",
+        )
         result = decode(b"[" * 600 + b"]" * 600, JSON, "send_text", VALIDATORS, max_bytes=10**6)
         assert isinstance(result, Rejection)
 
@@ -101,7 +110,13 @@ class TestRetryPolicy:
 
     def test_retry_after_is_a_floor(self) -> None:
         """The delay is never shorter than the vendor's Retry-After."""
-        decision = decide(RateLimited("x", retry_after=9), attempts=1, age_seconds=0, safe_to_repeat=False, policy=self.policy)
+        decision = decide(
+            RateLimited("x", retry_after=9),
+            attempts=1,
+            age_seconds=0,
+            safe_to_repeat=False,
+            policy=self.policy,
+        )
         assert isinstance(decision, Retry) and decision.delay_seconds >= 9
 
     def test_full_jitter_stays_under_the_cap(self) -> None:
@@ -112,14 +127,23 @@ class TestRetryPolicy:
     def test_maybe_applied_unsafe_is_outcome_unknown(self) -> None:
         """An error that may have been applied is never retried for an unsafe command."""
         error = VendorUnavailable("x", maybe_applied=True)
-        assert isinstance(decide(error, attempts=1, age_seconds=0, safe_to_repeat=False, policy=self.policy), OutcomeUnknown)
-        assert isinstance(decide(error, attempts=1, age_seconds=0, safe_to_repeat=True, policy=self.policy), Retry)
+        assert isinstance(
+            decide(error, attempts=1, age_seconds=0, safe_to_repeat=False, policy=self.policy), OutcomeUnknown
+        )
+        assert isinstance(
+            decide(error, attempts=1, age_seconds=0, safe_to_repeat=True, policy=self.policy), Retry
+        )
 
     def test_max_attempts_and_age(self) -> None:
         """Past max attempts or max age the command gives up."""
         error = VendorUnavailable("x")
-        assert isinstance(decide(error, attempts=4, age_seconds=0, safe_to_repeat=True, policy=self.policy), PermanentError)
-        assert isinstance(decide(error, attempts=1, age_seconds=100.5, safe_to_repeat=True, policy=self.policy), PermanentError)
+        assert isinstance(
+            decide(error, attempts=4, age_seconds=0, safe_to_repeat=True, policy=self.policy), PermanentError
+        )
+        assert isinstance(
+            decide(error, attempts=1, age_seconds=100.5, safe_to_repeat=True, policy=self.policy),
+            PermanentError,
+        )
 
 
 class TestBreaker:
@@ -163,7 +187,12 @@ def test_retry_after_parsing() -> None:
 
 @pytest.mark.parametrize(
     ("status", "error", "applied"),
-    [(429, RateLimited, False), (503, VendorUnavailable, False), (500, VendorUnavailable, True), (502, VendorUnavailable, True)],
+    [
+        (429, RateLimited, False),
+        (503, VendorUnavailable, False),
+        (500, VendorUnavailable, True),
+        (502, VendorUnavailable, True),
+    ],
 )
 async def test_vendor_http_maps_statuses(status: int, error: type[Exception], applied: bool) -> None:
     """429/503 are transient and not applied; other 5xx may have been applied."""

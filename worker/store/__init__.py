@@ -52,4 +52,6 @@ async def open_stores(url: str, *, retention_seconds: float) -> Stores:
             redis_store.RedisDeduper(client),
             "redis",
         )
-    raise ValueError(f"SWITCHBOARD_STORE_URL: unsupported store {scheme!r} (use sqlite:///path or redis://host:port/db)")
+    raise ValueError(
+        f"SWITCHBOARD_STORE_URL: unsupported store {scheme!r} (use sqlite:///path or redis://host:port/db)"
+    )

@@ -91,6 +91,10 @@ def _to_claim(reply: list[Any]) -> Claim:
     )
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _key(account: str, command_id: str) -> str:
     return f"sb:cmd:{account}:{command_id}"
 
@@ -104,7 +108,9 @@ class RedisIdempotencyStore:
         self._release = client.register_script(_RELEASE)
         self._complete = client.register_script(_COMPLETE)
 
-    async def claim(self, account: str, command_id: str, fingerprint: str, now: float, lease_seconds: float) -> Claim:
+    async def claim(
+        self, account: str, command_id: str, fingerprint: str, now: float, lease_seconds: float
+    ) -> Claim:
         reply = await self._claim(
             keys=[_key(account, command_id)],
             args=[fingerprint, repr(now), repr(now + lease_seconds), self.retention_ms],
@@ -120,13 +126,17 @@ class RedisIdempotencyStore:
         )
         return _to_claim(reply)
 
-    async def release(self, account: str, command_id: str, state: dict[str, Any] | None = None, *, waiting: bool = False) -> None:
+    async def release(
+        self, account: str, command_id: str, state: dict[str, Any] | None = None, *, waiting: bool = False
+    ) -> None:
         await self._release(
             keys=[_key(account, command_id)],
             args=["waiting" if waiting else "pending", b"" if state is None else orjson.dumps(state)],
         )
 
-    async def complete(self, account: str, command_id: str, fingerprint: str, event: bytes, now: float) -> bytes:
+    async def complete(
+        self, account: str, command_id: str, fingerprint: str, event: bytes, now: float
+    ) -> bytes:
         stored: bytes = await self._complete(
             keys=[_key(account, command_id)], args=[fingerprint, event, repr(now), self.retention_ms]
         )
@@ -152,13 +162,13 @@ class RedisSuppressionList:
 
     async def add(self, account: str, number: str, *, reason: str, source: str, now: float) -> None:
         value = orjson.dumps({"reason": reason, "source": source, "created_at": now})
-        await self.client.hset(self._key(account), number, value)  # type: ignore[misc]
+        await self.client.hset(self._key(account), number, value)
 
     async def remove(self, account: str, number: str) -> bool:
-        return bool(await self.client.hdel(self._key(account), number))  # type: ignore[misc]
+        return bool(await self.client.hdel(self._key(account), number))
 
     async def contains(self, account: str, number: str) -> bool:
-        return bool(await self.client.hexists(self._key(account), number))  # type: ignore[misc]
+        return bool(await self.client.hexists(self._key(account), number))
 
     async def list(self, account: str | None = None) -> list[dict[str, Any]]:
         if account is not None:
@@ -167,10 +177,10 @@ class RedisSuppressionList:
             keys = sorted([key async for key in self.client.scan_iter(match="sb:suppressed:*")])
         rows: list[dict[str, Any]] = []
         for key in keys:
-            owner = key.decode().removeprefix("sb:suppressed:")
-            entries = await self.client.hgetall(key)  # type: ignore[misc]
+            owner = _text(key).removeprefix("sb:suppressed:")
+            entries = await self.client.hgetall(key)
             for number, value in sorted(entries.items()):
-                rows.append({"account": owner, "number": number.decode(), **orjson.loads(value)})
+                rows.append({"account": owner, "number": _text(number), **orjson.loads(value)})
         return rows
 
 

@@ -84,7 +84,9 @@ class SQLiteIdempotencyStore:
         self.conn = conn
         self.retention = retention_seconds
 
-    async def claim(self, account: str, command_id: str, fingerprint: str, now: float, lease_seconds: float) -> Claim:
+    async def claim(
+        self, account: str, command_id: str, fingerprint: str, now: float, lease_seconds: float
+    ) -> Claim:
         with _Transaction(self.conn) as conn:
             row = conn.execute(
                 "SELECT fingerprint, status, attempts, first_attempt_at, attempt_started_at, lease_until, state, event,"
@@ -132,18 +134,28 @@ class SQLiteIdempotencyStore:
             ).fetchone()
             return Claim(ClaimStatus.ACQUIRED, attempts, first, now, now + lease_seconds, _state(state))
 
-    async def release(self, account: str, command_id: str, state: dict[str, Any] | None = None, *, waiting: bool = False) -> None:
+    async def release(
+        self, account: str, command_id: str, state: dict[str, Any] | None = None, *, waiting: bool = False
+    ) -> None:
         with _Transaction(self.conn) as conn:
             conn.execute(
                 "UPDATE commands SET status = ?, lease_until = NULL, state = ?"
                 " WHERE account = ? AND command_id = ? AND status = 'running'",
-                ("waiting" if waiting else "pending", None if state is None else orjson.dumps(state), account, command_id),
+                (
+                    "waiting" if waiting else "pending",
+                    None if state is None else orjson.dumps(state),
+                    account,
+                    command_id,
+                ),
             )
 
-    async def complete(self, account: str, command_id: str, fingerprint: str, event: bytes, now: float) -> bytes:
+    async def complete(
+        self, account: str, command_id: str, fingerprint: str, event: bytes, now: float
+    ) -> bytes:
         with _Transaction(self.conn) as conn:
             row = conn.execute(
-                "SELECT status, event FROM commands WHERE account = ? AND command_id = ?", (account, command_id)
+                "SELECT status, event FROM commands WHERE account = ? AND command_id = ?",
+                (account, command_id),
             ).fetchone()
             if row is not None and row[0] == "done":
                 stored: bytes = row[1]
@@ -159,7 +171,9 @@ class SQLiteIdempotencyStore:
 
     async def forget(self, account: str, command_id: str) -> bool:
         with _Transaction(self.conn) as conn:
-            cursor = conn.execute("DELETE FROM commands WHERE account = ? AND command_id = ?", (account, command_id))
+            cursor = conn.execute(
+                "DELETE FROM commands WHERE account = ? AND command_id = ?", (account, command_id)
+            )
             return cursor.rowcount == 1
 
     async def prune(self, now: float) -> int:
@@ -186,9 +200,12 @@ class SQLiteSuppressionList:
 
     async def remove(self, account: str, number: str) -> bool:
         with _Transaction(self.conn) as conn:
-            return conn.execute(
-                "DELETE FROM suppressions WHERE account = ? AND number = ?", (account, number)
-            ).rowcount == 1
+            return (
+                conn.execute(
+                    "DELETE FROM suppressions WHERE account = ? AND number = ?", (account, number)
+                ).rowcount
+                == 1
+            )
 
     async def contains(self, account: str, number: str) -> bool:
         row = self.conn.execute(
@@ -203,7 +220,10 @@ class SQLiteSuppressionList:
             query += " WHERE account = ?"
             params = (account,)
         rows = self.conn.execute(query + " ORDER BY account, number", params).fetchall()
-        return [dict(zip(("account", "number", "reason", "source", "created_at"), row, strict=True)) for row in rows]
+        return [
+            dict(zip(("account", "number", "reason", "source", "created_at"), row, strict=True))
+            for row in rows
+        ]
 
 
 class SQLiteDeduper:
