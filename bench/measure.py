@@ -146,6 +146,8 @@ def run(plan: Plan) -> Measured:
             measured.first_publish, measured.last_publish = times
     if measured.missing:
         notes.append(f"{measured.missing} events missing")
+    if unsuccessful := {k: v for k, v in measured.collected.statuses.items() if k != "succeeded"}:
+        notes.append(f"not succeeded: {unsuccessful} (see the worker's log)")
     if measured.collected.duplicates:
         notes.append(f"{measured.collected.duplicates} duplicate events")
     return measured

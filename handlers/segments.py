@@ -46,29 +46,29 @@ PER_SEGMENT = {"GSM-7": 153, "UCS-2": 67}
 
 LOOKALIKES: dict[str, str] = {
     # single quotes and apostrophes
-    "\u2018": "'",  # ‘ LEFT SINGLE QUOTATION MARK
-    "\u2019": "'",  # ’ RIGHT SINGLE QUOTATION MARK (also the typographic apostrophe)
-    "\u201a": "'",  # ‚ SINGLE LOW-9 QUOTATION MARK
-    "\u201b": "'",  # ‛ SINGLE HIGH-REVERSED-9 QUOTATION MARK
-    "\u2032": "'",  # ′ PRIME
-    "\u02bc": "'",  # ʼ MODIFIER LETTER APOSTROPHE
+    "\u2018": "'",  # LEFT SINGLE QUOTATION MARK
+    "\u2019": "'",  # RIGHT SINGLE QUOTATION MARK (also the typographic apostrophe)
+    "\u201a": "'",  # SINGLE LOW-9 QUOTATION MARK
+    "\u201b": "'",  # SINGLE HIGH-REVERSED-9 QUOTATION MARK
+    "\u2032": "'",  # PRIME
+    "\u02bc": "'",  # MODIFIER LETTER APOSTROPHE
     # double quotes
-    "\u201c": '"',  # “ LEFT DOUBLE QUOTATION MARK
-    "\u201d": '"',  # ” RIGHT DOUBLE QUOTATION MARK
-    "\u201e": '"',  # „ DOUBLE LOW-9 QUOTATION MARK
-    "\u201f": '"',  # ‟ DOUBLE HIGH-REVERSED-9 QUOTATION MARK
-    "\u2033": '"',  # ″ DOUBLE PRIME
+    "\u201c": '"',  # LEFT DOUBLE QUOTATION MARK
+    "\u201d": '"',  # RIGHT DOUBLE QUOTATION MARK
+    "\u201e": '"',  # DOUBLE LOW-9 QUOTATION MARK
+    "\u201f": '"',  # DOUBLE HIGH-REVERSED-9 QUOTATION MARK
+    "\u2033": '"',  # DOUBLE PRIME
     # dashes and hyphens
-    "\u2010": "-",  # ‐ HYPHEN
-    "\u2011": "-",  # ‑ NON-BREAKING HYPHEN
-    "\u2012": "-",  # ‒ FIGURE DASH
-    "\u2013": "-",  # – EN DASH
-    "\u2014": "-",  # — EM DASH
-    "\u2015": "-",  # ― HORIZONTAL BAR
-    "\u2212": "-",  # − MINUS SIGN
+    "\u2010": "-",  # HYPHEN
+    "\u2011": "-",  # NON-BREAKING HYPHEN
+    "\u2012": "-",  # FIGURE DASH
+    "\u2013": "-",  # EN DASH
+    "\u2014": "-",  # EM DASH
+    "\u2015": "-",  # HORIZONTAL BAR
+    "\u2212": "-",  # MINUS SIGN
     # dots
-    "\u2026": "...",  # … HORIZONTAL ELLIPSIS
-    "\u2024": ".",  # ․ ONE DOT LEADER
+    "\u2026": "...",  # HORIZONTAL ELLIPSIS
+    "\u2024": ".",  # ONE DOT LEADER
     # spaces that print as a space
     "\u00a0": " ",  # NO-BREAK SPACE
     "\u2000": " ",

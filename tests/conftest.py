@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pika
 import pytest
 
-from tests.support.amqp import AMQP_URL, connect, ensure_vhost
+from tests.support.amqp import AMQP_URL, connect, delete_vhost, ensure_vhost
 from tests.support.worker import SWITCHBOARD
 
 SWITCHBOARD_QUEUES_PREFIX = "switchboard."
@@ -41,8 +41,10 @@ def _purge_switchboard_queues() -> None:
 
 
 @pytest.fixture(scope="session")
-def topology_declared() -> None:
+def topology_declared() -> Iterator[None]:
     _declare_topology()
+    yield
+    delete_vhost()
 
 
 @pytest.fixture

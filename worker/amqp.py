@@ -97,6 +97,7 @@ class Connection:
     async def channel(self) -> Channel:
         loop = asyncio.get_running_loop()
         opened: asyncio.Future[pika.channel.Channel] = loop.create_future()
+
         def on_open(channel: pika.channel.Channel) -> None:
             if not opened.done():
                 opened.set_result(channel)

@@ -26,8 +26,9 @@ from typing import Any
 import orjson
 import pika.spec
 import structlog
+from opentelemetry import trace
 
-from worker import events
+from worker import events, tracing
 from worker.amqp import AMQPError, Channel
 from worker.breaker import CircuitBreaker
 from worker.envelope import Command, Rejection, decode
@@ -70,6 +71,7 @@ class Delivery:
     routing_key: str
     properties: pika.spec.BasicProperties
     body: bytes
+    queue: str = ""
 
     @property
     def redeliveries(self) -> int:
@@ -149,6 +151,23 @@ class Dispatcher:
             self.validators,
             max_bytes=self.settings.max_message_bytes,
         )
+        if not tracing.state.enabled:
+            await self._route(delivery, decoded, started)
+            return
+        command_type = decoded.type
+        vendor = (
+            self.registry.commands[command_type].vendor if command_type in self.registry.commands else "-"
+        )
+        parent = tracing.extract(delivery.properties.headers, decoded.meta)
+        with tracing.process_span(
+            delivery.queue, delivery.routing_key, delivery.properties.message_id, command_type, vendor, parent
+        ) as span:
+            trace_id = tracing.trace_id_hex(span)
+            if trace_id:
+                structlog.contextvars.bind_contextvars(trace_id=trace_id)
+            await self._route(delivery, decoded, started)
+
+    async def _route(self, delivery: Delivery, decoded: Command | Rejection, started: float) -> None:
         if isinstance(decoded, Rejection):
             COMMANDS_RECEIVED.labels(decoded.type).inc()
             await self._reject(delivery, decoded, started)
@@ -415,12 +434,16 @@ class Dispatcher:
         self, delivery: Delivery, command: Command, seconds: float, reason: str, *, attempts: int
     ) -> None:
         first_seen = command.headers.get(H_FIRST_SEEN, int(time.time() * 1000))
+        headers: dict[str, Any] = {H_ATTEMPT: attempts, H_FIRST_SEEN: first_seen, H_REASON: reason}
+        if tracing.state.enabled and "traceparent" not in command.headers:
+            # The publisher sent no trace: later attempts join this one's trace.
+            tracing.inject(headers)
         await self.outbox.delay(
             delivery.body,
             delivery.properties,
             routing_key=command.type,
             seconds=seconds,
-            headers={H_ATTEMPT: attempts, H_FIRST_SEEN: first_seen, H_REASON: reason},
+            headers=headers,
         )
         delivery.channel.ack(delivery.delivery_tag)
 
@@ -553,6 +576,8 @@ class Dispatcher:
             DEAD_LETTERS.labels(command_type, status).inc()
         await asyncio.gather(*publishing)
         delivery.channel.ack(delivery.delivery_tag)
+        if tracing.state.enabled:
+            tracing.record_outcome(trace.get_current_span(), status, None if error is None else error["code"])
         COMMANDS_FINISHED.labels(command_type, status).inc()
         if error is not None:
             COMMAND_ERRORS.labels(command_type, error["code"]).inc()

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pika
 
-from worker import topology
+from worker import topology, tracing
 from worker.amqp import Channel, ConnectionLost
 
 PERSISTENT = 2
@@ -92,19 +92,21 @@ class Outbox:
         headers: dict[str, Any] | None = None,
     ) -> None:
         """Publish an event, and to ``reply_to`` too when given."""
-        properties = pika.BasicProperties(
-            content_type="application/json",
-            delivery_mode=PERSISTENT,
-            message_id=event_id,
-            correlation_id=command_id,
-            type=routing_key,
-            timestamp=int(time.time()),
-            headers=headers,
-        )
-        confirms = [self._publish(topology.EVENTS_EXCHANGE, routing_key, body, properties)]
-        if reply_to:
-            confirms.append(self._publish("", reply_to, body, properties))
-        await asyncio.gather(*confirms)
+        headers = dict(headers or {})
+        with tracing.publish_span(topology.EVENTS_EXCHANGE, routing_key, event_id, headers):
+            properties = pika.BasicProperties(
+                content_type="application/json",
+                delivery_mode=PERSISTENT,
+                message_id=event_id,
+                correlation_id=command_id,
+                type=routing_key,
+                timestamp=int(time.time()),
+                headers=headers or None,
+            )
+            confirms = [self._publish(topology.EVENTS_EXCHANGE, routing_key, body, properties)]
+            if reply_to:
+                confirms.append(self._publish("", reply_to, body, properties))
+            await asyncio.gather(*confirms)
 
     async def dead_letter(
         self,

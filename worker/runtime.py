@@ -24,7 +24,7 @@ import pika.channel
 import pika.spec
 import redis.asyncio as aioredis
 
-from worker import topology
+from worker import topology, tracing
 from worker.accounts import Accounts, build_clients, resolve
 from worker.amqp import Channel, Connection, ConnectionLost
 from worker.breaker import BreakerState, CircuitBreaker
@@ -67,6 +67,7 @@ class Runtime:
 
     # -- lifecycle --------------------------------------------------------------
     async def run(self) -> int:
+        tracing.setup()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -234,7 +235,7 @@ class Runtime:
         assert self.connection is not None
         channel = await self.connection.channel()
         await channel.qos(prefetch)
-        tag = await channel.consume(queue, self._on_message(vendor, channel))
+        tag = await channel.consume(queue, self._on_message(vendor, queue, channel))
         self.consumers[vendor] = (channel, tag)
 
     async def _unsubscribe(self, vendor: str) -> None:
@@ -244,7 +245,7 @@ class Runtime:
             with contextlib.suppress(ConnectionLost):
                 await channel.cancel(tag)
 
-    def _on_message(self, vendor: str, channel: Channel) -> Any:
+    def _on_message(self, vendor: str, queue: str, channel: Channel) -> Any:
         gauge = IN_FLIGHT.labels(vendor)
         loop = asyncio.get_running_loop()
 
@@ -254,7 +255,7 @@ class Runtime:
             properties: pika.spec.BasicProperties,
             body: bytes,
         ) -> None:
-            delivery = Delivery(channel, method.delivery_tag, method.routing_key, properties, body)
+            delivery = Delivery(channel, method.delivery_tag, method.routing_key, properties, body, queue)
             gauge.inc()
             task = loop.create_task(self.dispatcher.handle(delivery))
             self.tasks.add(task)

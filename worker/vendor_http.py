@@ -19,12 +19,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
-from worker.errors import RateLimited, VendorUnavailable
+from worker import tracing
+from worker.errors import RateLimited, TransientError, VendorUnavailable
 from worker.metrics import VENDOR_LATENCY, VENDOR_REQUESTS
 
 
@@ -81,6 +83,9 @@ class VendorHTTP:
         self.base_url = base_url.rstrip("/")
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.limiter = limiter
+        parsed = urlsplit(self.base_url)
+        self._host = parsed.hostname
+        self._port = parsed.port
 
     async def request(
         self,
@@ -98,6 +103,18 @@ class VendorHTTP:
         if self.limiter is not None:
             await self.limiter.acquire()
         url = self.base_url + (path if path is not None else endpoint)
+        if tracing.state.enabled:
+            with tracing.client_span(self.vendor, method, endpoint, self._host, self._port) as span:
+                try:
+                    answer = await self._send(method, endpoint, url, kwargs)
+                except TransientError as exc:
+                    tracing.record_status(span, exc.details.get("http_status"), exc)
+                    raise
+                tracing.record_status(span, answer.status)
+                return answer
+        return await self._send(method, endpoint, url, kwargs)
+
+    async def _send(self, method: str, endpoint: str, url: str, kwargs: dict[str, Any]) -> VendorResponse:
         started = time.perf_counter()
         status_label = "error"
         try:

@@ -32,6 +32,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import structlog
 
 from handlers.peerly.settings import PeerlyAccount
 from worker.errors import InvalidPayload, PermanentError, VendorAuthFailed, VendorRejected
@@ -42,6 +43,8 @@ RENEW_MARGIN_SECONDS = 300.0
 
 MAX_UPLOAD_BYTES = 104_857_600
 """Peerly refuses files over 100 MiB; we refuse them before sending."""
+
+log = structlog.get_logger(__name__)
 
 _ERROR_KEYS = ("error", "message", "Error", "detail", "non_field_errors", "errors")
 _MAX_TEXT = 500
@@ -250,6 +253,7 @@ class PeerlyClient:
                 "peerly: login gave a token without exp", details={"http_status": answer.status}
             )
         self._token = _Token(value, expires_at)
+        log.info("peerly login", vendor="peerly", expires_in_seconds=int(expires_at - self._clock()))
         return self._token
 
     def _scrub(self, text: str) -> str:

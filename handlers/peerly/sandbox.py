@@ -17,7 +17,9 @@ Routes are under ``/api`` (clients use ``<base_url>/api`` as Peerly's base):
 Test hooks by list name: ``NEVER-ACTIVE...`` stays PENDING, ``FAIL-...`` ends
 in ``ERROR``; :meth:`PeerlySimulator.answer_with` cans any answer. Side effects
 recorded: ``list_uploaded``, ``job_created``, ``list_assigned``, ``media_created``.
-Faults come from :class:`SimulatorBase`.
+Faults come from :class:`SimulatorBase`. :func:`start_sandbox` and :func:`serve`
+also seed what the commands' example payloads name (accounts 12345678 and
+88889754, job ``1M93TFzJYm7e5xNNFlrr``, ACTIVE list 123456) so they work as given.
 """
 
 from __future__ import annotations
@@ -142,17 +144,27 @@ class PeerlySimulator(SimulatorBase):
         with self._lock:
             return sum(1 for r in self.requests if r.path == "/api/token-auth" and r.answered == 200)
 
-    def add_job(self, name: str = "Sandbox job", account_id: str = SANDBOX_ACCOUNT_ID) -> str:
+    def add_job(
+        self, name: str = "Sandbox job", account_id: str = SANDBOX_ACCOUNT_ID, job_id: str | None = None
+    ) -> str:
         """Create a job directly (no request, no side effect); its id."""
-        job = SimJob(self._new_job_id(), account_id, {"name": name, "templates": []})
+        job = SimJob(job_id or self._new_job_id(), account_id, {"name": name, "templates": []})
         with self._lock:
             self.jobs[job.id] = job
         return job.id
 
-    def add_active_list(self, account: str = SANDBOX_ACCOUNT_ID, name: str = "Sandbox list") -> int:
+    def add_active_list(
+        self,
+        account: str = SANDBOX_ACCOUNT_ID,
+        name: str = "Sandbox list",
+        *,
+        token: str | None = None,
+        list_id: int | None = None,
+    ) -> int:
         """An already ACTIVE list (no request, no side effect); its list_id."""
-        entry = self._new_list(account, name, rows=1)
+        entry = self._new_list(account, name, rows=1, token=token)
         entry.uploaded_at -= self.list_active_after
+        entry.list_id = list_id
         return self._list_state(entry)[1] or 0
 
     def job_lists(self, job_id: str) -> list[int]:
@@ -364,8 +376,10 @@ class PeerlySimulator(SimulatorBase):
             return "Signature has expired."
         return None
 
-    def _new_list(self, account: str, name: str, rows: int) -> SimList:
-        entry = SimList(secrets.token_hex(16), account, name, next(self._ids), rows, time.monotonic())
+    def _new_list(self, account: str, name: str, rows: int, token: str | None = None) -> SimList:
+        entry = SimList(
+            token or secrets.token_hex(16), account, name, next(self._ids), rows, time.monotonic()
+        )
         with self._lock:
             self.lists[entry.token] = entry
         return entry
@@ -438,9 +452,23 @@ def sandbox_account(sim: PeerlySimulator) -> dict[str, Any]:
     }
 
 
+DEMO_JOB_ID = "1M93TFzJYm7e5xNNFlrr"
+DEMO_LIST_ID = 123456
+DEMO_LIST_TOKEN = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+DEMO_ACCOUNTS = (SANDBOX_ACCOUNT_ID, "88889754")
+
+
+def demo_simulator(list_active_after: float) -> PeerlySimulator:
+    """A simulator where the commands' example payloads work: their accounts, job and list exist."""
+    sim = PeerlySimulator(accounts=DEMO_ACCOUNTS, list_active_after=list_active_after)
+    sim.add_job("Demo job", job_id=DEMO_JOB_ID)
+    sim.add_active_list(token=DEMO_LIST_TOKEN, list_id=DEMO_LIST_ID)
+    return sim
+
+
 async def start_sandbox(list_active_after: float = 3.0) -> Sandbox:
     """Start the simulator in this event loop on 127.0.0.1 (any free port)."""
-    sim = PeerlySimulator(list_active_after=list_active_after)
+    sim = demo_simulator(list_active_after)
     await sim.start("127.0.0.1", 0)
     return Sandbox(account=sandbox_account(sim), stop=sim.stop)
 
@@ -450,7 +478,7 @@ async def serve(host: str = "127.0.0.1", port: int = 0, list_active_after: float
 
     Prints one line to stderr: the account settings that point at it.
     """
-    sim = PeerlySimulator(list_active_after=list_active_after)
+    sim = demo_simulator(list_active_after)
     await sim.start(host, port)
     print(orjson.dumps(sandbox_account(sim)).decode(), file=sys.stderr, flush=True)
     try:

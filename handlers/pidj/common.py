@@ -6,7 +6,7 @@ from typing import Any
 
 from handlers.pidj import rules
 from handlers.pidj.client import PidjClient, path_segment
-from worker.errors import InvalidPayload, PermanentError
+from worker.errors import InvalidPayload, PermanentError, TransientError
 from worker.metrics import SUPPRESSED
 from worker.registry import CommandContext
 
@@ -18,8 +18,17 @@ async def refuse_if_opted_out(ctx: PidjContext, number: str, field: str) -> None
     """End the command ``recipient_opted_out`` when ``number`` is on the suppression list.
 
     Called before anything that texts a person, so that Pidj is never asked to.
+    When the list cannot be read, nothing is sent: the command is retried later.
     """
-    if await ctx.suppressions.contains(ctx.account, number):
+    try:
+        suppressed = await ctx.suppressions.contains(ctx.account, number)
+    except Exception as exc:  # the shared store is down: never text without knowing
+        raise TransientError(
+            "the suppression list cannot be read; nothing was sent",
+            code="suppression_list_unavailable",
+            maybe_applied=False,
+        ) from exc
+    if suppressed:
         ctx.log.info("pidj.recipient_opted_out", field=field)
         SUPPRESSED.labels(ctx.type).inc()
         raise PermanentError(
@@ -31,7 +40,12 @@ async def refuse_if_opted_out(ctx: PidjContext, number: str, field: str) -> None
 
 async def contact_number(ctx: PidjContext, contact_id: str) -> str | None:
     """The E.164 number of a contact (GET /contact/{id}, safe to repeat), if it has one."""
-    body = await ctx.client.get("/contact/{id}", path=f"/contact/{path_segment(contact_id)}")
+    try:
+        body = await ctx.client.get("/contact/{id}", path=f"/contact/{path_segment(contact_id)}")
+    except TransientError as exc:
+        # Only a read failed: nothing was sent, so even an unsafe command may be retried.
+        exc.maybe_applied = False
+        raise
     contact = body.get("contact")
     if not isinstance(contact, dict):
         return None

@@ -210,6 +210,7 @@ def sso_url(state: PidjState, form: Form, params: Params, effect: Effect) -> Ans
         found = [u for u in users if u.get("external_id") == form["external_id"]]
     if not found:
         return refused("User not found.")
+    effect("sso_url", found[0]["id"], next=form.get("next", ""))
     return ok(url=f"https://gopidj.com/sso/{secrets.token_urlsafe(24)}")
 
 

@@ -19,13 +19,21 @@ Order of one delivery, and why:
 3. opt-out / opt-in: update the suppression list (before we answer 2xx, so an
    opt-out is on the list before Pidj believes we have it);
 4. publish and wait for the broker's confirm;
-5. answer 200.
+5. remember the key for ``DEDUPE_TTL_SECONDS``; answer 200.
 
-If step 3 or 4 fails we *forget* the claim (when the deduper can, see
-:class:`ForgettingDeduper`) and answer 503, so Pidj's retry is processed as new
-rather than dropped as a duplicate. The claim is taken before publishing (not
-after) because ``first_time`` both checks and marks: marking after publishing
-would mean publishing every retry before learning it is one.
+The claim is taken before publishing (not after) because ``first_time`` both
+checks and marks: marking after publishing would mean publishing every retry
+before learning it is one. So that a failed delivery is not mistaken for a
+taken one, the deduper must be able to drop a key (:class:`ForgettingDeduper`):
+
+- step 3 or 4 fails: the claim is forgotten and we answer 503, so Pidj's retry
+  is processed as new;
+- the worker dies between 2 and 5: the claim was taken for ``CLAIM_SECONDS``
+  only, so Pidj's later retries are processed as new once it lapses;
+- step 5 replaces the short claim by the long mark (forget, then first_time).
+
+With a deduper that cannot forget, the claim is taken for the full TTL and a
+failed delivery's retries are answered as duplicates (logged as an error).
 Identical bodies within ``DEDUPE_TTL_SECONDS`` count as one delivery: the
 document shows no delivery id to tell a retry from a repeat.
 
@@ -57,6 +65,8 @@ MAX_BODY_BYTES = 256 * 1024
 DEDUPE_TTL_SECONDS = 15 * 60.0
 """Long enough for Pidj's retries of one delivery, short enough that a person texting
 the same words twice is not folded into one event (bodies carry no delivery id)."""
+CLAIM_SECONDS = 60.0
+"""How long an unfinished delivery holds its key (a worker that died mid-delivery)."""
 SECRET_HEADER = "X-Switchboard-Secret"
 OPT_OUT = "opt-out"
 OPT_IN = "opt-in"
@@ -132,7 +142,9 @@ async def _deliver(
 ) -> web.Response:
     key = "pidj:webhook:" + hashlib.sha256(account.encode() + b"\n" + raw).hexdigest()
     log = ctx.log.bind(account=account, webhook_event=name)
-    if not await ctx.deduper.first_time(key, time.time(), DEDUPE_TTL_SECONDS):
+    can_forget = isinstance(ctx.deduper, ForgettingDeduper)
+    claim_seconds = CLAIM_SECONDS if can_forget else DEDUPE_TTL_SECONDS
+    if not await ctx.deduper.first_time(key, time.time(), claim_seconds):
         log.info("pidj.webhook.duplicate")
         _count(name, "duplicate")
         return web.json_response({"status": "duplicate"})
@@ -156,14 +168,31 @@ async def _deliver(
         )
     log.info("pidj.webhook.published", event_id=event["event_id"])
     _count(name, "published")
+    if can_forget:
+        await _remember(ctx, key)
     return web.json_response({"status": "accepted", "event_id": event["event_id"]})
 
 
 async def _forget(ctx: WebhookContext, key: str) -> None:
-    if isinstance(ctx.deduper, ForgettingDeduper):
+    """Drop a failed delivery's claim so that Pidj's retry is processed."""
+    try:
+        if isinstance(ctx.deduper, ForgettingDeduper):
+            await ctx.deduper.forget(key)
+            return
+    except Exception as exc:  # the store is down too: the claim lapses after CLAIM_SECONDS
+        ctx.log.error("pidj.webhook.claim_not_released", error=exc.__class__.__name__)
+        return
+    ctx.log.error("pidj.webhook.retry_will_be_dropped", reason="deduper cannot forget a key")
+
+
+async def _remember(ctx: WebhookContext, key: str) -> None:
+    """Turn the short claim of a published delivery into the long dedupe mark."""
+    assert isinstance(ctx.deduper, ForgettingDeduper)
+    try:
         await ctx.deduper.forget(key)
-    else:
-        ctx.log.error("pidj.webhook.retry_will_be_dropped", reason="deduper cannot forget a key")
+        await ctx.deduper.first_time(key, time.time(), DEDUPE_TTL_SECONDS)
+    except Exception as exc:  # published already: answer 200; a retry may be published twice
+        ctx.log.warning("pidj.webhook.not_remembered", error=exc.__class__.__name__)
 
 
 def _authentic(ctx: WebhookContext, account: str, request: web.Request) -> bool:

@@ -419,18 +419,31 @@ async def test_failed_status_check_is_a_missed_poll(sim: PeerlySimulator, client
     assert result["list_state"] == "ACTIVE"
 
 
-async def test_start_sandbox_serves_a_working_account(session: Any) -> None:
-    """start_sandbox() gives account settings a client can log in with; stop() shuts it."""
+@pytest.mark.parametrize(
+    "command", ["upload_list", "check_list_status", "create_job", "assign_list", "create_media"]
+)
+async def test_examples_work_in_the_sandbox(session: Any, tmp_path: Path, command: str) -> None:
+    """Each command's registered example payload succeeds against start_sandbox()'s simulator."""
     from handlers.peerly import PeerlyAccount
     from handlers.peerly.sandbox import start_sandbox
     from worker.vendor_http import VendorHTTP
 
+    (tmp_path / "media").mkdir()
+    (tmp_path / "media" / "rally.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
     sandbox = await start_sandbox(list_active_after=0.2)
     try:
-        account = PeerlyAccount.model_validate(dict(sandbox.account))
+        account = PeerlyAccount.model_validate(dict(sandbox.account) | {"upload_dir": str(tmp_path)})
         client = PeerlyClient(account, VendorHTTP("peerly", session, account.base_url))
-        result, _, _ = await run_upload(copy.deepcopy(P2P_UPLOAD), client)
-        assert result["list_state"] == "ACTIVE"
+        spec = registry.commands[command]
+        payload = copy.deepcopy(spec.example)
+        if spec.check is not None:
+            payload = spec.check(payload)
+        if command == "upload_list":
+            result, _, _ = await run_upload(payload, client)
+            assert result["assigned_jobs"] == payload["assign_to_jobs"]
+        else:
+            result = await spec.handler(payload, make_ctx(client))
+            assert isinstance(result, dict)
     finally:
         await sandbox.stop()
 

@@ -42,8 +42,8 @@ class MemorySuppressions:
         ]
 
 
-class MemoryDeduper:
-    """``first_time`` with expiry; ``forget`` when ``can_forget`` (the shared store may lack it)."""
+class NoForgetDeduper:
+    """``first_time`` with expiry and nothing else (the shared store's deduper today)."""
 
     def __init__(self) -> None:
         self.seen: dict[str, float] = {}
@@ -54,14 +54,12 @@ class MemoryDeduper:
         self.seen[key] = now + ttl_seconds
         return True
 
+
+class MemoryDeduper(NoForgetDeduper):
+    """A deduper that can also drop a key."""
+
     async def forget(self, key: str) -> None:
         self.seen.pop(key, None)
-
-
-class NoForgetDeduper(MemoryDeduper):
-    """Like the store's deduper today: no ``forget``."""
-
-    forget = None  # type: ignore[assignment]
 
 
 @pytest.fixture

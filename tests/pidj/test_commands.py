@@ -16,8 +16,9 @@ from handlers.pidj.sandbox_state import (
     SUPPORT_GROUP,
     SURVEY_ID,
 )
+from handlers.simulator import Fault
 from tests.pidj.conftest import MemorySuppressions, Run
-from worker.errors import InvalidPayload, PermanentError, VendorRejected
+from worker.errors import InvalidPayload, PermanentError, TransientError, VendorRejected, VendorUnavailable
 
 TO = "+18885553333"
 
@@ -74,6 +75,20 @@ class TestSendText:
                 {"to_number": "+1 888 555 3333", "from_number": PRIMARY_NUMBER, "text_body": "hi"},
             )
         assert caught.value.code == "recipient_opted_out"
+        assert sim.requests == []
+
+    async def test_unreadable_suppression_list_sends_nothing(
+        self, run: Run, sim: PidjSimulator, suppressions: MemorySuppressions
+    ) -> None:
+        """If the list cannot be read the command is retryable (not applied) and Pidj is not called."""
+
+        async def broken(account: str, number: str) -> bool:
+            raise ConnectionError("store down")
+
+        suppressions.contains = broken  # type: ignore[method-assign]
+        with pytest.raises(TransientError) as caught:
+            await run("send_text", {"to_number": TO, "from_number": PRIMARY_NUMBER, "text_body": "hi"})
+        assert caught.value.code == "suppression_list_unavailable" and caught.value.maybe_applied is False
         assert sim.requests == []
 
     async def test_opt_out_is_per_account(self, run: Run, suppressions: MemorySuppressions) -> None:
@@ -229,6 +244,18 @@ class TestCatalog:
         survey = {"survey_id": SURVEY_ID, "contact_id": contact_id, "from_number": PRIMARY_NUMBER}
         assert (await run("initiate_survey", survey))["message"] == "Survey initiated."
         assert [e.data["to_number"] for e in sim.effects("survey")] == [TO]
+
+    async def test_failed_contact_lookup_is_retryable(self, run: Run, sim: PidjSimulator) -> None:
+        """A dropped opt-out lookup (a GET) says 'not applied', so the unsafe survey may be retried."""
+        contact_id = (await run("create_contact", {"phone_number": TO}))["id"]
+        sim.add_fault(Fault(kind="drop", path_prefix="/api/2020/contact/", method="GET"))
+        with pytest.raises(VendorUnavailable) as caught:
+            await run(
+                "initiate_survey",
+                {"survey_id": SURVEY_ID, "contact_id": contact_id, "group_id": PRIMARY_GROUP},
+            )
+        assert caught.value.maybe_applied is False
+        assert sim.effects("survey") == []
 
     async def test_opted_out_contact_gets_no_survey(
         self, run: Run, sim: PidjSimulator, suppressions: MemorySuppressions

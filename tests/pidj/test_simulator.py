@@ -11,8 +11,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from handlers.pidj.sandbox import SANDBOX_ACCOUNT_KEY, SANDBOX_TOKEN, PidjSimulator, start_sandbox
+from handlers.pidj.sandbox import SANDBOX_ACCOUNT_KEY, SANDBOX_TOKEN, PidjSimulator, serve, start_sandbox
 from handlers.pidj.sandbox_state import NO_NUMBER_GROUP, PRIMARY_GROUP, PRIMARY_NUMBER
+from tests.support.worker import free_port
 
 AUTH = "Basic " + base64.b64encode(f"{SANDBOX_ACCOUNT_KEY}:{SANDBOX_TOKEN}".encode()).decode()
 FORM = {"Content-Type": "application/x-www-form-urlencoded", "Authorization": AUTH}
@@ -158,3 +159,23 @@ async def test_start_sandbox_gives_a_working_account() -> None:
         assert len(sandbox.account["webhook_secret"]) >= 16
     finally:
         await sandbox.stop()
+
+
+async def test_serve_runs_until_cancelled() -> None:
+    """serve() answers on the given port until its task is cancelled."""
+    port = free_port()
+    task = asyncio.create_task(serve("127.0.0.1", port))
+    url = f"http://127.0.0.1:{port}/api/2020/authorization-check"
+    status = 0
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):  # up to ~5 s for the server to bind
+            try:
+                async with session.get(url, headers={"Authorization": AUTH}) as answer:
+                    status = answer.status
+                    break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert status == 200

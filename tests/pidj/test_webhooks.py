@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from handlers.pidj.settings import PidjAccount
-from handlers.pidj.webhooks import MAX_BODY_BYTES, event_name, person_number, webhook_app
+from handlers.pidj.webhooks import CLAIM_SECONDS, MAX_BODY_BYTES, event_name, person_number, webhook_app
 from tests.pidj.conftest import MemoryDeduper, MemorySuppressions, NoForgetDeduper
 from worker.registry import WebhookContext
 
@@ -206,6 +207,24 @@ class TestPublishing:
         assert hooks.published == []
         assert await hooks.post(f"default/{SECRET}", json=CREATED) == 200
         assert len(hooks.published) == 1
+
+    async def test_claim_is_short_while_publishing_and_long_after(self, hooks: Harness) -> None:
+        """During publish the key is held CLAIM_SECONDS (a dead worker's claim lapses); after, the dedupe TTL."""
+        deduper = hooks.ctx.deduper
+        assert isinstance(deduper, MemoryDeduper)
+        publisher = hooks.ctx.publish
+        assert isinstance(publisher, Publisher)
+        held: list[float] = []
+
+        async def watching(routing_key: str, event: dict[str, Any]) -> None:
+            held.extend(expiry - time.time() for expiry in deduper.seen.values())
+            publisher.events.append((routing_key, event))
+
+        object.__setattr__(hooks.ctx, "publish", watching)
+        assert await hooks.post(f"default/{SECRET}", json=CREATED) == 200
+        assert len(held) == 1 and held[0] <= CLAIM_SECONDS
+        [expiry] = deduper.seen.values()
+        assert expiry - time.time() > CLAIM_SECONDS
 
     async def test_publish_failure_without_forget_still_answers_503(
         self, hooks_without_forget: Harness

@@ -72,14 +72,21 @@ def test_ucs2_text_segments(length: int, segments: int) -> None:
 
 
 def test_one_curly_quote_makes_the_whole_text_ucs2() -> None:
-    """A single ’ turns a one-segment GSM-7 text into a two-segment UCS-2 one, and says so."""
-    straight = "Hi Sam, your order's ready for pickup at our Main St store until 8 pm today!! Reply STOP to opt out."
+    """A single curly apostrophe turns a one-segment GSM-7 text into a two-segment UCS-2 one, and says so."""
+    straight = (
+        "Hi Sam, your order's ready for pickup at our Main St store until 8 pm today. Reply STOP to opt out."
+    )
     curly = straight.replace("'", "\u2019")
-    assert len(straight) == 100
+    assert 70 < len(straight) <= 160
     assert analyse(straight).encoding == "GSM-7"
     assert analyse(straight).segments == 1
     seg = analyse(curly)
-    assert (seg.encoding, seg.units, seg.segments, seg.ucs2_forced_by) == ("UCS-2", 100, 2, ["\u2019"])
+    assert (seg.encoding, seg.units, seg.segments, seg.ucs2_forced_by) == (
+        "UCS-2",
+        len(straight),
+        2,
+        ["\u2019"],
+    )
     assert seg.fixable
     assert analyse(to_gsm(curly)) == analyse(straight)
 
@@ -94,7 +101,12 @@ def test_em_dash_forces_ucs2() -> None:
 
 def test_forcing_characters_are_distinct_and_in_order() -> None:
     """ucs2_forced_by lists each offending character once, in order of first appearance."""
-    assert analyse("“Hi” — it’s “ok”").ucs2_forced_by == ["\u201c", "\u201d", "\u2014", "\u2019"]
+    assert analyse("\u201cHi\u201d \u2014 it\u2019s \u201cok\u201d").ucs2_forced_by == [
+        "\u201c",
+        "\u201d",
+        "\u2014",
+        "\u2019",
+    ]
 
 
 def test_emoji_outside_the_bmp_count_two_units() -> None:

@@ -15,7 +15,8 @@ import pika
 
 # Tests use a vhost of their own, so a worker someone runs by hand (or `make bench`)
 # on the same broker never takes a test's messages.
-TEST_VHOST = "switchboard-test"
+# One vhost per test process, so parallel runs (CI, a colleague, a drill) never mix either.
+TEST_VHOST = f"switchboard-test-{os.getpid()}"
 AMQP_URL = os.environ.get("SWITCHBOARD_TEST_AMQP_URL", f"amqp://guest:guest@127.0.0.1:5672/{TEST_VHOST}")
 
 
@@ -24,7 +25,16 @@ def ensure_vhost() -> None:
     if "SWITCHBOARD_TEST_AMQP_URL" in os.environ:
         return
     for args in (["add_vhost", TEST_VHOST], ["set_permissions", "-p", TEST_VHOST, "guest", ".*", ".*", ".*"]):
-        subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=60, check=False)
+        subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=60, check=True)
+
+
+def delete_vhost() -> None:
+    """Remove the test vhost and everything in it."""
+    if "SWITCHBOARD_TEST_AMQP_URL" in os.environ:
+        return
+    subprocess.run(
+        ["rabbitmqctl", "-q", "delete_vhost", TEST_VHOST], capture_output=True, timeout=60, check=False
+    )
 
 
 TERMINAL = frozenset({"succeeded", "failed", "rejected"})

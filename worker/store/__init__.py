@@ -1,4 +1,4 @@
-"""Opening the configured store: ``sqlite:///path`` (default) or ``redis://...``."""
+"""Opening the configured store: ``sqlite:///path`` (default), ``redis://...`` or ``postgresql://...``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from worker.store.base import Claim, ClaimStatus, Deduper, IdempotencyStore, SuppressionList
+
+REDIS_POOL_SIZE = 64
 
 __all__ = ["Claim", "ClaimStatus", "Deduper", "IdempotencyStore", "Stores", "SuppressionList", "open_stores"]
 
@@ -44,7 +46,10 @@ async def open_stores(url: str, *, retention_seconds: float) -> Stores:
 
         from worker.store import redis as redis_store
 
-        client = aioredis.Redis.from_url(url)
+        # Blocking pool: with more commands in flight than connections, callers wait for one;
+        # the default pool raises MaxConnectionsError past 100 concurrent operations.
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=REDIS_POOL_SIZE, timeout=10)
+        client = aioredis.Redis.from_pool(pool)
         await client.ping()
         return Stores(
             redis_store.RedisIdempotencyStore(client, retention_seconds),
@@ -52,6 +57,17 @@ async def open_stores(url: str, *, retention_seconds: float) -> Stores:
             redis_store.RedisDeduper(client),
             "redis",
         )
+    if scheme in ("postgresql", "postgres"):
+        from worker.store import postgres
+
+        db = await postgres.connect(url)
+        return Stores(
+            postgres.PostgresIdempotencyStore(db, retention_seconds),
+            postgres.PostgresSuppressionList(db),
+            postgres.PostgresDeduper(db),
+            "postgresql",
+        )
     raise ValueError(
-        f"SWITCHBOARD_STORE_URL: unsupported store {scheme!r} (use sqlite:///path or redis://host:port/db)"
+        f"SWITCHBOARD_STORE_URL: unsupported store {scheme!r}"
+        " (use sqlite:///path, redis://host:port/db or postgresql://user@host/db)"
     )

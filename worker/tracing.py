@@ -1,0 +1,184 @@
+"""OpenTelemetry traces across the bus: publisher -> process -> vendor call -> event.
+
+Configured by the standard ``OTEL_*`` variables. With
+``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``)
+set, spans are exported over OTLP/HTTP in batches; otherwise no SDK is
+installed, :data:`state.enabled` stays False and the hot path skips tracing
+entirely (no context extraction, no span objects).
+
+Span names and attributes follow the messaging and HTTP semantic conventions.
+No phone number, message text or credential is ever put in an attribute: only
+ids, names, routing keys, methods, route templates and status codes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+TRACER_NAME = "switchboard"
+
+
+class _State:
+    enabled = False
+
+
+state = _State()
+
+
+def setup(service_name: str = "switchboard-worker") -> bool:
+    """Install the SDK with an OTLP exporter when an endpoint is configured."""
+    if not (
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
+        return False
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    state.enabled = True
+    return True
+
+
+def enable_for_tests() -> None:
+    """Tests install their own SDK provider (in-memory exporter) and call this."""
+    state.enabled = True
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER_NAME)
+
+
+def extract(headers: Mapping[str, Any] | None, meta: Mapping[str, Any] | None) -> otel_context.Context:
+    """The publisher's context: AMQP headers first, then ``meta.traceparent``."""
+    carrier: dict[str, str] = {}
+    for source in (meta or {}, headers or {}):
+        for key in ("traceparent", "tracestate"):
+            value = source.get(key)
+            if isinstance(value, bytes):
+                value = value.decode("ascii", "replace")
+            if isinstance(value, str):
+                carrier[key] = value
+    return propagate.extract(carrier)
+
+
+def inject(headers: dict[str, Any]) -> None:
+    """Carry the current context on in outgoing AMQP headers."""
+    propagate.inject(headers)
+
+
+@contextlib.contextmanager
+def process_span(
+    queue: str,
+    routing_key: str,
+    message_id: str | None,
+    command_type: str,
+    vendor: str,
+    parent: otel_context.Context,
+) -> Iterator[Span | None]:
+    """``process switchboard.<vendor>``: one per delivery (so one per attempt)."""
+    if not state.enabled:
+        yield None
+        return
+    attributes = {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": queue,
+        "messaging.rabbitmq.destination.routing_key": routing_key,
+        "switchboard.command.type": command_type,
+        "switchboard.vendor": vendor,
+    }
+    if message_id:
+        attributes["messaging.message.id"] = message_id
+    with tracer().start_as_current_span(
+        f"process {queue}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+    ) as span:
+        yield span
+
+
+def trace_id_hex(span: Span | None) -> str | None:
+    if span is None:
+        return None
+    span_context = span.get_span_context()
+    return format(span_context.trace_id, "032x") if span_context.is_valid else None
+
+
+@contextlib.contextmanager
+def publish_span(
+    exchange: str, routing_key: str, message_id: str | None, headers: dict[str, Any]
+) -> Iterator[None]:
+    """``publish <exchange>``; injects its context into ``headers``."""
+    if not state.enabled:
+        yield
+        return
+    attributes = {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.type": "publish",
+        "messaging.destination.name": exchange or "(default)",
+        "messaging.rabbitmq.destination.routing_key": routing_key,
+    }
+    if message_id:
+        attributes["messaging.message.id"] = message_id
+    with tracer().start_as_current_span(
+        f"publish {exchange or '(default)'}", kind=SpanKind.PRODUCER, attributes=attributes
+    ):
+        inject(headers)
+        yield
+
+
+@contextlib.contextmanager
+def client_span(
+    vendor: str, method: str, endpoint: str, url_host: str | None, port: int | None
+) -> Iterator[Span | None]:
+    """A vendor HTTP call; the route template, never the concrete path (it may hold a phone number)."""
+    if not state.enabled:
+        yield None
+        return
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.template": endpoint,
+        "switchboard.vendor": vendor,
+    }
+    if url_host:
+        attributes["server.address"] = url_host
+    if port:
+        attributes["server.port"] = port
+    with tracer().start_as_current_span(
+        f"{method} {endpoint}", kind=SpanKind.CLIENT, attributes=attributes
+    ) as span:
+        yield span
+
+
+def record_status(span: Span | None, status: int | None, error: BaseException | None = None) -> None:
+    if span is None:
+        return
+    if status is not None:
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+    if error is not None:
+        span.set_attribute("error.type", type(error).__name__)
+        span.set_status(Status(StatusCode.ERROR))
+
+
+def record_outcome(span: Span | None, status: str, code: str | None) -> None:
+    if span is None:
+        return
+    span.set_attribute("switchboard.outcome", status)
+    if code:
+        span.set_attribute("error.type", code)
+    if status in ("failed", "rejected"):
+        span.set_status(Status(StatusCode.ERROR))
