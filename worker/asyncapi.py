@@ -107,6 +107,10 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "twice. Reconcile before publishing again with a new id.",
     ),
     "recipient_opted_out": ("failed", "The recipient is on the suppression list; nothing was sent."),
+    "suppression_list_unavailable": (
+        "failed",
+        "The suppression list could not be read, so nothing was sent; retries gave up.",
+    ),
     "list_processing_failed": (
         "failed",
         "The vendor could not process the uploaded list (`details.list_state`).",

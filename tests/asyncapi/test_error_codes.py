@@ -82,7 +82,7 @@ def test_every_raised_code_is_in_the_contract_with_its_status() -> None:
 def test_envelope_rejection_table_is_in_the_contract() -> None:
     """The codes in worker/envelope.py's docstring table are rejection codes of the contract."""
     assert envelope.__doc__ is not None
-    table = re.findall(r"^``([a-z_]+)``\s", envelope.__doc__, flags=re.MULTILINE)
+    table = re.findall(r"^``([a-z0-9_]+)``\s", envelope.__doc__, flags=re.MULTILINE)
     assert len(table) >= 10
     for code in table:
         assert ERROR_CODES[code][0] == "rejected", code
