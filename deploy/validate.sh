@@ -2,8 +2,9 @@
 # Validate everything under deploy/ with whichever validators are installed;
 # each missing one is reported as SKIP with how to get it. Exit 1 if any check fails.
 #
-#   deploy/validate.sh            all checks
-#   STRICT=1 deploy/validate.sh   a missing validator is a failure too (CI)
+#   deploy/validate.sh               all checks
+#   deploy/validate.sh --no-pytest   without the pytest part (tests/deploy runs this script)
+#   STRICT=1 deploy/validate.sh      a missing validator is a failure too (CI)
 #
 # Validators (Debian 12 / PyPI package names):
 #   yamllint             pip install yamllint           (or apt-get install yamllint)
@@ -97,7 +98,9 @@ else
 fi
 
 # --- References ------------------------------------------------------------------------------
-if "$PYTHON" -c 'import pytest' 2>/dev/null; then
+if [ "${1:-}" = "--no-pytest" ]; then
+  :
+elif "$PYTHON" -c 'import pytest' 2>/dev/null; then
   run "metrics, permissions and cross-references (pytest tests/deploy -m 'not integration')" \
     "$PYTHON" -m pytest -q -p no:cacheprovider -m "not integration" tests/deploy
 else

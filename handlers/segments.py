@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Encoding = Literal["GSM-7", "UCS-2"]
 
@@ -152,3 +152,20 @@ def to_gsm(text: str) -> str:
 def describe(char: str) -> str:
     """``U+2019 RIGHT SINGLE QUOTATION MARK``: a character named for a log line."""
     return f"U+{ord(char):04X} {unicodedata.name(char, 'UNNAMED')}"
+
+
+def ucs2_warning(text: str, segmentation: Segmentation | None = None) -> dict[str, Any] | None:
+    """Log fields for a text forced to UCS-2 (None when it is GSM-7): the characters
+    that force it, by name, and the segments replacing look-alikes would leave.
+    Never the text itself."""
+    seg = segmentation or analyse(text)
+    if seg.encoding == "GSM-7":
+        return None
+    fields: dict[str, Any] = {
+        "forced_by": [describe(c) for c in seg.ucs2_forced_by],
+        "segments": seg.segments,
+        "lookalikes_only": seg.fixable,
+    }
+    if seg.fixable:
+        fields["segments_with_lookalikes_replaced"] = analyse(to_gsm(text)).segments
+    return fields

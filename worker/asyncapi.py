@@ -475,7 +475,10 @@ def _queue_channels(registry: Registry) -> dict[str, Any]:
     for queue in topology.build(vendor_types).queues:
         if queue.name in vendors:
             vendor = vendors[queue.name]
-            description = f"The {vendor} commands; the worker consumes them."
+            description = (
+                f"The {vendor} commands; the worker consumes them. Arguments as declared with the default "
+                "settings (SWITCHBOARD_DELIVERY_LIMIT sets x-delivery-limit)."
+            )
             messages = {t: {"$ref": f"#/components/messages/command.{t}"} for t in vendor_types[vendor]}
         elif queue.name in about:
             description, messages = about[queue.name], {}

@@ -15,6 +15,7 @@ import click
 import orjson
 
 import schemas as schema_files
+from worker import control_cli
 from worker import dlq as dead_letters
 from worker.config import ConfigError, Settings, load_settings, redacted
 from worker.logging import configure
@@ -153,6 +154,9 @@ def config_show() -> None:
 
 
 main.add_command(dead_letters.dlq)
+main.add_command(control_cli.pause)
+main.add_command(control_cli.resume)
+main.add_command(control_cli.cancel)
 
 
 def _json_argument(value: str, option: str) -> Any:
@@ -199,3 +203,21 @@ def publish(
     _print_json(event)
     if event.get("status") != "succeeded":
         sys.exit(1)
+
+
+@main.command()
+@click.argument("vendor")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 in a container).")
+@click.option("--port", type=int, default=0, help="Port to listen on (0 = any free port).")
+def sandbox(vendor: str, host: str, port: int) -> None:
+    """Run one vendor's simulator on its own (prints the settings that point at it)."""
+    import importlib
+
+    registry = _registry()
+    if vendor not in registry.vendors:
+        raise click.ClickException(f"no vendor {vendor!r}; known: {', '.join(sorted(registry.vendors))}")
+    module = importlib.import_module(f"handlers.{vendor}.sandbox")
+    try:
+        asyncio.run(module.serve(host, port))
+    except KeyboardInterrupt:
+        pass

@@ -9,14 +9,16 @@ Every runtime setting is ``SWITCHBOARD_<NAME>``. Vendor accounts come from
       [pidj.default]
       account_key = "..."
       token = "..."
+      sending_window = "08:00-21:00"   # quiet hours: send only then, recipient's local time
+      timezone = "America/Chicago"     # the account's own zone (ambiguous numbers, default UTC)
 
       [peerly.east]
       email = "..."
       password = "..."
       rate_limit_per_second = 20
 
-Each vendor's account model validates its own fields; the runtime only reads
-``rate_limit_per_second``. Credentials live only here, never in messages, and
+Each vendor's account model validates its own fields; the runtime reads
+``rate_limit_per_second``, ``sending_window`` and ``timezone`` itself. Credentials live only here, never in messages, and
 are ``SecretStr`` so they never print.
 """
 
@@ -32,9 +34,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.quiet_hours import SendingWindow, WindowError
 from worker.registry import Registry
 
 ENV_PREFIX = "SWITCHBOARD_"
+RUNTIME_ACCOUNT_FIELDS = ("rate_limit_per_second", "sending_window", "timezone")
+"""Account fields the runtime reads itself; the rest belong to the vendor's model."""
 
 
 class ConfigError(Exception):
@@ -116,6 +121,7 @@ class Account:
     alias: str
     settings: BaseModel
     rate_limit_per_second: float
+    sending_window: SendingWindow | None = None
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -168,7 +174,7 @@ def raw_accounts(
         prefix = f"{ENV_PREFIX}{vendor.upper()}_"
         from_env = {
             field: env[prefix + field.upper()]
-            for field in (*spec.account_model.model_fields, "rate_limit_per_second")
+            for field in (*spec.account_model.model_fields, *RUNTIME_ACCOUNT_FIELDS)
             if prefix + field.upper() in env
         }
         if from_env:
@@ -183,11 +189,21 @@ def build_account(
     spec = registry.vendors[vendor]
     values = dict(raw)
     limit = float(values.pop("rate_limit_per_second", settings.rate_limit_per_second))
+    window_text = values.pop("sending_window", None)
+    account_timezone = str(values.pop("timezone", "UTC"))
+    window = None
+    if window_text:
+        try:
+            window = SendingWindow.parse(str(window_text), account_timezone)
+        except WindowError as exc:
+            raise ConfigError([f"{vendor} account {alias!r}: {exc}"]) from None
     try:
         model = spec.account_model.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(_lines(exc, prefix=f"{vendor} account {alias!r}: ")) from None
-    return Account(vendor=vendor, alias=alias, settings=model, rate_limit_per_second=limit)
+    return Account(
+        vendor=vendor, alias=alias, settings=model, rate_limit_per_second=limit, sending_window=window
+    )
 
 
 def redacted(settings: Settings) -> dict[str, Any]:

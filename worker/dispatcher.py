@@ -18,7 +18,7 @@ import asyncio
 import hashlib
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +31,7 @@ from opentelemetry import trace
 from worker import events, tracing
 from worker.amqp import AMQPError, Channel
 from worker.breaker import CircuitBreaker
+from worker.controls import Controls
 from worker.envelope import Command, Rejection, decode
 from worker.errors import (
     CommandRejected,
@@ -54,6 +55,7 @@ from worker.metrics import (
     RETRIES,
 )
 from worker.outbox import H_ATTEMPT, H_FIRST_SEEN, H_NOT_BEFORE, H_REASON, Outbox
+from worker.quiet_hours import SendingWindow
 from worker.registry import CommandContext, CommandSpec, Continue, Registry
 from worker.retry import Retry, RetryPolicy, decide
 from worker.store import ClaimStatus, Stores
@@ -116,7 +118,14 @@ class Dispatcher:
         outbox: Outbox,
         breakers: Mapping[str, CircuitBreaker],
         settings: DispatchSettings,
+        *,
+        controls: Controls | None = None,
+        windows: Mapping[tuple[str, str], SendingWindow] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.controls = controls or Controls(None)
+        self.windows = windows or {}
+        self.clock = clock
         self.registry = registry
         self.clients = clients
         self.stores = stores
@@ -185,6 +194,9 @@ class Dispatcher:
         not_before = command.headers.get(H_NOT_BEFORE)
         if isinstance(not_before, int) and not_before / 1000 - time.time() > 0.5:
             await self._defer(delivery, command, not_before / 1000 - time.time(), "waiting")
+            return
+        if self.controls.paused(command.account, command.type):
+            await self._defer(delivery, command, self.settings.defer_seconds, "paused")
             return
         run = _Run(command, spec, fingerprint(command.type, command.payload), started)
         await self._claim_and_run(delivery, run)

@@ -107,3 +107,13 @@ SUPPRESSED = Counter(
     "Commands not sent because the recipient opted out.",
     ["type"],
 )
+PAUSED = Gauge(
+    "switchboard_paused",
+    "1 while an operator has paused an account's commands (type '*' = every type).",
+    ["account", "type"],
+)
+SMS_SEGMENTS = Counter(
+    "switchboard_sms_segments_total",
+    "SMS segments of outgoing texts, by vendor and encoding (GSM-7, UCS-2).",
+    ["vendor", "encoding"],
+)

@@ -60,6 +60,7 @@ class CommandContext(Generic[ClientT]):
 
 
 Handler = Callable[[Payload, CommandContext[Any]], Awaitable[Result | Continue]]
+HandlerT = TypeVar("HandlerT", bound=Handler)
 Check = Callable[[Payload], Payload]
 Reconcile = Callable[[Payload, CommandContext[Any]], Awaitable[Result | None]]
 
@@ -143,6 +144,8 @@ class CommandSpec:
     reconcile: Reconcile | None = None
     max_attempts: int | None = None
     max_age_seconds: float | None = None
+    recipient: Callable[[Payload], str | None] | None = None
+    """For commands that text someone: the E.164 number, so quiet hours can apply."""
     description: str = ""
     example: Payload = field(default_factory=dict)
 
@@ -171,11 +174,12 @@ class Registry:
         reconcile: Reconcile | None = None,
         max_attempts: int | None = None,
         max_age_seconds: float | None = None,
+        recipient: Callable[[Payload], str | None] | None = None,
         example: Payload | None = None,
-    ) -> Callable[[Handler], Handler]:
+    ) -> Callable[[HandlerT], HandlerT]:
         """Decorator: register ``handler`` for command ``type``."""
 
-        def register(handler: Handler) -> Handler:
+        def register(handler: HandlerT) -> HandlerT:
             if type in self.commands:
                 raise ValueError(f"command type {type!r} is registered twice")
             self.commands[type] = CommandSpec(
@@ -188,6 +192,7 @@ class Registry:
                 reconcile=reconcile,
                 max_attempts=max_attempts,
                 max_age_seconds=max_age_seconds,
+                recipient=recipient,
                 description=(handler.__doc__ or "").strip().split("\n")[0],
                 example=example or {},
             )

@@ -29,6 +29,7 @@ from worker.accounts import Accounts, build_clients, resolve
 from worker.amqp import Channel, Connection, ConnectionLost
 from worker.breaker import BreakerState, CircuitBreaker
 from worker.config import Settings
+from worker.controls import Controls
 from worker.dispatcher import Delivery, Dispatcher, DispatchSettings
 from worker.http import build_app, serve
 from worker.logging import get_logger
@@ -80,11 +81,14 @@ class Runtime:
         connector = aiohttp.TCPConnector(limit=max(100, self.settings.max_in_flight * 2), ttl_dns_cache=300)
         session = aiohttp.ClientSession(connector=connector)
         clients = build_clients(accounts, self.registry, session, self.settings, redis_client)
-        self.dispatcher = self._dispatcher(clients, stores, accounts)
+        controls = Controls(stores.controls)
+        await controls.refresh()
+        self.dispatcher = self._dispatcher(clients, stores, accounts, controls)
         http = await serve(
             self._http_app(accounts, stores), self.settings.metrics_host, self.settings.metrics_port
         )
         pruning = asyncio.create_task(self._prune(stores))
+        refreshing = asyncio.create_task(controls.run())
         log.info(
             "worker started",
             vendors=accounts.vendors,
@@ -97,6 +101,7 @@ class Runtime:
             await self._drain()
         finally:
             pruning.cancel()
+            refreshing.cancel()
             await self._close_connection()
             await http.cleanup()
             for client in clients.values():
@@ -116,7 +121,7 @@ class Runtime:
             self.stopping.set()
 
     def _dispatcher(
-        self, clients: dict[tuple[str, str], Any], stores: Stores, accounts: Accounts
+        self, clients: dict[tuple[str, str], Any], stores: Stores, accounts: Accounts, controls: Controls
     ) -> Dispatcher:
         s = self.settings
         for vendor in accounts.vendors:
@@ -142,6 +147,12 @@ class Runtime:
                     s.max_attempts, s.max_age_seconds, s.retry_base_seconds, s.retry_max_seconds
                 ),
             ),
+            controls=controls,
+            windows={
+                key: account.sending_window
+                for key, account in accounts.accounts.items()
+                if account.sending_window is not None
+            },
         )
 
     def _http_app(self, accounts: Accounts, stores: Stores) -> Any:

@@ -112,6 +112,11 @@ def _error(status: int, message: str, outcome: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _retry_later() -> web.Response:
+    """503: Pidj retries a delivery that did not get a 2xx."""
+    return web.json_response({"error": "not accepted; retry later"}, status=503, headers={"Retry-After": "5"})
+
+
 def _count(name: str, outcome: str) -> None:
     WEBHOOKS_RECEIVED.labels("pidj", name if name in KNOWN_EVENTS else "other", outcome).inc()
 
@@ -144,7 +149,13 @@ async def _deliver(
     log = ctx.log.bind(account=account, webhook_event=name)
     can_forget = isinstance(ctx.deduper, ForgettingDeduper)
     claim_seconds = CLAIM_SECONDS if can_forget else DEDUPE_TTL_SECONDS
-    if not await ctx.deduper.first_time(key, time.time(), claim_seconds):
+    try:
+        first = await ctx.deduper.first_time(key, time.time(), claim_seconds)
+    except Exception as exc:  # the store is down: we cannot tell a retry from new, so ask for one later
+        log.error("pidj.webhook.dedupe_unavailable", error=exc.__class__.__name__)
+        _count(name, "not_published")
+        return _retry_later()
+    if not first:
         log.info("pidj.webhook.duplicate")
         _count(name, "duplicate")
         return web.json_response({"status": "duplicate"})
@@ -163,9 +174,7 @@ async def _deliver(
         log.error("pidj.webhook.not_published", error=exc.__class__.__name__)
         await _forget(ctx, key)
         _count(name, "not_published")
-        return web.json_response(
-            {"error": "not accepted; retry later"}, status=503, headers={"Retry-After": "5"}
-        )
+        return _retry_later()
     log.info("pidj.webhook.published", event_id=event["event_id"])
     _count(name, "published")
     if can_forget:

@@ -14,13 +14,15 @@ import pytest
 import schemas
 from tests.asyncapi.conftest import DOCS_COPY, ROOT, schema_in
 from worker import events, topology
-from worker.asyncapi import DEFERRED_TYPES, PROGRESS_TYPES, ERROR_CODES, render
+from worker.asyncapi import DEFERRED_TYPES, ERROR_CODES, PROGRESS_TYPES, render
 from worker.registry import Registry
 
 
 def test_document_is_valid_asyncapi_3(document: dict[str, Any], spec_validator: Any) -> None:
     """The document validates against the official AsyncAPI 3.0.0 JSON Schema."""
-    errors = [f"{'/'.join(map(str, e.instance_path))}: {e.message}" for e in spec_validator.iter_errors(document)]
+    errors = [
+        f"{'/'.join(map(str, e.instance_path))}: {e.message}" for e in spec_validator.iter_errors(document)
+    ]
     assert errors == []
 
 
@@ -47,13 +49,20 @@ def test_spec_validator_catches_a_broken_document(
 
 def test_docs_copy_is_in_sync(full_registry: Registry) -> None:
     """docs/asyncapi.json is what build_document produces now (python -m worker.asyncapi > docs/asyncapi.json)."""
-    assert DOCS_COPY.read_text() == render(full_registry), "regenerate: python -m worker.asyncapi > docs/asyncapi.json"
+    assert DOCS_COPY.read_text() == render(full_registry), (
+        "regenerate: python -m worker.asyncapi > docs/asyncapi.json"
+    )
 
 
 def test_module_entry_point_prints_the_document(full_registry: Registry) -> None:
     """`python -m worker.asyncapi` prints exactly the rendered document."""
     printed = subprocess.run(
-        [sys.executable, "-m", "worker.asyncapi"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-m", "worker.asyncapi"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     assert printed.stdout == render(full_registry)
 
@@ -62,13 +71,19 @@ def test_every_registered_command_has_a_message_channel_and_operation(
     document: dict[str, Any], full_registry: Registry
 ) -> None:
     """Each command type: a message, a channel whose address is its routing key, a send operation."""
-    messages, channels, operations = document["components"]["messages"], document["channels"], document["operations"]
+    messages, channels, operations = (
+        document["components"]["messages"],
+        document["channels"],
+        document["operations"],
+    )
     types = sorted(full_registry.commands)
     assert sorted(k.removeprefix("command.") for k in messages if k.startswith("command.")) == types
     for command_type in types:
         channel = channels[f"command.{command_type}"]
         assert channel["address"] == command_type
-        assert channel["messages"] == {command_type: {"$ref": f"#/components/messages/command.{command_type}"}}
+        assert channel["messages"] == {
+            command_type: {"$ref": f"#/components/messages/command.{command_type}"}
+        }
         operation = operations[f"send_{command_type}"]
         assert operation["action"] == "send"
         assert operation["channel"] == {"$ref": f"#/channels/command.{command_type}"}
@@ -146,7 +161,9 @@ def _nested_objects(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[An
             yield from _nested_objects(item, (*path, index))
 
 
-def test_command_examples_validate_as_the_worker_validates(document: dict[str, Any], full_registry: Registry) -> None:
+def test_command_examples_validate_as_the_worker_validates(
+    document: dict[str, Any], full_registry: Registry
+) -> None:
     """Examples validate against the document; an unknown field at any depth is refused by both the document
     and the worker's own schema (references into $defs resolve the same way)."""
     checked = 0
@@ -154,7 +171,8 @@ def test_command_examples_validate_as_the_worker_validates(document: dict[str, A
         in_document = schema_in(document, f"#/components/schemas/{command_type}_command")
         worker = jsonschema_rs.validator_for(schemas.load(spec.schema))
         command = {"id": "c-1", "type": command_type, "payload": spec.example}
-        assert in_document.is_valid(command) == worker.is_valid(spec.example) == True  # noqa: E712
+        assert worker.is_valid(spec.example)
+        assert in_document.is_valid(command)
         assert not in_document.is_valid({**command, "type": "other_type"})
         for path in _nested_objects(spec.example):
             mutated = copy.deepcopy(spec.example)
@@ -162,7 +180,10 @@ def test_command_examples_validate_as_the_worker_validates(document: dict[str, A
             for part in path:
                 target = target[part]
             target["zz_not_a_field"] = 1
-            assert in_document.is_valid({**command, "payload": mutated}) == worker.is_valid(mutated), (command_type, path)
+            assert in_document.is_valid({**command, "payload": mutated}) == worker.is_valid(mutated), (
+                command_type,
+                path,
+            )
             checked += 1
     assert checked > len(full_registry.commands)
 
@@ -172,7 +193,14 @@ def test_real_events_validate_against_their_messages(document: dict[str, Any]) -
 
     def event(status: str, **extra: Any) -> dict[str, Any]:
         return events.build(
-            command_id="c-1", type="send_text", account="default", status=status, attempts=1, duration_ms=3.0, meta={}, **extra
+            command_id="c-1",
+            type="send_text",
+            account="default",
+            status=status,
+            attempts=1,
+            duration_ms=3.0,
+            meta={},
+            **extra,
         )
 
     def message(name: str) -> Any:
@@ -189,7 +217,14 @@ def test_real_events_validate_against_their_messages(document: dict[str, Any]) -
     assert not message("event.send_text.rejected").is_valid(event("rejected", error=error("no_such_code")))
     assert not message("event.send_text.rejected").is_valid(event("failed", error=error("invalid_payload")))
     unreadable = events.build(
-        command_id=None, type="invalid", account="default", status="rejected", attempts=0, duration_ms=0, meta={}, error=error("not_json")
+        command_id=None,
+        type="invalid",
+        account="default",
+        status="rejected",
+        attempts=0,
+        duration_ms=0,
+        meta={},
+        error=error("not_json"),
     )
     assert message("event.invalid.rejected").is_valid(unreadable)
 
@@ -202,7 +237,13 @@ def test_amqp_bindings(document: dict[str, Any]) -> None:
         if name.startswith(("command.", "events.")):
             exchange = topology.COMMANDS_EXCHANGE if name.startswith("command.") else topology.EVENTS_EXCHANGE
             assert amqp["is"] == "routingKey"
-            assert amqp["exchange"] == {"name": exchange, "type": "topic", "durable": True, "autoDelete": False, "vhost": "/"}
+            assert amqp["exchange"] == {
+                "name": exchange,
+                "type": "topic",
+                "durable": True,
+                "autoDelete": False,
+                "vhost": "/",
+            }
     for name, operation in document["operations"].items():
         if operation["action"] == "send":
             assert operation["bindings"]["amqp"]["deliveryMode"] == 2, name
@@ -215,7 +256,9 @@ def test_amqp_bindings(document: dict[str, Any]) -> None:
 
 def test_queues(document: dict[str, Any], full_registry: Registry) -> None:
     """The vendor queues (quorum, with their commands), switchboard.unrouted and switchboard.dead are described."""
-    queues = {c["address"]: c for c in document["channels"].values() if c["bindings"]["amqp"]["is"] == "queue"}
+    queues = {
+        c["address"]: c for c in document["channels"].values() if c["bindings"]["amqp"]["is"] == "queue"
+    }
     vendor_queues = {topology.vendor_queue(vendor) for vendor in full_registry.vendors}
     assert set(queues) == vendor_queues | {topology.DEAD_QUEUE, topology.UNROUTED_QUEUE}
     for vendor in full_registry.vendors:
@@ -234,3 +277,17 @@ def test_error_code_enums(document: dict[str, Any]) -> None:
         assert schema["enum"] == sorted(code for code, (where, _) in ERROR_CODES.items() if where == status)
         assert schema["x-enum-descriptions"] == [ERROR_CODES[code][1] for code in schema["enum"]]
         assert all(f"`{code}`" in schema["description"] for code in schema["enum"])
+
+
+def test_cli_prints_the_document(full_registry: Registry) -> None:
+    """`switchboard schemas --asyncapi` prints exactly what docs/asyncapi.json holds."""
+    from click.testing import CliRunner
+
+    from worker.cli import main
+
+    runner = CliRunner()
+    if "--asyncapi" not in runner.invoke(main, ["schemas", "--help"]).output:
+        pytest.skip("switchboard schemas --asyncapi is not wired yet")
+    printed = runner.invoke(main, ["schemas", "--asyncapi"])
+    assert printed.exit_code == 0, printed.output
+    assert printed.output == render(full_registry)

@@ -31,7 +31,11 @@ def _codes_in(tree: ast.AST) -> list[tuple[str, str]]:
         if isinstance(node, ast.Call):
             status = "rejected" if _called_name(node) in REJECTING else "failed"
             for keyword in node.keywords:
-                if keyword.arg == "code" and isinstance(keyword.value, ast.Constant) and isinstance(keyword.value.value, str):
+                if (
+                    keyword.arg == "code"
+                    and isinstance(keyword.value, ast.Constant)
+                    and isinstance(keyword.value.value, str)
+                ):
                     found.append((keyword.value.value, status))
             if _called_name(node) == "_reject" and node.args and isinstance(node.args[0], ast.Constant):
                 found.append((str(node.args[0].value), "rejected"))

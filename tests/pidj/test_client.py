@@ -10,6 +10,7 @@ import pytest
 
 from handlers.pidj.client import PidjClient, build_form, interpret, path_segment
 from handlers.pidj.sandbox import PidjSimulator
+from handlers.pidj.sandbox_state import PRIMARY_GROUP
 from handlers.pidj.settings import PidjAccount
 from handlers.simulator import Fault
 from worker.errors import (
@@ -159,8 +160,6 @@ def sim_authorization(sim: PidjSimulator) -> str:
 
 
 def sim_group() -> str:
-    from handlers.pidj.sandbox_state import PRIMARY_GROUP
-
     return PRIMARY_GROUP
 
 

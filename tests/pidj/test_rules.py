@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 import jsonschema_rs
+import phonenumbers
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 import schemas
 from handlers.pidj import rules
@@ -247,3 +251,25 @@ class TestOtherRules:
         assert rules.e164("+44 20 7946 0000", "x") == "+442079460000"
         with pytest.raises(InvalidPayload):
             rules.e164(None, "x")
+
+
+class TestPhoneProperties:
+    @given(st.sampled_from(sorted(phonenumbers.SUPPORTED_REGIONS)))
+    def test_any_region_example_round_trips_to_e164(self, region: str) -> None:
+        """Any country's example number, written in international format, is sent as its E.164 form."""
+        number = phonenumbers.example_number(region)
+        assume(number is not None)
+        assert number is not None
+        written = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+        expected = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        assert rules.e164(written, "to_number") == expected
+
+    @given(st.text(max_size=20))
+    def test_arbitrary_text_is_e164_or_invalid_payload(self, text: str) -> None:
+        """Whatever the input, the rule returns E.164 or raises InvalidPayload, nothing else."""
+        try:
+            result = rules.e164(text, "to_number")
+        except InvalidPayload as exc:
+            assert exc.path == "/payload/to_number"
+        else:
+            assert re.fullmatch(r"\+[1-9]\d{6,14}", result)

@@ -12,7 +12,13 @@ import pytest
 from aiohttp import web
 
 from handlers.pidj.sandbox import SANDBOX_ACCOUNT_KEY, SANDBOX_TOKEN, PidjSimulator, serve, start_sandbox
-from handlers.pidj.sandbox_state import NO_NUMBER_GROUP, PRIMARY_GROUP, PRIMARY_NUMBER
+from handlers.pidj.sandbox_state import (
+    NO_NUMBER_GROUP,
+    PRIMARY_GROUP,
+    PRIMARY_NUMBER,
+    SERIES_ID,
+    SUPPORT_GROUP,
+)
 from tests.support.worker import free_port
 
 AUTH = "Basic " + base64.b64encode(f"{SANDBOX_ACCOUNT_KEY}:{SANDBOX_TOKEN}".encode()).decode()
@@ -179,3 +185,35 @@ async def test_serve_runs_until_cancelled() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert status == 200
+
+
+async def test_series_refuses_a_group_outside_the_series(http: Any, sim: PidjSimulator) -> None:
+    """Subscribing from a group the series is not assigned to is a 200 failure, nothing subscribed."""
+    data = {"series_id": SERIES_ID, "timezone": "UTC", "to_number": "+18885553333", "group_id": SUPPORT_GROUP}
+    status, body = await http("POST", "/series/subscribe", data=data, headers=FORM)
+    assert (status, body["status"]) == (200, "failure")
+    missing_zone = {**data, "group_id": PRIMARY_GROUP, "timezone": ""}
+    assert (await http("POST", "/series/subscribe", data=missing_zone, headers=FORM))[0] == 400
+    assert sim.effects("series_subscription") == []
+
+
+async def test_pause_twice_pauses_once(http: Any, sim: PidjSimulator) -> None:
+    """'Users will only be paused if they are not currently paused': one side effect for two calls."""
+    _, created = await http("POST", "/user", data={"username": "p", "password": "x"}, headers=FORM)
+    for _ in range(2):
+        status, body = await http("POST", f"/user/{created['id']}/pause", headers=FORM)
+        assert (status, body["paused"]) == (200, True)
+    assert len(sim.effects("user_paused")) == 1
+
+
+async def test_invalid_state_is_discarded_like_the_vendor(http: Any, sim: PidjSimulator) -> None:
+    """An unknown state or country is silently discarded by Pidj (why the worker refuses them first)."""
+    data = {
+        "phone_number": "+18015551111",
+        "home_state": "Utah",
+        "home_country": "Atlantis",
+        "home_city": "Provo",
+    }
+    _, created = await http("POST", "/contact", data=data, headers=FORM)
+    contact = sim.state.contacts[created["id"]]
+    assert contact["home_city"] == "Provo" and "home_state" not in contact and "home_country" not in contact

@@ -257,6 +257,16 @@ class TestConsent:
         assert await hooks.post(f"default/{SECRET}", json=body) == 200
         assert [row["number"] for row in await hooks.ctx.suppressions.list()] == [NUMBER]
 
+    async def test_unavailable_deduper_is_503(self, hooks: Harness) -> None:
+        """If the dedupe store is down the delivery is refused with 503, not published blind."""
+
+        async def broken(*args: Any, **kwargs: Any) -> bool:
+            raise OSError("store down")
+
+        hooks.ctx.deduper.first_time = broken  # type: ignore[method-assign]
+        assert await hooks.post(f"default/{SECRET}", json=CREATED) == 503
+        assert hooks.published == []
+
     async def test_failed_suppression_is_503(self, hooks: Harness) -> None:
         """If the store cannot record the opt-out, Pidj is told to retry and nothing is published."""
 

@@ -18,6 +18,7 @@ from handlers.segments import (
     describe,
     septets,
     to_gsm,
+    ucs2_warning,
 )
 
 GSM_CHARS = sorted(GSM7_BASIC | GSM7_EXTENSION)
@@ -170,6 +171,25 @@ def test_lookalike_table_maps_only_to_gsm() -> None:
         assert all(septets(c) is not None for c in target), describe(source)
 
 
+def test_ucs2_warning_names_the_characters_without_the_text() -> None:
+    """The warning names each forcing character and what replacing look-alikes saves; nothing for GSM-7."""
+    text = "Hi Sam, it\u2019s ready" + "." * 60
+    assert ucs2_warning(text) == {
+        "forced_by": ["U+2019 RIGHT SINGLE QUOTATION MARK"],
+        "segments": 2,
+        "lookalikes_only": True,
+        "segments_with_lookalikes_replaced": 1,
+    }
+    assert ucs2_warning("plain text") is None
+    warning = ucs2_warning("Bon app\u00e9tit \U0001f37d")
+    assert warning == {
+        "forced_by": ["U+1F37D FORK AND KNIFE WITH PLATE"],
+        "segments": 1,
+        "lookalikes_only": False,
+    }
+    assert "Sam" not in str(ucs2_warning(text))
+
+
 @given(lookalike_or_gsm_text)
 def test_to_gsm_output_is_gsm7_when_only_lookalikes_force_ucs2(text: str) -> None:
     """A text whose only non-GSM characters are look-alikes is GSM-7 after to_gsm."""
@@ -214,3 +234,28 @@ def test_units_and_segment_bounds(text: str) -> None:
         naive = math.ceil(seg.units / PER_SEGMENT[seg.encoding])
         # a two-unit character that would straddle a boundary wastes at most one unit per segment
         assert naive <= seg.segments <= math.ceil(seg.units / (PER_SEGMENT[seg.encoding] - 1))
+
+
+README_TEXT = (
+    "Hi Sam, your order's ready for pickup at our Main St store until 8 pm today. "
+    "Bring your ID and this code: 4821. Reply STOP to opt out of these texts."
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding", "units", "segments"),
+    [
+        ("Your order is ready.", "GSM-7", 20, 1),
+        ("Price: 10€ [VAT incl.] ~ pay at {store}", "GSM-7", 45, 1),
+        ("On our way \U0001f69a", "UCS-2", 13, 1),
+        ("Garçon, l'addition", "UCS-2", 18, 1),
+        (README_TEXT, "GSM-7", 149, 1),
+        (README_TEXT.replace("'", "\u2019"), "UCS-2", 149, 3),
+        ("Open 9\u20135 \u2014 see you soon\u2026", "UCS-2", 24, 1),
+        (to_gsm("Open 9\u20135 \u2014 see you soon\u2026"), "GSM-7", 26, 1),
+    ],
+)
+def test_readme_examples(text: str, encoding: str, units: int, segments: int) -> None:
+    """The examples in the README's "Segments and encoding" section are what analyse() says."""
+    seg = analyse(text)
+    assert (seg.encoding, seg.units, seg.segments) == (encoding, units, segments)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from worker.store.base import Claim, ClaimStatus, Deduper, IdempotencyStore, SuppressionList
+from worker.store.base import Claim, ClaimStatus, ControlStore, Deduper, IdempotencyStore, SuppressionList
 
 REDIS_POOL_SIZE = 64
 
@@ -18,6 +18,8 @@ class Stores:
     suppressions: SuppressionList
     deduper: Deduper
     backend: str
+    controls: ControlStore | None = None
+    """Operator controls (pause, cancel); every backend but a future one without them."""
 
     async def close(self) -> None:
         await self.idempotency.close()
@@ -40,6 +42,7 @@ async def open_stores(url: str, *, retention_seconds: float) -> Stores:
             sqlite.SQLiteSuppressionList(conn),
             sqlite.SQLiteDeduper(conn),
             "sqlite",
+            sqlite.SQLiteControlStore(conn),
         )
     if scheme in ("redis", "rediss", "unix"):
         import redis.asyncio as aioredis
@@ -56,6 +59,7 @@ async def open_stores(url: str, *, retention_seconds: float) -> Stores:
             redis_store.RedisSuppressionList(client),
             redis_store.RedisDeduper(client),
             "redis",
+            redis_store.RedisControlStore(client),
         )
     if scheme in ("postgresql", "postgres"):
         from worker.store import postgres

@@ -99,3 +99,20 @@ class Deduper(Protocol):
     """Remembers keys for a while (inbound webhook retries)."""
 
     async def first_time(self, key: str, now: float, ttl_seconds: float) -> bool: ...
+
+
+class ControlStore(Protocol):
+    """Operator controls shared by every worker: small JSON values by key, with an expiry."""
+
+    async def put_control(self, key: str, value: dict[str, Any], expires_at: float) -> None: ...
+
+    async def remove_control(self, key: str) -> bool: ...
+
+    async def controls(self, now: float) -> dict[str, dict[str, Any]]:
+        """Every live control (keys ``pause:...``, ``cancel:...``)."""
+        ...
+
+    async def peek(self, account: str, command_id: str) -> dict[str, Any] | None:
+        """What the store knows of a command: ``status`` (running, pending, waiting, done),
+        ``attempts``, ``first_attempt_at``, ``attempt_started_at`` and, when done, ``event``."""
+        ...

@@ -176,9 +176,25 @@ class Database:
         except TimeoutError as exc:  # connecting timed out (a command timeout is not retried)
             raise ConnectionError("timed out connecting") from exc
         try:
-            return await getattr(conn, method)(sql, *args)
-        finally:
+            result = await getattr(conn, method)(sql, *args)
+        except BaseException as exc:
+            broken = isinstance(exc, (*_CONNECTION_LOST, asyncpg.InternalClientError)) or conn.is_closed()
+            if broken or not isinstance(exc, asyncpg.PostgresError):
+                # Not a plain SQL error: the connection may be mid-protocol (a restart hit it
+                # during a call), so it is dropped rather than handed to the next caller.
+                conn.terminate()
+            await self._release(conn)
+            if broken and not isinstance(exc, _CONNECTION_LOST):
+                raise ConnectionError(f"connection broken: {exc}") from exc
+            raise
+        await self._release(conn)
+        return result
+
+    async def _release(self, conn: Any) -> None:
+        try:
             await self.pool.release(conn)
+        except Exception:  # could not be reset: asyncpg terminated it, the pool opens a new one
+            pass
 
     async def close(self) -> None:
         try:

@@ -190,3 +190,37 @@ class RedisDeduper:
 
     async def first_time(self, key: str, now: float, ttl_seconds: float) -> bool:
         return bool(await self.client.set(f"sb:seen:{key}", b"1", nx=True, px=int(ttl_seconds * 1000)))
+
+
+class RedisControlStore:
+    KEY = "sb:controls"
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+
+    async def put_control(self, key: str, value: dict[str, Any], expires_at: float) -> None:
+        await self.client.hset(self.KEY, key, orjson.dumps({"value": value, "expires_at": expires_at}))
+
+    async def remove_control(self, key: str) -> bool:
+        return bool(await self.client.hdel(self.KEY, key))
+
+    async def controls(self, now: float) -> dict[str, dict[str, Any]]:
+        live: dict[str, dict[str, Any]] = {}
+        for key, raw in (await self.client.hgetall(self.KEY)).items():
+            entry = orjson.loads(raw)
+            if entry["expires_at"] > now:
+                live[_text(key)] = entry["value"]
+        return live
+
+    async def peek(self, account: str, command_id: str) -> dict[str, Any] | None:
+        fields = await self.client.hgetall(_key(account, command_id))
+        if not fields:
+            return None
+        record = {_text(k): v for k, v in fields.items()}
+        return {
+            "status": _text(record.get("status", b"")),
+            "attempts": int(record.get("attempts", 0)),
+            "first_attempt_at": _float(record.get("first")),
+            "attempt_started_at": _float(record.get("started")),
+            "event": orjson.loads(record["event"]) if record.get("event") else None,
+        }

@@ -43,6 +43,11 @@ CREATE TABLE IF NOT EXISTS suppressions (
     created_at REAL NOT NULL,
     PRIMARY KEY (account, number)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS controls (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS seen (
     key TEXT PRIMARY KEY,
     expires_at REAL NOT NULL
@@ -237,3 +242,40 @@ class SQLiteDeduper:
                 "INSERT OR IGNORE INTO seen (key, expires_at) VALUES (?, ?)", (key, now + ttl_seconds)
             )
             return cursor.rowcount == 1
+
+
+class SQLiteControlStore:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    async def put_control(self, key: str, value: dict[str, Any], expires_at: float) -> None:
+        with _Transaction(self.conn) as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO controls (key, value, expires_at) VALUES (?, ?, ?)",
+                (key, orjson.dumps(value), expires_at),
+            )
+
+    async def remove_control(self, key: str) -> bool:
+        with _Transaction(self.conn) as conn:
+            return conn.execute("DELETE FROM controls WHERE key = ?", (key,)).rowcount == 1
+
+    async def controls(self, now: float) -> dict[str, dict[str, Any]]:
+        rows = self.conn.execute("SELECT key, value FROM controls WHERE expires_at > ?", (now,)).fetchall()
+        return {key: orjson.loads(value) for key, value in rows}
+
+    async def peek(self, account: str, command_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT status, attempts, first_attempt_at, attempt_started_at, event FROM commands"
+            " WHERE account = ? AND command_id = ?",
+            (account, command_id),
+        ).fetchone()
+        if row is None:
+            return None
+        status, attempts, first, started, event = row
+        return {
+            "status": status,
+            "attempts": attempts,
+            "first_attempt_at": first,
+            "attempt_started_at": started,
+            "event": None if event is None else orjson.loads(event),
+        }
