@@ -15,14 +15,14 @@ sends commands and receives events)::
     operations  send_<type>              reply: events.<type>
                 receive_<type>_events, receive_invalid_events
     components  schemas   command, event (the envelopes), <type>_payload, <type>_command,
-                          rejection_code, failure_code, trace_headers
+                          <type>_<status>_event, rejection_code, failure_code, trace_headers
                 messages  command.<type>, event.<type>.<status>, event.invalid.rejected
 
 No schema is copied by hand: the envelopes and payloads are ``schemas.load``
 embedded as they are, with two mechanical changes so that AsyncAPI tools
 (whose Schema Object is JSON Schema draft 07) read them the same way the
 worker's 2020-12 validator does: ``$schema``/``$id`` are dropped (the ``$id``
-is kept as ``x-schema-id``) and local ``#/$defs/...`` references are rewritten
+and title are kept as ``x-schema-id``/``x-schema-title``) and local ``#/$defs/...`` references are rewritten
 to point into ``#/components/schemas/<name>``; a ``$ref`` with sibling
 keywords is wrapped in ``allOf`` (draft 07 ignores siblings of ``$ref``).
 
@@ -154,24 +154,28 @@ def build_document(registry: Registry) -> dict[str, Any]:
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     component_schemas: dict[str, Any] = {
-        "command": _embed(schemas.load("command"), "command"),
-        "event": _embed(schemas.load("event"), "event"),
+        "command": _embed(schemas.load("command"), "command", "command envelope"),
+        "event": _embed(schemas.load("event"), "event", "event envelope"),
         "rejection_code": _code_schema("rejected"),
         "failure_code": _code_schema("failed"),
         "trace_headers": TRACE_HEADERS,
     }
     messages: dict[str, Any] = {}
     for spec in commands:
-        component_schemas[f"{spec.type}_payload"] = _embed(schemas.load(spec.schema), f"{spec.type}_payload")
+        component_schemas[f"{spec.type}_payload"] = _embed(
+            schemas.load(spec.schema), f"{spec.type}_payload", f"{spec.type} payload"
+        )
         component_schemas[f"{spec.type}_command"] = _command_schema(spec.type)
         messages[f"command.{spec.type}"] = _command_message(spec)
         channels[f"command.{spec.type}"] = _command_channel(spec)
         statuses = event_statuses(spec.type)
         for status in statuses:
+            component_schemas[f"{spec.type}_{status}_event"] = _event_schema(spec.type, status)
             messages[f"event.{spec.type}.{status}"] = _event_message(spec.type, status)
         channels[f"events.{spec.type}"] = _event_channel(spec.type, statuses)
         operations[f"send_{spec.type}"] = _send_operation(spec, statuses)
         operations[f"receive_{spec.type}_events"] = _receive_operation(spec.type, statuses)
+    component_schemas["invalid_rejected_event"] = _event_schema("invalid", "rejected")
     messages["event.invalid.rejected"] = _event_message("invalid", "rejected")
     channels["events.invalid"] = _invalid_channel()
     operations["receive_invalid_events"] = _receive_operation("invalid", ["rejected"])
@@ -230,14 +234,22 @@ def _info() -> dict[str, Any]:
     }
 
 
-def _embed(schema: dict[str, Any], name: str) -> dict[str, Any]:
-    """A schema file made readable in place at ``#/components/schemas/<name>``."""
+def _embed(schema: dict[str, Any], name: str, title: str) -> dict[str, Any]:
+    """A schema file made readable in place at ``#/components/schemas/<name>``.
+
+    Its ``title`` becomes ``title`` (code generators name the type after it:
+    ``SendTextPayload``, not ``SendTextRoundleftPidjPost...``); the file's own
+    title and ``$id`` are kept as ``x-schema-title`` and ``x-schema-id``.
+    """
     embedded = _rewrite(schema, f"#/components/schemas/{name}")
     assert isinstance(embedded, dict)
     for keyword in ("$schema", "$id"):
         embedded.pop(keyword, None)
     if "$id" in schema:
         embedded["x-schema-id"] = schema["$id"]
+    if "title" in schema:
+        embedded["x-schema-title"] = schema["title"]
+    embedded["title"] = title
     return embedded
 
 
@@ -279,7 +291,7 @@ def _code_schema(status: str) -> dict[str, Any]:
     listing = "\n".join(f"- `{code}`: {text}" for code, text in zip(codes, descriptions, strict=True))
     return {
         "type": "string",
-        "title": f"error code of a {status} event",
+        "title": "rejection code" if status == "rejected" else "failure code",
         "description": f"`error.code` of a `{status}` event:\n\n{listing}",
         "enum": codes,
         "x-enum-descriptions": descriptions,
@@ -335,8 +347,8 @@ def _command_message(spec: CommandSpec) -> dict[str, Any]:
     return message
 
 
-def _event_message(command_type: str, status: str) -> dict[str, Any]:
-    routing_key = f"{command_type}.{status}"
+def _event_schema(command_type: str, status: str) -> dict[str, Any]:
+    """The event envelope with ``type`` and ``status`` fixed, and what that status requires."""
     refinement: dict[str, Any] = {
         "type": "object",
         "properties": {"type": {"const": command_type}, "status": {"const": status}},
@@ -347,6 +359,14 @@ def _event_message(command_type: str, status: str) -> dict[str, Any]:
         code = "failure_code" if status == "failed" else "rejection_code"
         refinement["required"] = ["error"]
         refinement["properties"]["error"] = {"properties": {"code": {"$ref": f"#/components/schemas/{code}"}}}
+    return {
+        "title": f"{command_type} {status} event",
+        "allOf": [{"$ref": "#/components/schemas/event"}, refinement],
+    }
+
+
+def _event_message(command_type: str, status: str) -> dict[str, Any]:
+    routing_key = f"{command_type}.{status}"
     about = (
         "A message that could not be read as a command (or whose type could not be read)."
         if command_type == "invalid"
@@ -359,7 +379,7 @@ def _event_message(command_type: str, status: str) -> dict[str, Any]:
         "contentType": "application/json",
         "correlationId": {"description": "The command's id.", "location": "$message.payload#/command_id"},
         "headers": {"$ref": "#/components/schemas/trace_headers"},
-        "payload": {"allOf": [{"$ref": "#/components/schemas/event"}, refinement]},
+        "payload": {"$ref": f"#/components/schemas/{command_type}_{status}_event"},
         "bindings": {"amqp": {"messageType": routing_key, "bindingVersion": AMQP_BINDING_VERSION}},
     }
 

@@ -7,6 +7,7 @@ exits non-zero. Destructive verbs need ``--yes`` and offer ``--dry-run``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -217,7 +218,5 @@ def sandbox(vendor: str, host: str, port: int) -> None:
     if vendor not in registry.vendors:
         raise click.ClickException(f"no vendor {vendor!r}; known: {', '.join(sorted(registry.vendors))}")
     module = importlib.import_module(f"handlers.{vendor}.sandbox")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(module.serve(host, port))
-    except KeyboardInterrupt:
-        pass

@@ -12,7 +12,7 @@ from typing import Any
 
 from handlers.pidj import rules
 from handlers.pidj.client import build_form
-from handlers.pidj.common import VENDOR, PidjContext, refuse_contact_if_opted_out, status_of
+from handlers.pidj.common import VENDOR, PidjContext, recipient_number, refuse_contact_if_opted_out, status_of
 from worker.registry import registry
 
 SERIES_ID = "ts:z81de899-207k-8ej4-ba5q-046zb73gte74"
@@ -56,6 +56,7 @@ _ADDRESSING = ("contact_id", "to_number", "from_number", "group_id")
     "subscribe_series",
     vendor=VENDOR,
     safe_to_repeat=False,
+    recipient=recipient_number,
     check=check_subscribe_series,
     example={
         "series_id": SERIES_ID,
@@ -77,6 +78,7 @@ async def subscribe_series(payload: dict[str, Any], ctx: PidjContext) -> dict[st
     "initiate_survey",
     vendor=VENDOR,
     safe_to_repeat=False,
+    recipient=recipient_number,
     check=check_initiate_survey,
     example={
         "survey_id": SURVEY_ID,

@@ -78,3 +78,9 @@ def status_of(body: dict[str, Any], *keys: str) -> dict[str, Any]:
         if key in body:
             result[key] = body[key]
     return result
+
+
+def recipient_number(payload: dict[str, Any]) -> str | None:
+    """The number a texting command reaches, for quiet hours (None when addressed by contact id)."""
+    number = payload.get("to_number")
+    return number if isinstance(number, str) else None

@@ -10,7 +10,7 @@ from typing import Any
 
 from handlers.pidj import rules
 from handlers.pidj.client import build_form
-from handlers.pidj.common import VENDOR, PidjContext, refuse_if_opted_out, status_of
+from handlers.pidj.common import VENDOR, PidjContext, recipient_number, refuse_if_opted_out, status_of
 from worker.registry import registry
 
 
@@ -30,6 +30,7 @@ def check_send_text(payload: dict[str, Any]) -> dict[str, Any]:
     "send_text",
     vendor=VENDOR,
     safe_to_repeat=False,
+    recipient=recipient_number,
     check=check_send_text,
     example={"to_number": "+18885553333", "from_number": "+18885552222", "text_body": "Your order is ready."},
 )

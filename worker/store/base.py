@@ -100,6 +100,10 @@ class Deduper(Protocol):
 
     async def first_time(self, key: str, now: float, ttl_seconds: float) -> bool: ...
 
+    async def forget(self, key: str) -> None:
+        """Drop a key, so a delivery whose handling failed is taken as new when retried."""
+        ...
+
 
 class ControlStore(Protocol):
     """Operator controls shared by every worker: small JSON values by key, with an expiry."""

@@ -191,6 +191,9 @@ class RedisDeduper:
     async def first_time(self, key: str, now: float, ttl_seconds: float) -> bool:
         return bool(await self.client.set(f"sb:seen:{key}", b"1", nx=True, px=int(ttl_seconds * 1000)))
 
+    async def forget(self, key: str) -> None:
+        await self.client.delete(f"sb:seen:{key}")
+
 
 class RedisControlStore:
     KEY = "sb:controls"

@@ -243,6 +243,10 @@ class SQLiteDeduper:
             )
             return cursor.rowcount == 1
 
+    async def forget(self, key: str) -> None:
+        with _Transaction(self.conn) as conn:
+            conn.execute("DELETE FROM seen WHERE key = ?", (key,))
+
 
 class SQLiteControlStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
