@@ -19,12 +19,14 @@ sends commands and receives events)::
                 messages  command.<type>, event.<type>.<status>, event.invalid.rejected
 
 No schema is copied by hand: the envelopes and payloads are ``schemas.load``
-embedded as they are, with two mechanical changes so that AsyncAPI tools
-(whose Schema Object is JSON Schema draft 07) read them the same way the
-worker's 2020-12 validator does: ``$schema``/``$id`` are dropped (the ``$id``
-and title are kept as ``x-schema-id``/``x-schema-title``) and local ``#/$defs/...`` references are rewritten
-to point into ``#/components/schemas/<name>``; a ``$ref`` with sibling
-keywords is wrapped in ``allOf`` (draft 07 ignores siblings of ``$ref``).
+embedded as they are, with mechanical changes only. So that AsyncAPI tools
+(whose Schema Object is JSON Schema draft 07) read them as the worker's 2020-12
+validator does: ``$schema``/``$id`` are dropped, local ``#/$defs/...``
+references are rewritten to point into ``#/components/schemas/<name>``, and a
+``$ref`` with sibling keywords is wrapped in ``allOf`` (draft 07 ignores the
+siblings of ``$ref``). So that code generators name types well: the ``title``
+becomes ``<type> payload`` (the file's ``$id`` and title are kept as
+``x-schema-id`` and ``x-schema-title``).
 
 The error codes live in :data:`ERROR_CODES`, the one table with their
 descriptions (a scan of the source can find codes but not say what they mean);
@@ -139,6 +141,7 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
 command as ``failed`` only once retries give up (``details.gave_up``)."""
 
 TRACE_HEADERS: dict[str, Any] = {
+    "title": "trace headers",
     "type": "object",
     "description": "AMQP headers. W3C trace context is carried across the bus (or in `meta.traceparent`).",
     "properties": {

@@ -208,7 +208,9 @@ def publish(
 
 @main.command()
 @click.argument("vendor")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 in a container).")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 in a container)."
+)
 @click.option("--port", type=int, default=0, help="Port to listen on (0 = any free port).")
 def sandbox(vendor: str, host: str, port: int) -> None:
     """Run one vendor's simulator on its own (prints the settings that point at it)."""

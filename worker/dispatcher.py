@@ -124,7 +124,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.controls = controls or Controls(None)
-        self.windows = windows or {}
+        self.windows = windows if windows is not None else {}
         self.clock = clock
         self.registry = registry
         self.clients = clients
@@ -320,6 +320,14 @@ class Dispatcher:
     ) -> None:
         command, spec = run.command, run.spec
         structlog.contextvars.bind_contextvars(attempt=run.attempts)
+        cancelled = self.controls.cancellation(command.account, command.id)
+        if cancelled is not None:
+            reason = cancelled.get("reason") or "no reason given"
+            error = PermanentError(f"cancelled by an operator: {reason}", code="cancelled", details=cancelled)
+            await self._finish(delivery, run, error, attempts=run.attempts)
+            return
+        if await self._outside_window(delivery, run, state):
+            return
         breaker = self.breakers.get(spec.vendor)
         if breaker is not None and not breaker.allow():
             await self.stores.idempotency.release(command.account, command.id, state, waiting=True)
@@ -344,6 +352,38 @@ class Dispatcher:
             await self._continue(delivery, run, outcome)
         else:
             await self._finish(delivery, run, outcome, attempts=run.attempts)
+
+    async def _outside_window(self, delivery: Delivery, run: _Run, state: dict[str, Any] | None) -> bool:
+        """Quiet hours: outside the account's window, wait for its opening."""
+        command, spec = run.command, run.spec
+        window = self.windows.get((spec.vendor, command.account))
+        if window is None or spec.recipient is None:
+            return False
+        now = self.clock()
+        opening = window.next_opening(spec.recipient(command.payload), now)
+        if opening is None:
+            return False
+        await self.stores.idempotency.release(command.account, command.id, state, waiting=True)
+        event = events.build(
+            command_id=command.id,
+            type=command.type,
+            account=command.account,
+            status="deferred",
+            attempts=run.attempts,
+            duration_ms=(time.monotonic() - run.started) * 1000,
+            meta=command.meta,
+            result={"reason": "quiet_hours", "until": opening.isoformat(), "time_zone": str(opening.tzinfo)},
+        )
+        await self.outbox.event(
+            events.encode(event),
+            routing_key=events.routing_key(event),
+            event_id=event["event_id"],
+            command_id=command.id,
+        )
+        PROGRESS_EVENTS.labels(command.type, "deferred").inc()
+        log.info("outside the sending window; deferred", until=opening.isoformat())
+        await self._defer(delivery, command, opening.timestamp() - now, "quiet_hours")
+        return True
 
     async def _call(
         self, spec: CommandSpec, payload: dict[str, Any], ctx: CommandContext[Any]

@@ -116,6 +116,8 @@ def test_payload_schemas_are_the_schema_files(document: dict[str, Any], full_reg
         source = schemas.load(spec.schema)
         embedded = component_schemas[f"{command_type}_payload"]
         assert embedded["x-schema-id"] == source["$id"]
+        assert embedded["x-schema-title"] == source["title"]
+        assert embedded["title"] == f"{command_type} payload"
         assert "$schema" not in embedded and "$id" not in embedded
         assert embedded["properties"].keys() == source["properties"].keys()
         assert embedded.get("required") == source.get("required")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +27,8 @@ from worker.client import Switchboard
 from worker.registry import registry
 
 DEFINITIONS = DEPLOY / "rabbitmq" / "definitions.json"
+PUBLISHING_DOC = DEPLOY.parent / "docs" / "publishing.md"
+DOC_URL = "amqp://switchboard-publisher:publisher-dev-password@localhost:5672/switchboard"
 VHOST = "switchboard"
 # The local-development passwords behind the hashes in definitions.json (docs/runbook.md says so too).
 DEV_PASSWORDS = {
@@ -236,3 +240,34 @@ class TestOnTheBroker:
         connection.close()
         assert _refused(scaler_url, lambda ch: ch.basic_get("switchboard.pidj"))
         assert _refused(scaler_url, lambda ch: ch.basic_publish(topology.COMMANDS_EXCHANGE, "send_text", b"{}"))
+
+    def test_publishing_doc_examples_run_as_the_publisher(self, imported: Imported) -> None:
+        """Each Python example of docs/publishing.md runs with the publisher's rights and gets its answer."""
+        blocks = re.findall(r"```python\n(.*?)```", PUBLISHING_DOC.read_text(), flags=re.DOTALL)
+        assert len(blocks) >= 2 and all(DOC_URL in block for block in blocks)
+        worker_url = imported.url("switchboard-worker")
+        publisher_url = imported.url("switchboard-publisher")
+        connection = pika.BlockingConnection(pika.URLParameters(worker_url))
+        _declare_topology(connection.channel())
+        connection.close()
+        fake = Responder(
+            worker_url,
+            topology.COMMANDS_EXCHANGE,
+            "send_text",
+            answer=lambda envelope, seen: [terminal(envelope)],
+            queue="switchboard.pidj",
+        )
+        fake.start()
+        try:
+            for block in blocks:
+                done = subprocess.run(
+                    [sys.executable, "-c", block.replace(DOC_URL, publisher_url)],
+                    capture_output=True,
+                    text=True,
+                    timeout=90,
+                    env={**os.environ, "AMQP_URL": publisher_url},
+                )
+                assert done.returncode == 0, done.stderr
+                assert done.stdout.startswith("succeeded"), done.stdout
+        finally:
+            fake.stop()

@@ -11,7 +11,9 @@ import pika
 import pytest
 from pydantic import BaseModel
 
+from worker.controls import Controls
 from worker.dispatcher import Delivery, Dispatcher, DispatchSettings
+from worker.quiet_hours import SendingWindow
 from worker.errors import OutcomeUnknown, RateLimited, VendorRejected, VendorUnavailable
 from worker.registry import CommandContext, Continue, Registry, VendorSpec
 from worker.retry import RetryPolicy
@@ -68,12 +70,17 @@ class Harness:
             return await self.behaviour(payload, ctx)
 
         for name, safe in (("echo", True), ("charge", False)):
-            self.registry.command(name, vendor="acme", safe_to_repeat=safe, schema="command")(handler)
+            self.registry.command(
+                name, vendor="acme", safe_to_repeat=safe, schema="command", recipient=lambda p: p.get("to")
+            )(handler)
         conn = connect(":memory:")
         self.store = SQLiteIdempotencyStore(conn, 3600)
         stores = Stores(self.store, SQLiteSuppressionList(conn), SQLiteDeduper(conn), "sqlite")
         self.outbox = FakeOutbox()
         self.channel = FakeChannel()
+        self.controls = Controls(None)
+        self.now = time.time()
+        self.windows: dict[tuple[str, str], SendingWindow] = {}
         self.dispatcher = Dispatcher(
             self.registry,
             {("acme", "default"): object()},
@@ -88,6 +95,9 @@ class Harness:
                 poison_redeliveries=5,
                 policy=RetryPolicy(max_attempts=3, base_seconds=0.1),
             ),
+            controls=self.controls,
+            windows=self.windows,
+            clock=lambda: self.now,
         )
         # The payload schema of the fake commands is the envelope schema; give them a permissive one.
         from worker.validation import SchemaValidator
@@ -274,3 +284,82 @@ async def test_unexpected_handler_exception_is_an_internal_error(h: Harness) -> 
     await h.deliver("echo")
     assert h.outbox.events[0]["error"]["code"] == "internal_error"
     assert h.channel.acked == [1]
+
+
+async def test_paused_account_is_deferred_not_run(h: Harness) -> None:
+    """A paused account's command waits in a delay queue: not run, not failed, acked."""
+    h.controls.load({"pause:default:*": {}})
+    await h.deliver("echo")
+    assert h.calls == 0
+    assert h.outbox.events == []
+    assert h.outbox.delayed[0][1]["x-switchboard-delay-reason"] == "paused"
+    h.controls.load({})
+    await h.deliver("echo")
+    assert h.statuses() == ["succeeded"]
+
+
+async def test_pause_by_type_leaves_other_types_alone(h: Harness) -> None:
+    """Pausing one type does not hold back another."""
+    h.controls.load({"pause:default:charge": {}})
+    await h.deliver("echo")
+    await h.deliver("charge", command_id="c-2")
+    assert h.statuses() == ["succeeded"]
+    assert h.calls == 1
+
+
+async def test_cancelled_command_fails_without_running(h: Harness) -> None:
+    """A cancelled command ends failed/cancelled when its turn comes; the vendor is not called."""
+    h.controls.load({"cancel:default:c-1": {"reason": "wrong list"}})
+    await h.deliver("charge")
+    assert h.calls == 0
+    event = h.outbox.events[0]
+    assert (event["status"], event["error"]["code"]) == ("failed", "cancelled")
+    assert "wrong list" in event["error"]["message"]
+
+
+async def test_cancel_reaches_a_command_waiting_for_retry(h: Harness) -> None:
+    """A command cancelled while it waits for a retry ends cancelled on its next delivery."""
+
+    async def down(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
+        raise VendorUnavailable("down")
+
+    h.behaviour = down
+    await h.deliver("echo")
+    h.controls.load({"cancel:default:c-1": {"reason": ""}})
+    await h.deliver("echo")
+    assert h.calls == 1
+    assert h.outbox.events[0]["error"]["code"] == "cancelled"
+
+
+def _at(hour: int, zone: str) -> float:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    return datetime(2026, 11, 25, hour, 30, tzinfo=ZoneInfo(zone)).timestamp()
+
+
+async def test_quiet_hours_defer_until_the_window_opens(h: Harness) -> None:
+    """Outside the window (recipient's local time) the command waits for the opening, with a deferred event."""
+    h.windows[("acme", "default")] = SendingWindow.parse("08:00-21:00", "America/New_York")
+    h.now = _at(22, "America/New_York")
+    await h.deliver("charge", payload={"to": "+12125550123"})
+    assert h.calls == 0
+    deferred = h.outbox.events[0]
+    assert deferred["status"] == "deferred"
+    assert deferred["result"]["reason"] == "quiet_hours"
+    assert deferred["result"]["until"].startswith("2026-11-26T08:00")
+    seconds, headers = h.outbox.delayed[0]
+    assert seconds == pytest.approx(9.5 * 3600)
+    assert headers["x-switchboard-delay-reason"] == "quiet_hours"
+    h.now = _at(9, "America/New_York") + 86400
+    await h.deliver("charge", payload={"to": "+12125550123"})
+    assert h.statuses() == ["deferred", "succeeded"]
+    assert h.outbox.events[1]["attempts"] == 1
+
+
+async def test_quiet_hours_use_the_recipients_zone(h: Harness) -> None:
+    """A London number at 10:00 London time is sent even when it is 05:00 in the account's zone."""
+    h.windows[("acme", "default")] = SendingWindow.parse("08:00-21:00", "America/New_York")
+    h.now = _at(10, "Europe/London")
+    await h.deliver("charge", payload={"to": "+442079460000"})
+    assert h.statuses() == ["succeeded"]
