@@ -50,7 +50,9 @@ def test_workers_use_the_sandboxes_and_a_shared_store(services: dict[str, Any]) 
             assert url.hostname == f"{vendor}-sandbox"
             assert sandbox["command"][:2] == ["sandbox", vendor]
             assert sandbox["command"][sandbox["command"].index("--port") + 1] == str(url.port)
-            assert "0.0.0.0" in sandbox["command"], "a sandbox on 127.0.0.1 is unreachable from other containers"
+            assert "0.0.0.0" in sandbox["command"], (
+                "a sandbox on 127.0.0.1 is unreachable from other containers"
+            )
 
 
 def test_worker_env_vars_are_real_settings(services: dict[str, Any]) -> None:
@@ -93,7 +95,9 @@ def test_mounted_files_exist(services: dict[str, Any]) -> None:
             if source.startswith("./"):
                 assert (DEPLOY / source).exists(), f"{name} mounts missing {source}"
     grafana = services["grafana"]
-    provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "switchboard.yml").read_text())
+    provider = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "dashboards" / "switchboard.yml").read_text()
+    )
     path = provider["providers"][0]["options"]["path"]
     assert f"./grafana/dashboards:{path}:ro" in grafana["volumes"]
     home = Path(grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])

@@ -15,7 +15,9 @@ from tests.deploy import DEPLOY
 ROOT = DEPLOY.parent
 DOCKERFILE = (DEPLOY / "Dockerfile").read_text()
 INSTRUCTIONS = [
-    line.strip() for line in re.sub(r"\\\n", " ", DOCKERFILE).splitlines() if line.strip() and not line.startswith("#")
+    line.strip()
+    for line in re.sub(r"\\\n", " ", DOCKERFILE).splitlines()
+    if line.strip() and not line.startswith("#")
 ]
 
 
@@ -75,7 +77,9 @@ class TestDockerfile:
                     if "*" in source:
                         continue
                     assert (ROOT / source).exists(), source
-                    assert f"!{source.rstrip('/')}" in ignore or f"!{source}" in ignore, f"{source} is ignored"
+                    assert f"!{source.rstrip('/')}" in ignore or f"!{source}" in ignore, (
+                        f"{source} is ignored"
+                    )
 
 
 class TestLocks:
@@ -87,8 +91,10 @@ class TestLocks:
             requirement = Requirement(spec)
             name = str(canonicalize_name(requirement.name))
             assert name in pins, f"{name} missing from requirements.lock: run deploy/lock.sh"
-            version, hashes = pins[name]
-            assert requirement.specifier.contains(version, prereleases=True), f"{name}=={version} breaks {spec}"
+            version, _ = pins[name]
+            assert requirement.specifier.contains(version, prereleases=True), (
+                f"{name}=={version} breaks {spec}"
+            )
         assert all(hashes > 0 for _, hashes in pins.values()), "every pin needs --hash (deploy/lock.sh)"
 
     def test_build_backend_is_pinned(self) -> None:

@@ -97,9 +97,11 @@ class TestWorkerDeployment:
         assert worker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
         assert worker["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
         assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
-        assert {"name": "metrics", "containerPort": int(config(base)["SWITCHBOARD_METRICS_PORT"]), "protocol": "TCP"} in (
-            worker["ports"]
-        )
+        assert {
+            "name": "metrics",
+            "containerPort": int(config(base)["SWITCHBOARD_METRICS_PORT"]),
+            "protocol": "TCP",
+        } in (worker["ports"])
 
     def test_termination_grace_exceeds_the_drain_period(self, base: tuple[dict[str, Any], ...]) -> None:
         """Kubernetes waits longer than the worker drains (+5 s to publish and close), so no SIGKILL mid-drain."""
@@ -120,7 +122,9 @@ class TestWorkerDeployment:
         assert set(worker["resources"]["requests"]) == {"cpu", "memory"}
         assert "memory" in worker["resources"]["limits"]
 
-    def test_config_from_configmap_and_credentials_from_secret(self, overlay: tuple[dict[str, Any], ...]) -> None:
+    def test_config_from_configmap_and_credentials_from_secret(
+        self, overlay: tuple[dict[str, Any], ...]
+    ) -> None:
         """envFrom takes the generated ConfigMap and Secret, and no credential sits in the ConfigMap."""
         sources = container(overlay)["envFrom"]
         configmap = one(overlay, "ConfigMap")["metadata"]["name"]
@@ -144,7 +148,9 @@ class TestWorkerDeployment:
         """The example sets a redis:// store: with per-pod sqlite, idempotency would not hold across replicas."""
         import base64
 
-        secret = next(d for d in overlay if d["kind"] == "Secret" and "SWITCHBOARD_STORE_URL" in d.get("data", {}))
+        secret = next(
+            d for d in overlay if d["kind"] == "Secret" and "SWITCHBOARD_STORE_URL" in d.get("data", {})
+        )
         assert base64.b64decode(secret["data"]["SWITCHBOARD_STORE_URL"]).startswith(b"redis")
 
     def test_no_fixed_replica_count(self, base: tuple[dict[str, Any], ...]) -> None:
@@ -163,13 +169,17 @@ class TestAroundTheDeployment:
         assert pdb["selector"]["matchLabels"] == WORKER_LABELS
         assert pdb.get("maxUnavailable") == 1 or pdb.get("minAvailable") == 1
 
-    def test_scaled_object_watches_every_vendor_queue_over_http(self, base: tuple[dict[str, Any], ...]) -> None:
+    def test_scaled_object_watches_every_vendor_queue_over_http(
+        self, base: tuple[dict[str, Any], ...]
+    ) -> None:
         """One KEDA rabbitmq trigger per vendor queue, over the management API, target = max in flight."""
         scaled = one(base, "ScaledObject")["spec"]
         assert scaled["scaleTargetRef"]["name"] == one(base, "Deployment")["metadata"]["name"]
         assert scaled["minReplicaCount"] >= 2, "one pod restarting must not stop consumption"
         triggers = scaled["triggers"]
-        assert {t["metadata"]["queueName"] for t in triggers} == {topology.vendor_queue(v) for v in registry.vendors}
+        assert {t["metadata"]["queueName"] for t in triggers} == {
+            topology.vendor_queue(v) for v in registry.vendors
+        }
         auth_names = {d["metadata"]["name"] for d in base if d["kind"] == "TriggerAuthentication"}
         for trigger in triggers:
             assert trigger["type"] == "rabbitmq"
@@ -179,7 +189,9 @@ class TestAroundTheDeployment:
             assert trigger["metadata"]["vhostName"] == "switchboard"
             assert trigger["authenticationRef"]["name"] in auth_names
 
-    def test_trigger_authentication_secret_exists_in_the_overlay(self, overlay: tuple[dict[str, Any], ...]) -> None:
+    def test_trigger_authentication_secret_exists_in_the_overlay(
+        self, overlay: tuple[dict[str, Any], ...]
+    ) -> None:
         """KEDA's secretTargetRef names a Secret the overlay creates, with the key it reads."""
         auth = one(overlay, "TriggerAuthentication")["spec"]["secretTargetRef"]
         secrets = {d["metadata"]["name"]: d for d in overlay if d["kind"] == "Secret"}
@@ -187,7 +199,9 @@ class TestAroundTheDeployment:
             assert ref["parameter"] == "host"
             assert ref["key"] in secrets[ref["name"]]["data"]
 
-    def test_service_monitor_scrapes_the_service_as_the_rules_expect(self, base: tuple[dict[str, Any], ...]) -> None:
+    def test_service_monitor_scrapes_the_service_as_the_rules_expect(
+        self, base: tuple[dict[str, Any], ...]
+    ) -> None:
         """The ServiceMonitor selects the Service, uses its port, and yields job="switchboard-worker"."""
         monitor = one(base, "ServiceMonitor")["spec"]
         service = one(base, "Service")

@@ -41,9 +41,10 @@ def _our_metrics() -> Iterator[MetricWrapperBase]:
 
 def _exposed(metric: MetricWrapperBase) -> dict[str, frozenset[str]]:
     """Series names a metric object is exposed as, with their labels (the client library's rules)."""
-    name: str = metric._name  # type: ignore[attr-defined]
-    labels = frozenset(metric._labelnames)  # type: ignore[attr-defined]
-    kind: str = metric._type  # type: ignore[attr-defined]
+    # The client keeps these private but stable; the exposition rules below depend on them.
+    name = metric._name
+    labels = frozenset(metric._labelnames)
+    kind = str(metric._type)
     if kind == "counter":
         return {f"{name}_total": labels, f"{name}_created": labels}
     if kind == "histogram":
@@ -56,7 +57,9 @@ def _exposed(metric: MetricWrapperBase) -> dict[str, frozenset[str]]:
     if kind == "summary":
         return {name: labels | {"quantile"}, f"{name}_sum": labels, f"{name}_count": labels}
     if kind == "info":
-        info_labels = {label for sample in metric.collect()[0].samples for label in sample.labels}
+        info_labels = {
+            label for family in metric.collect() for sample in family.samples for label in sample.labels
+        }
         return {f"{name}_info": labels | info_labels}
     if kind == "stateset":
         return {name: labels | {name}}
@@ -72,7 +75,7 @@ def exported() -> dict[str, frozenset[str]]:
     series: dict[str, frozenset[str]] = {}
     for metric in _our_metrics():
         series.update(_exposed(metric))
-    ours = {metric._name for metric in _our_metrics()}  # type: ignore[attr-defined]
+    ours = {metric._name for metric in _our_metrics()}
     for family in prometheus_client.REGISTRY.collect():
         if family.name not in ours:
             for sample in family.samples:
@@ -96,7 +99,9 @@ def dashboard_expressions() -> list[tuple[str, str]]:
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query":
             query = variable["query"]
-            found.append((f"variable ${variable['name']}", query["query"] if isinstance(query, dict) else query))
+            found.append(
+                (f"variable ${variable['name']}", query["query"] if isinstance(query, dict) else query)
+            )
     return found
 
 
@@ -104,7 +109,9 @@ def rule_expressions() -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     for path in RULE_FILES:
         document = yaml.safe_load(path.read_text())
-        groups = document["spec"]["groups"] if document.get("kind") == "PrometheusRule" else document["groups"]
+        groups = (
+            document["spec"]["groups"] if document.get("kind") == "PrometheusRule" else document["groups"]
+        )
         for group in groups:
             for rule in group["rules"]:
                 found.append((f"{path.name}: {rule.get('alert') or rule.get('record')}", rule["expr"]))
@@ -161,9 +168,5 @@ def test_dashboard_shows_every_worker_metric() -> None:
     shown: set[str] = set()
     for _, expr in dashboard_expressions():
         shown |= references(expr).metrics
-    missing = sorted(
-        metric._name  # type: ignore[attr-defined]
-        for metric in _our_metrics()
-        if not set(_exposed(metric)) & shown
-    )
+    missing = sorted(metric._name for metric in _our_metrics() if not set(_exposed(metric)) & shown)
     assert not missing, f"metrics with no panel in {DASHBOARD.name}: {missing}"

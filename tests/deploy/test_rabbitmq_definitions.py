@@ -94,7 +94,9 @@ class TestStatically:
 # -- against the real broker ----------------------------------------------------
 
 
-def _rabbitmqctl(*args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def _rabbitmqctl(
+    *args: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("rabbitmqctl")
     assert binary is not None
     return subprocess.run(
@@ -160,7 +162,9 @@ def _wait_for_permissions(target: Imported, *, expected: int, timeout: float = 3
 
 def _declare_topology(channel: Any) -> None:
     for exchange in TOPOLOGY.exchanges:
-        channel.exchange_declare(exchange.name, exchange.kind, durable=True, arguments=exchange.arguments or None)
+        channel.exchange_declare(
+            exchange.name, exchange.kind, durable=True, arguments=exchange.arguments or None
+        )
     for queue in TOPOLOGY.queues:
         channel.queue_declare(queue.name, durable=True, arguments=queue.arguments or None)
         for exchange_name, routing_key, arguments in queue.bindings:
@@ -187,7 +191,10 @@ class TestOnTheBroker:
     def test_dev_passwords_match_the_hashes(self, imported: Imported) -> None:
         """Each documented local-development password authenticates its user."""
         for user, password in DEV_PASSWORDS.items():
-            assert _rabbitmqctl("authenticate_user", imported.prefix + user, password, check=False).returncode == 0
+            assert (
+                _rabbitmqctl("authenticate_user", imported.prefix + user, password, check=False).returncode
+                == 0
+            )
 
     def test_worker_can_declare_and_use_the_topology(self, imported: Imported) -> None:
         """With its permissions the worker declares everything, publishes events and reads its queues."""
@@ -226,8 +233,12 @@ class TestOnTheBroker:
         assert event["command_id"] == "least-privilege"
 
         # A type no vendor queue binds goes to the alternate exchange: no extra right needed for that.
-        assert not _refused(publisher_url, lambda ch: ch.basic_publish(topology.COMMANDS_EXCHANGE, "no_such", b"{}"))
-        assert _refused(publisher_url, lambda ch: ch.basic_publish(topology.EVENTS_EXCHANGE, "x.succeeded", b"{}"))
+        assert not _refused(
+            publisher_url, lambda ch: ch.basic_publish(topology.COMMANDS_EXCHANGE, "no_such", b"{}")
+        )
+        assert _refused(
+            publisher_url, lambda ch: ch.basic_publish(topology.EVENTS_EXCHANGE, "x.succeeded", b"{}")
+        )
         assert _refused(publisher_url, lambda ch: ch.basic_publish("", "switchboard.pidj", b"{}"))
         assert _refused(publisher_url, lambda ch: ch.basic_get("switchboard.pidj"))
         assert _refused(publisher_url, lambda ch: ch.queue_declare("switchboard.mine"))
@@ -239,7 +250,9 @@ class TestOnTheBroker:
         _declare_topology(connection.channel())
         connection.close()
         assert _refused(scaler_url, lambda ch: ch.basic_get("switchboard.pidj"))
-        assert _refused(scaler_url, lambda ch: ch.basic_publish(topology.COMMANDS_EXCHANGE, "send_text", b"{}"))
+        assert _refused(
+            scaler_url, lambda ch: ch.basic_publish(topology.COMMANDS_EXCHANGE, "send_text", b"{}")
+        )
 
     def test_publishing_doc_examples_run_as_the_publisher(self, imported: Imported) -> None:
         """Each Python example of docs/publishing.md runs with the publisher's rights and gets its answer."""

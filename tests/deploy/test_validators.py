@@ -51,7 +51,9 @@ class TestPromtool:
     def test_prometheus_config_is_valid(self) -> None:
         """promtool accepts prometheus.yml (syntax only: its rule path exists inside the container)."""
         promtool = _tool("promtool", "apt-get install prometheus")
-        done = _run(promtool, "check", "config", "--syntax-only", str(DEPLOY / "prometheus" / "prometheus.yml"))
+        done = _run(
+            promtool, "check", "config", "--syntax-only", str(DEPLOY / "prometheus" / "prometheus.yml")
+        )
         assert done.returncode == 0, done.stdout + done.stderr
 
 

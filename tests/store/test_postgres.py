@@ -58,7 +58,7 @@ class TestMigrations:
     def test_versions_are_in_order(self) -> None:
         """Migration versions are 1, 2, 3... with no gap or repeat, and LATEST is the last."""
         assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
-        assert LATEST == len(MIGRATIONS)
+        assert len(MIGRATIONS) == LATEST
 
 
 class TestStoreURL:

@@ -13,8 +13,8 @@ from pydantic import BaseModel
 
 from worker.controls import Controls
 from worker.dispatcher import Delivery, Dispatcher, DispatchSettings
-from worker.quiet_hours import SendingWindow
 from worker.errors import OutcomeUnknown, RateLimited, VendorRejected, VendorUnavailable
+from worker.quiet_hours import SendingWindow
 from worker.registry import CommandContext, Continue, Registry, VendorSpec
 from worker.retry import RetryPolicy
 from worker.store import ClaimStatus, Stores
