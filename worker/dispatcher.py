@@ -389,7 +389,9 @@ class Dispatcher:
         self, spec: CommandSpec, payload: dict[str, Any], ctx: CommandContext[Any]
     ) -> dict[str, Any] | Continue | SwitchboardError:
         try:
-            return await asyncio.wait_for(spec.handler(payload, ctx), self.settings.handler_timeout_seconds)
+            # asyncio.timeout, not wait_for: wait_for wraps the call in one more task per command.
+            async with asyncio.timeout(self.settings.handler_timeout_seconds):
+                return await spec.handler(payload, ctx)
         except SwitchboardError as exc:
             return exc
         except TimeoutError:

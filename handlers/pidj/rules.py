@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import zoneinfo
 from collections.abc import Iterable
@@ -127,14 +128,24 @@ def e164(value: Any, field: str) -> str:
     """
     if not isinstance(value, str) or not value.strip().startswith("+"):
         raise InvalidPayload(f"{field} must be an international phone number starting with +", path=at(field))
+    formatted, problem = _parse_e164(value)
+    if problem is not None:
+        raise InvalidPayload(f"{field} {problem}", path=at(field))
+    return formatted
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_e164(value: str) -> tuple[str, str | None]:
+    """(E.164, None) or ("", why not). Cached: parsing costs ~20 us and the
+    same numbers (a campaign's sender above all) come back again and again."""
     try:
         number = phonenumbers.parse(value, None)
     except phonenumbers.NumberParseException:
-        raise InvalidPayload(f"{field} is not a phone number", path=at(field)) from None
+        return "", "is not a phone number"
     if not phonenumbers.is_valid_number(number):
-        raise InvalidPayload(f"{field} is not a valid phone number", path=at(field))
+        return "", "is not a valid phone number"
     formatted: str = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    return formatted
+    return formatted, None
 
 
 def prefixed_id(value: Any, kind: str, field: str) -> str:

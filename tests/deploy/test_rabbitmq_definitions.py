@@ -2,52 +2,33 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import pika
 import pika.exceptions
 import pytest
 
 import handlers  # noqa: F401  (fills the registry)
-from tests.client.broker_fakes import AMQP_URL, Responder, reachable, terminal
+from tests.client.broker_fakes import Responder, terminal
 from tests.deploy import DEPLOY
+from tests.deploy.broker import DEV_PASSWORDS, Imported, declare_topology, definitions, rabbitmqctl
 from worker import topology
 from worker.client import Switchboard
 from worker.registry import registry
 
-DEFINITIONS = DEPLOY / "rabbitmq" / "definitions.json"
 PUBLISHING_DOC = DEPLOY.parent / "docs" / "publishing.md"
 DOC_URL = "amqp://switchboard-publisher:publisher-dev-password@localhost:5672/switchboard"
 VHOST = "switchboard"
-# The local-development passwords behind the hashes in definitions.json (docs/runbook.md says so too).
-DEV_PASSWORDS = {
-    "admin": "admin-dev-password",
-    "switchboard-worker": "worker-dev-password",
-    "switchboard-publisher": "publisher-dev-password",
-    "switchboard-scaler": "scaler-dev-password",
-}
 TOPOLOGY = topology.build({vendor: registry.types_of(vendor) for vendor in registry.vendors})
 TOPOLOGY_NAMES = [e.name for e in TOPOLOGY.exchanges] + [q.name for q in TOPOLOGY.queues]
 
 
-def _definitions() -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads(DEFINITIONS.read_text())
-    return loaded
-
-
 def _permissions(user: str) -> dict[str, str]:
-    found = [p for p in _definitions()["permissions"] if p["user"] == user and p["vhost"] == VHOST]
+    found = [p for p in definitions()["permissions"] if p["user"] == user and p["vhost"] == VHOST]
     assert len(found) == 1, f"{user} needs exactly one permission entry on {VHOST}"
     return {k: found[0][k] for k in ("configure", "write", "read")}
 
@@ -60,9 +41,9 @@ def _allows(pattern: str, name: str) -> bool:
 class TestStatically:
     def test_has_the_vhost_and_the_users(self) -> None:
         """The file creates the switchboard vhost and a worker, a publisher, a scaler and an admin user."""
-        definitions = _definitions()
-        assert [v["name"] for v in definitions["vhosts"]] == [VHOST]
-        assert {u["name"] for u in definitions["users"]} == set(DEV_PASSWORDS)
+        loaded = definitions()
+        assert [v["name"] for v in loaded["vhosts"]] == [VHOST]
+        assert {u["name"] for u in loaded["users"]} == set(DEV_PASSWORDS)
 
     def test_worker_may_touch_every_topology_name(self) -> None:
         """The worker can declare, publish to and read every switchboard.* name, and reply via amq.default."""
@@ -86,7 +67,7 @@ class TestStatically:
 
     def test_scaler_has_monitoring_tag_and_no_resource_rights(self) -> None:
         """KEDA's user only reads queue lengths over the management API: no configure/write/read."""
-        users = {u["name"]: u for u in _definitions()["users"]}
+        users = {u["name"]: u for u in definitions()["users"]}
         assert users["switchboard-scaler"]["tags"] == ["monitoring"]
         assert _permissions("switchboard-scaler") == {"configure": "^$", "write": "^$", "read": "^$"}
 
@@ -94,81 +75,8 @@ class TestStatically:
 # -- against the real broker ----------------------------------------------------
 
 
-def _rabbitmqctl(
-    *args: str, check: bool = True, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    binary = shutil.which("rabbitmqctl")
-    assert binary is not None
-    return subprocess.run(
-        [binary, "-q", *args], check=check, capture_output=True, text=True, timeout=60, input=stdin
-    )
-
-
-def _rabbitmqctl_usable() -> bool:
-    if shutil.which("rabbitmqctl") is None or not reachable(AMQP_URL):
-        return False
-    try:
-        return _rabbitmqctl("list_vhosts", check=False).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
-@dataclass
-class Imported:
-    """definitions.json imported under unique names, so it never collides with a real setup."""
-
-    vhost: str
-    prefix: str
-
-    def url(self, user: str) -> str:
-        return f"amqp://{self.prefix}{user}:{DEV_PASSWORDS[user]}@127.0.0.1:5672/{quote(self.vhost, safe='')}"
-
-
-@pytest.fixture(scope="module")
-def imported() -> Iterator[Imported]:
-    if not _rabbitmqctl_usable():
-        pytest.skip("rabbitmqctl cannot reach a local RabbitMQ node")
-    tag = f"sbtest-{uuid.uuid4().hex[:8]}"
-    target = Imported(vhost=tag, prefix=f"{tag}-")
-    definitions = _definitions()
-    for vhost in definitions["vhosts"]:
-        vhost["name"] = target.vhost
-    for user in definitions["users"]:
-        user["name"] = target.prefix + user["name"]
-    for permission in definitions["permissions"]:
-        permission["user"] = target.prefix + permission["user"]
-        permission["vhost"] = target.vhost
-    # On stdin: the node may run as another user that cannot read our temporary files.
-    _rabbitmqctl("import_definitions", "--format", "json", stdin=json.dumps(definitions))
-    try:
-        _wait_for_permissions(target, expected=len(definitions["permissions"]))
-        yield target
-    finally:
-        _rabbitmqctl("delete_vhost", target.vhost, check=False)
-        for user in DEV_PASSWORDS:
-            _rabbitmqctl("delete_user", target.prefix + user, check=False)
-
-
-def _wait_for_permissions(target: Imported, *, expected: int, timeout: float = 30.0) -> None:
-    """import_definitions returns before the import is done: wait until every permission exists."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        listed = _rabbitmqctl("list_permissions", "-p", target.vhost, "--no-table-headers", check=False)
-        if listed.returncode == 0 and len(listed.stdout.strip().splitlines()) >= expected:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"definitions were not imported into {target.vhost} within {timeout}s")
-
-
 def _declare_topology(channel: Any) -> None:
-    for exchange in TOPOLOGY.exchanges:
-        channel.exchange_declare(
-            exchange.name, exchange.kind, durable=True, arguments=exchange.arguments or None
-        )
-    for queue in TOPOLOGY.queues:
-        channel.queue_declare(queue.name, durable=True, arguments=queue.arguments or None)
-        for exchange_name, routing_key, arguments in queue.bindings:
-            channel.queue_bind(queue.name, exchange_name, routing_key, arguments)
+    declare_topology(channel, {vendor: registry.types_of(vendor) for vendor in registry.vendors})
 
 
 def _refused(url: str, action: Any) -> bool:
@@ -192,7 +100,7 @@ class TestOnTheBroker:
         """Each documented local-development password authenticates its user."""
         for user, password in DEV_PASSWORDS.items():
             assert (
-                _rabbitmqctl("authenticate_user", imported.prefix + user, password, check=False).returncode
+                rabbitmqctl("authenticate_user", imported.prefix + user, password, check=False).returncode
                 == 0
             )
 
