@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--profile", action="store_true", help="sample the worker with py-spy; summaries in bench/results/"
     )
+    parser.add_argument("--worker-log-level", default="WARNING", help="SWITCHBOARD_LOG_LEVEL of the worker")
     parser.add_argument(
         "--force", action="store_true", help="purge switchboard.pidj even if something consumes it"
     )
@@ -99,6 +100,7 @@ def _config(args: argparse.Namespace, workdir: Path, stamp: str) -> RunConfig:
         latencies_ms=tuple(float(value) for value in args.latencies.split(",") if value.strip()),
         paced_rate=args.paced_rate,
         repeat=args.repeat or (1 if quick else 3),
+        worker_log_level=args.worker_log_level,
         paced_commands=args.paced or (2_000 if quick else 5_000),
         backlog_latency_ms=args.backlog_latency,
         sim_impl=args.sim_impl,
@@ -162,7 +164,7 @@ def _throughput(config: RunConfig, groups: set[str], worker_ok: bool, no_confirm
         systems += [
             (f"worker [{store}]", functools.partial(scenarios.worker, store=store)) for store in config.stores
         ]
-    for latency in config.latencies_ms:
+    for latency in config.latencies_ms if systems else ():
         with scenarios.simulator(config, latency) as sim:
             for round_ in range(config.repeat):
                 for name, step in systems:

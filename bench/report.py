@@ -69,6 +69,8 @@ def table(rows: Sequence[Row]) -> str:
     lines = [header, "|" + "---|" * 2 + "---:|" * 10]
     for row in rows:
         calls = "-" if row.vendor_calls is None else f"{row.vendor_calls:,}"
+        if row.vendor_repeats:
+            calls += f" ({row.vendor_repeats:,} repeated)"
         cells = [
             row.scenario, row.system, f"{row.vendor_latency_ms:g}", f"{row.commands:,}", _number(row.rate),
             _number(row.rate_end_to_end), _number(ratio_of(row, rows), 2), _number(row.p50_ms, 1),

@@ -43,6 +43,7 @@ class RunConfig:
     results_dir: Path
     stamp: str
     profile: bool = False
+    worker_log_level: str = "WARNING"
     redis_url: str = "redis://127.0.0.1:6379/15"
     account_key: str = "bench-key"
     token: str = "bench-token"
@@ -79,6 +80,7 @@ class Row:
     cpu_seconds_per_1k: float
     peak_rss_mb: float
     vendor_calls: int | None
+    vendor_repeats: int | None  # texts sent more than once for the same command
     statuses: dict[str, int]
     notes: list[str] = field(default_factory=list)
 
@@ -89,7 +91,21 @@ class Row:
         }
 
 
-def _row(scenario: str, system: str, latency_ms: float, measured: Measured, vendor_calls: int | None) -> Row:
+@dataclass(frozen=True)
+class Calls:
+    """The simulator's counters; subtract two readings for a run's share."""
+
+    sent: int
+    repeated: int
+
+    def __sub__(self, other: Calls) -> Calls:
+        return Calls(self.sent - other.sent, self.repeated - other.repeated)
+
+
+def _row(scenario: str, system: str, latency_ms: float, measured: Measured, calls: Calls | None) -> Row:
+    notes = list(measured.notes)
+    if calls is not None and calls.repeated:
+        notes.append(f"{calls.repeated} texts sent to the vendor more than once for the same command")
     return Row(
         scenario=scenario,
         system=system,
@@ -104,9 +120,10 @@ def _row(scenario: str, system: str, latency_ms: float, measured: Measured, vend
         if measured.collected.count
         else math.nan,
         peak_rss_mb=measured.peak_rss_bytes / 2**20 if measured.peak_rss_bytes else math.nan,
-        vendor_calls=vendor_calls,
+        vendor_calls=None if calls is None else calls.sent,
+        vendor_repeats=None if calls is None else calls.repeated,
         statuses=dict(measured.collected.statuses),
-        notes=list(measured.notes),
+        notes=notes,
     )
 
 
@@ -128,10 +145,10 @@ class Simulator:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api/2020"
 
-    def sent(self) -> int:
+    def sent(self) -> Calls:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=5) as answer:
-            sent: int = orjson.loads(answer.read())["sent"]
-            return sent
+            counters = orjson.loads(answer.read())
+            return Calls(sent=int(counters["sent"]), repeated=int(counters["repeated"]))
 
     def stop(self) -> None:
         self.managed.stop(grace=5)
@@ -223,7 +240,7 @@ class Worker:
             "SWITCHBOARD_PIDJ_ACCOUNT_KEY": config.account_key,
             "SWITCHBOARD_PIDJ_TOKEN": config.token,
             "SWITCHBOARD_VENDORS": "pidj",
-            "SWITCHBOARD_LOG_LEVEL": "WARNING",
+            "SWITCHBOARD_LOG_LEVEL": config.worker_log_level,
             "SWITCHBOARD_LOG_FORMAT": "json",
             "SWITCHBOARD_MAX_IN_FLIGHT": str(config.max_in_flight),
             "SWITCHBOARD_SHUTDOWN_GRACE_SECONDS": "5",

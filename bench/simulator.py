@@ -44,11 +44,20 @@ class Counters:
     """What the simulator has answered since it started."""
 
     sent: int = 0
+    repeated: int = 0  # texts whose form body was already sent once: the same command sent twice
     unauthorized: int = 0
     other: int = 0
+    bodies: set[bytes] = field(default_factory=set, repr=False)
 
     def as_json(self) -> bytes:
-        return orjson.dumps({"sent": self.sent, "unauthorized": self.unauthorized, "other": self.other})
+        return orjson.dumps(
+            {
+                "sent": self.sent,
+                "repeated": self.repeated,
+                "unauthorized": self.unauthorized,
+                "other": self.other,
+            }
+        )
 
 
 @dataclass
@@ -63,8 +72,13 @@ class Config:
         raw = f"{self.account_key}:{self.token}".encode()
         return "Basic " + base64.b64encode(raw).decode()
 
-    def route(self, method: str, path: str, authorization: str | None) -> tuple[int, bytes, bool]:
-        """(status, body, delayed) for one request; ``delayed`` answers wait for the latency."""
+    def route(
+        self, method: str, path: str, authorization: str | None, body: bytes = b""
+    ) -> tuple[int, bytes, bool]:
+        """(status, body, delayed) for one request; ``delayed`` answers wait for the latency.
+
+        The bench puts the command id in each text, so a body seen twice is a command sent twice.
+        """
         path = path.split("?", 1)[0]
         if path == "/stats" and method == "GET":
             return 200, self.counters.as_json(), False
@@ -76,6 +90,10 @@ class Config:
             return 401, UNAUTHORIZED, False
         if path == f"{PREFIX}/send" and method == "POST":
             self.counters.sent += 1
+            if body in self.counters.bodies:
+                self.counters.repeated += 1
+            else:
+                self.counters.bodies.add(body)
             return 200, SENT, True
         if path == f"{PREFIX}/authorization-check" and method in ("GET", "POST"):
             return 200, AUTHORIZED, False
@@ -152,11 +170,13 @@ class _Protocol(asyncio.Protocol):
             total = end + 4 + request.body_length
             if len(self.buffer) < total:
                 return
+            self._dispatch(request, bytes(self.buffer[end + 4 : total]))
             del self.buffer[:total]
-            self._dispatch(request)
 
-    def _dispatch(self, request: _Request) -> None:
-        status, body, delayed = self.config.route(request.method, request.path, request.authorization)
+    def _dispatch(self, request: _Request, content: bytes) -> None:
+        status, body, delayed = self.config.route(
+            request.method, request.path, request.authorization, content
+        )
         slot = self._slot()
         payload = _response(status, body, close=request.close)
         if delayed and self.config.latency > 0:
@@ -191,10 +211,9 @@ class _Protocol(asyncio.Protocol):
 
 def _aiohttp_app(config: Config) -> web.Application:
     async def handle(request: web.Request) -> web.Response:
-        if request.method == "POST":
-            await request.read()
+        content = await request.read() if request.method == "POST" else b""
         status, body, delayed = config.route(
-            request.method, request.path, request.headers.get("Authorization")
+            request.method, request.path, request.headers.get("Authorization"), content
         )
         if delayed and config.latency > 0:
             await asyncio.sleep(config.latency)

@@ -7,6 +7,9 @@
 # the result; pass --upgrade to move every pin to the newest allowed version.
 # Needs PyPI; pip-tools is installed in a throwaway virtualenv.
 set -euo pipefail
+# Resolve against PyPI alone, whatever pip.conf says on this machine (local wheel folders,
+# mirrors or constraints would leak into the lock).
+export PIP_CONFIG_FILE=/dev/null
 cd "$(dirname "$0")/.."
 tools="$(mktemp -d)"
 trap 'rm -rf "$tools"' EXIT

@@ -23,6 +23,10 @@ import pika.frame
 import pika.spec
 from pika.adapters.asyncio_connection import AsyncioConnection
 
+from worker import amqp_tuning
+
+amqp_tuning.apply()
+
 OnMessage = Callable[[pika.channel.Channel, pika.spec.Basic.Deliver, pika.spec.BasicProperties, bytes], None]
 
 

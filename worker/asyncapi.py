@@ -36,6 +36,8 @@ and fails when the table and the code disagree.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import sys
 from collections.abc import Iterable
@@ -50,10 +52,6 @@ VHOST = "/"
 PERSISTENT = 2
 
 TERMINAL_STATUSES = ("succeeded", "failed", "rejected")
-PROGRESS_TYPES = ("upload_list",)
-"""Commands that publish ``<type>.progress`` while they run (handlers that return ``Continue``)."""
-DEFERRED_TYPES = ("send_text", "subscribe_series", "initiate_survey")
-"""Commands that may publish ``<type>.deferred`` when the worker postpones them."""
 
 STATUS_DESCRIPTIONS = {
     "succeeded": "Terminal. The vendor did it; `result` holds what it returned that matters.",
@@ -67,7 +65,10 @@ STATUS_DESCRIPTIONS = {
         "vendor was not called. Rejections are not stored: fix the message and publish it again."
     ),
     "progress": "Not terminal. A step of a long-running command; `result` holds the progress so far.",
-    "deferred": "Not terminal. The worker postponed the command; it runs later and a terminal event follows.",
+    "deferred": (
+        "Not terminal. The worker postponed the command (quiet hours at the recipient: `result.reason`, "
+        "`result.until`, `result.time_zone`); it runs then, and a terminal event follows."
+    ),
 }
 
 ERROR_CODES: dict[str, tuple[str, str]] = {
@@ -109,6 +110,10 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "twice. Reconcile before publishing again with a new id.",
     ),
     "recipient_opted_out": ("failed", "The recipient is on the suppression list; nothing was sent."),
+    "cancelled": (
+        "failed",
+        "An operator cancelled the command before it ran (`details.reason`, `details.cancelled_at`).",
+    ),
     "suppression_list_unavailable": (
         "failed",
         "The suppression list could not be read, so nothing was sent; retries gave up.",
@@ -171,7 +176,7 @@ def build_document(registry: Registry) -> dict[str, Any]:
         component_schemas[f"{spec.type}_command"] = _command_schema(spec.type)
         messages[f"command.{spec.type}"] = _command_message(spec)
         channels[f"command.{spec.type}"] = _command_channel(spec)
-        statuses = event_statuses(spec.type)
+        statuses = event_statuses(spec)
         for status in statuses:
             component_schemas[f"{spec.type}_{status}_event"] = _event_schema(spec.type, status)
             messages[f"event.{spec.type}.{status}"] = _event_message(spec.type, status)
@@ -210,12 +215,17 @@ def render(registry: Registry) -> str:
     return json.dumps(build_document(registry), indent=2, sort_keys=True) + "\n"
 
 
-def event_statuses(command_type: str) -> list[str]:
-    """The statuses a command type's events can have."""
+def event_statuses(spec: CommandSpec) -> list[str]:
+    """The statuses a command type's events can have.
+
+    ``progress`` when its handler may return :class:`Continue` (it says so in
+    its return annotation); ``deferred`` when it names a recipient, which is
+    what quiet hours defer on.
+    """
     statuses = list(TERMINAL_STATUSES)
-    if command_type in PROGRESS_TYPES:
+    if "Continue" in str(inspect.get_annotations(spec.handler).get("return", "")):
         statuses.append("progress")
-    if command_type in DEFERRED_TYPES:
+    if spec.recipient is not None:
         statuses.append("deferred")
     return statuses
 
@@ -302,20 +312,39 @@ def _code_schema(status: str) -> dict[str, Any]:
 
 
 def _command_schema(command_type: str) -> dict[str, Any]:
-    return {
-        "title": f"{command_type} command",
-        "description": f"The command envelope with type `{command_type}` and its payload.",
-        "allOf": [
-            {"$ref": "#/components/schemas/command"},
-            {
-                "type": "object",
-                "properties": {
-                    "type": {"const": command_type},
-                    "payload": {"$ref": f"#/components/schemas/{command_type}_payload"},
-                },
-            },
-        ],
-    }
+    return _specialise(
+        "command",
+        title=f"{command_type} command",
+        description=f"The command envelope with type `{command_type}` and its payload: what you publish.",
+        narrow={"type": {"const": command_type}},
+        replace={"payload": {"$ref": f"#/components/schemas/{command_type}_payload"}},
+    )
+
+
+def _specialise(
+    envelope: str,
+    *,
+    title: str,
+    description: str,
+    narrow: dict[str, dict[str, Any]],
+    replace: dict[str, dict[str, Any]],
+    required: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """The envelope schema file with some properties narrowed (keywords added) or replaced.
+
+    A flat copy rather than ``allOf[envelope, refinement]``: code generators
+    turn a flat schema into one typed model, while ``allOf`` leaves them a
+    loose map for ``payload``.
+    """
+    schema = _embed(schemas.load(envelope), envelope, title)
+    for key in ("x-schema-id", "x-schema-title"):
+        schema.pop(key, None)
+    schema["description"] = description
+    for name, keywords in narrow.items():
+        schema["properties"][name] = {**schema["properties"][name], **keywords}
+    schema["properties"].update(replace)
+    schema["required"] = [*schema["required"], *(name for name in required if name not in schema["required"])]
+    return schema
 
 
 def _command_message(spec: CommandSpec) -> dict[str, Any]:
@@ -352,20 +381,22 @@ def _command_message(spec: CommandSpec) -> dict[str, Any]:
 
 def _event_schema(command_type: str, status: str) -> dict[str, Any]:
     """The event envelope with ``type`` and ``status`` fixed, and what that status requires."""
-    refinement: dict[str, Any] = {
-        "type": "object",
-        "properties": {"type": {"const": command_type}, "status": {"const": status}},
-    }
-    if status in ("succeeded", "progress"):
-        refinement["required"] = ["result"]
+    replace: dict[str, dict[str, Any]] = {}
+    required: tuple[str, ...] = ("result",) if status in ("succeeded", "progress", "deferred") else ()
     if status in ("failed", "rejected"):
         code = "failure_code" if status == "failed" else "rejection_code"
-        refinement["required"] = ["error"]
-        refinement["properties"]["error"] = {"properties": {"code": {"$ref": f"#/components/schemas/{code}"}}}
-    return {
-        "title": f"{command_type} {status} event",
-        "allOf": [{"$ref": "#/components/schemas/event"}, refinement],
-    }
+        error = copy.deepcopy(schemas.load("event")["properties"]["error"])
+        error["title"] = "failure" if status == "failed" else "rejection"
+        error["properties"]["code"] = {"$ref": f"#/components/schemas/{code}"}
+        replace["error"], required = error, ("error",)
+    return _specialise(
+        "event",
+        title=f"{command_type} {status} event",
+        description=f"The event envelope with type `{command_type}` and status `{status}`.",
+        narrow={"type": {"const": command_type}, "status": {"const": status}},
+        replace=replace,
+        required=required,
+    )
 
 
 def _event_message(command_type: str, status: str) -> dict[str, Any]:

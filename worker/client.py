@@ -143,6 +143,7 @@ class Switchboard:
         self._producer: Any = _kombu.Producer(self._conn, auto_declare=False, on_return=self._on_return)
         self._reply_queue: str | None = None
         self._reply_consumer: Any = None
+        self._reply_connection: Any = None  # the AMQP connection the reply queue lives on
         self._waiting: _Waiter | None = None
         self.commands = Commands(self, payload_schemas)
 
@@ -196,7 +197,7 @@ class Switchboard:
         with self._lock:
             self._waiting = _Waiter(envelope["id"], on_event)
             try:
-                self._publish(envelope, reply_to=self._ensure_reply_queue())
+                self._publish_with_reply_queue(envelope)
                 return self._wait(envelope, deadline)
             finally:
                 self._waiting = None
@@ -206,6 +207,7 @@ class Switchboard:
         with self._lock:
             self._reply_consumer = None
             self._reply_queue = None
+            self._reply_connection = None
             self._conn.release()
 
     def __enter__(self) -> Switchboard:
@@ -290,14 +292,35 @@ class Switchboard:
 
     def _ensure_reply_queue(self) -> str:
         """Declare (once per connection) a server-named exclusive reply queue and consume it."""
-        if self._reply_queue is None or self._reply_consumer is None:
+        self._conn.ensure_connection(**self._retry_policy)
+        if self._reply_queue is None or self._reply_connection is not self._conn.connection:
             channel = self._conn.channel()
             queue = _kombu.Queue("", exclusive=True, auto_delete=True, durable=False)
             consumer = _kombu.Consumer(channel, queues=[queue], no_ack=True, on_message=self._on_reply)
             consumer.consume()
             self._reply_consumer = consumer
+            self._reply_connection = self._conn.connection
             self._reply_queue = str(consumer.queues[0].name)
         return self._reply_queue
+
+    def _publish_with_reply_queue(self, envelope: dict[str, Any]) -> None:
+        """Publish with ``reply_to``; if the publish itself had to reconnect, the queue named in it
+        died with the old connection: publish again (same id) naming a new one."""
+        for _ in range(3):
+            try:
+                reply_to = self._ensure_reply_queue()
+            except Exception as exc:  # kombu's connection errors, after its retry policy
+                raise PublishError(
+                    f"command {envelope['id']} was not published: {exc!r}", command_id=envelope["id"]
+                ) from exc
+            self._publish(envelope, reply_to=reply_to)
+            if self._reply_connection is self._conn.connection:
+                return
+        raise PublishError(
+            f"command {envelope['id']} was published but the connection keeps dropping; its event is "
+            "on switchboard.events",
+            command_id=envelope["id"],
+        )
 
     def _on_reply(self, message: Any) -> None:
         waiter = self._waiting
@@ -338,8 +361,7 @@ class Switchboard:
         self._reply_consumer = None
         self._reply_queue = None
         self._producer.revive(self._conn)
-        self._conn.ensure_connection(**self._retry_policy)
-        self._publish(envelope, reply_to=self._ensure_reply_queue())
+        self._publish_with_reply_queue(envelope)
 
 
 class _Waiter:

@@ -15,7 +15,7 @@ def _row(system: str, rate: float, latency: float = 50, scenario: str = "through
     return Row(
         scenario=scenario, system=system, vendor_latency_ms=latency, commands=1000, rate=rate,
         rate_end_to_end=rate, publish_rate=10_000, p50_ms=55, p99_ms=80, cpu_seconds_per_1k=0.3,
-        peak_rss_mb=rss, vendor_calls=1000, statuses={"succeeded": 1000},
+        peak_rss_mb=rss, vendor_calls=1000, vendor_repeats=0, statuses={"succeeded": 1000},
     )  # fmt: skip
 
 

@@ -37,6 +37,15 @@ async def test_send_answers_text_sent_after_the_latency(simulator: RunningSimula
     assert simulator.counters.sent == 1
 
 
+async def test_the_same_text_twice_counts_as_a_repeat(simulator: RunningSimulator) -> None:
+    """A form body already sent once (the bench puts the command id in the text) counts as repeated."""
+    async with aiohttp.ClientSession() as session:
+        for form in (FORM, {**FORM, "text_body": "other"}, FORM):
+            async with session.post(simulator.base_url + "/send", data=form, headers=AUTH) as answer:
+                assert answer.status == 200
+    assert (simulator.counters.sent, simulator.counters.repeated) == (3, 1)
+
+
 async def test_wrong_credentials_are_refused(simulator: RunningSimulator) -> None:
     """A wrong token or no Authorization header gets 401 and counts as no text sent."""
     async with aiohttp.ClientSession() as session:

@@ -230,6 +230,33 @@ class TestCall:
         assert fake.seen["resilient"] == 2
         assert len(set(fake.reply_queues)) == 2
 
+    def test_survives_a_connection_drop_during_the_publish(
+        self,
+        proxied_url: str,
+        proxy: Proxy,
+        payload_schemas: dict[str, dict[str, Any]],
+        responder: Callable[[Answer], Responder],
+        command_type: str,
+    ) -> None:
+        """If the publish had to reconnect, the reply queue it named is gone: call() asks again with a new one."""
+
+        class CutBeforeFirstPublish(Switchboard):
+            cut = False
+
+            def _ensure_reply_queue(self) -> str:
+                name = super()._ensure_reply_queue()
+                if not self.cut:
+                    self.cut = True
+                    proxy.cut()  # the queue just declared dies with this connection
+                return name
+
+        fake = responder(_succeed)
+        with CutBeforeFirstPublish(proxied_url, payload_schemas=payload_schemas) as sb:
+            event = sb.call(command_type, PAYLOAD, id="cut-mid-publish", timeout=20)
+        assert event["command_id"] == "cut-mid-publish"
+        assert proxy.accepted >= 2
+        assert fake.seen["cut-mid-publish"] >= 1
+
 
 class TestHelpers:
     def test_helper_sends_keyword_fields_as_the_payload(

@@ -9,7 +9,7 @@ import pytest
 import handlers  # noqa: F401  (fills the registry)
 import schemas
 from tests.client.broker_fakes import TEST_SCHEMA
-from worker.client import Switchboard
+from worker.client import PublishError, Switchboard
 from worker.errors import CommandRejected, InvalidPayload
 from worker.registry import registry
 
@@ -73,11 +73,17 @@ class TestLocalValidation:
 
     def test_validation_can_be_turned_off(self) -> None:
         """validate=False skips the schema check (the publish then fails on the unreachable broker)."""
-        from worker.client import PublishError
-
         loose = Switchboard(UNUSED_URL, validate=False, retry_policy={"max_retries": 0})
         with pytest.raises(PublishError):
             loose.send("anything", {"whatever": 1})
+
+    def test_unreachable_broker_is_a_publish_error_for_call_too(self) -> None:
+        """call() against a broker that never answers raises PublishError (not a kombu error)."""
+        client = Switchboard(
+            UNUSED_URL, payload_schemas={"echo": TEST_SCHEMA}, retry_policy={"max_retries": 0}
+        )
+        with pytest.raises(PublishError):
+            client.call("echo", {"to_number": "+15551234567", "text": "t"}, timeout=1)
 
 
 @pytest.mark.skipif(not schemas.payload_names(), reason="no payload schemas in schemas/v1/payloads yet")

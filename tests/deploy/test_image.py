@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import os
 import re
+import subprocess
+import sys
+import threading
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -56,10 +64,16 @@ class TestDockerfile:
         assert 'ENTRYPOINT ["switchboard"]' in final
         assert 'CMD ["run"]' in final
 
-    def test_health_check_calls_healthz(self) -> None:
-        """HEALTHCHECK asks the worker's /healthz on its metrics port."""
+    def test_health_check_succeeds_only_when_healthz_answers(self) -> None:
+        """The HEALTHCHECK command exits 0 when /healthz on SWITCHBOARD_METRICS_PORT answers 200, else not."""
         health = [i for i in _final_stage() if i.startswith("HEALTHCHECK")]
-        assert len(health) == 1 and "/healthz" in health[0] and "SWITCHBOARD_METRICS_PORT" in health[0]
+        assert len(health) == 1
+        command: list[str] = json.loads(health[0].split(" CMD ", 1)[1])
+        assert command[0] == "python"
+        with _server(status=200) as port:
+            assert _run_check(command, port) == 0
+        with _server(status=503) as port:
+            assert _run_check(command, port) != 0
 
     def test_installs_dependencies_from_the_locks_with_hashes(self) -> None:
         """Both lock files are installed with --require-hashes, before the sources are copied (layer caching)."""
@@ -80,6 +94,33 @@ class TestDockerfile:
                     assert f"!{source.rstrip('/')}" in ignore or f"!{source}" in ignore, (
                         f"{source} is ignored"
                     )
+
+
+@contextmanager
+def _server(status: int) -> Iterator[int]:
+    """A local HTTP server answering ``status`` on /healthz (404 elsewhere)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _run_check(command: list[str], port: int) -> int:
+    env = {**os.environ, "SWITCHBOARD_METRICS_PORT": str(port)}
+    return subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, timeout=30).returncode
 
 
 class TestLocks:
