@@ -104,6 +104,20 @@ def purge(url: str, queue: str) -> None:
         ch.queue_purge(queue)
 
 
+def purge_worker_queues(url: str) -> None:
+    """Empty the worker's queue and every queue that feeds it later (retry delays) or holds its
+    leftovers, so a command an earlier run left waiting for a retry is never counted in this one."""
+    layout = topology.build({"pidj": [COMMAND_KEY]})
+    with channel(url) as ch:
+        for queue in layout.queues:
+            try:
+                ch.queue_purge(queue.name)
+            except ChannelClosedByBroker as exc:
+                if exc.reply_code != 404:
+                    raise
+                ch = ch.connection.channel()
+
+
 def ensure_worker_topology(url: str, cli: Path) -> str:
     """Make sure the worker's exchanges and queue exist; says how.
 

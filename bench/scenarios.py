@@ -290,7 +290,7 @@ def _publish_and_wait(
 
 def worker(config: RunConfig, sim: Simulator, store: str, *, paced: bool = True) -> list[Row]:
     """The worker, already consuming: flooded with ``commands``, then paced."""
-    amqp.purge(config.amqp_url, amqp.WORKER_QUEUE)
+    amqp.purge_worker_queues(config.amqp_url)
     runner = Worker(config, sim, store, f"worker-{store}-{sim.latency_ms:g}ms")
     try:
         rows = _flood_and_paced(config, sim, f"worker [{store}]", amqp.COMMAND_KEY, runner.start(), paced)
@@ -302,7 +302,7 @@ def worker(config: RunConfig, sim: Simulator, store: str, *, paced: bool = True)
 
 def backlog(config: RunConfig, sim: Simulator, store: str) -> list[Row]:
     """``backlog`` commands queued before the worker starts: drain rate and peak RSS."""
-    amqp.purge(config.amqp_url, amqp.WORKER_QUEUE)
+    amqp.purge_worker_queues(config.amqp_url)
     prefix = _prefix("backlog")
     job = amqp.PublishJob(config.amqp_url, amqp.COMMAND_KEY, prefix, config.backlog)
     say(f"backlog [{store}]: publishing {config.backlog} commands before the worker starts")
@@ -319,7 +319,7 @@ def backlog(config: RunConfig, sim: Simulator, store: str) -> list[Row]:
         calls = sim.sent() - calls
     finally:
         notes = runner.stop()
-        amqp.purge(config.amqp_url, amqp.WORKER_QUEUE)  # what a failed start left behind
+        amqp.purge_worker_queues(config.amqp_url)  # what a failed start left behind
     row = _row("backlog drain", f"worker [{store}]", sim.latency_ms, measured, calls)
     row.notes.extend(notes)
     return [row]
@@ -327,7 +327,7 @@ def backlog(config: RunConfig, sim: Simulator, store: str) -> list[Row]:
 
 def replays(config: RunConfig, sim: Simulator, store: str) -> list[Row]:
     """``replays`` completed commands published again with the same ids: the rate of their events."""
-    amqp.purge(config.amqp_url, amqp.WORKER_QUEUE)
+    amqp.purge_worker_queues(config.amqp_url)
     system = f"worker [{store}]"
     prefix = _prefix("replay")
     runner = Worker(config, sim, store, f"worker-{store}-replays")

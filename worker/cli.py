@@ -125,8 +125,14 @@ def topology_declare(as_json: bool) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Write every schema as a file in this folder.",
 )
-def schemas_command(name: str | None, out: Path | None) -> None:
-    """Print the JSON Schemas (one by NAME, or all), or export them with --out."""
+@click.option("--asyncapi", is_flag=True, help="Print the AsyncAPI 3.0 document built from the same schemas.")
+def schemas_command(name: str | None, out: Path | None, asyncapi: bool) -> None:
+    """Print the JSON Schemas (one by NAME, or all), export them with --out, or --asyncapi."""
+    if asyncapi:
+        from worker import asyncapi as asyncapi_document
+
+        click.echo(asyncapi_document.render(_registry()), nl=False)
+        return
     names = ["command", "event", *schema_files.payload_names()]
     if name is not None:
         if name not in names:

@@ -4,10 +4,11 @@
 
     from worker.client import Switchboard
 
+    text = {"to_number": "+18885553333", "from_number": "+18885552222", "text_body": "Hi"}
     with Switchboard("amqp://publisher:secret@rabbitmq:5672/switchboard") as sb:
-        sb.send("send_text", {"to_number": "+15551234567", "text": "Hi"}, id="order-42")
-        event = sb.call("send_text", {"to_number": "+15551234567", "text": "Hi"}, id="order-43")
-        sb.commands.send_text(to_number="+15551234567", text="Hi", id="order-44")
+        sb.send("send_text", text, id="order-42-ready")
+        event = sb.call("send_text", text, id="order-42-shipped")  # the terminal event
+        sb.commands.send_text(**text, id="order-42-delivered")
 
 ``send`` publishes one command to ``switchboard.commands`` (routing key = the
 command type) as a persistent JSON message with ``message_id`` = the command
@@ -33,12 +34,16 @@ does), so a typo fails here with the field's JSON path
 Typed helpers (``sb.commands.<type>(**fields)``) are built from the schemas
 when first used, not generated into a module: the schemas installed with this
 package are the ones the worker validates with, so there is no second copy to
-drift out of date, and a schema added by a vendor team is usable without a
-client release. The price is that mypy cannot see the fields; each helper has
+drift out of date and no generated module to regenerate when a vendor team
+adds or changes a schema. The price is that mypy cannot see the fields; each helper has
 a real ``inspect.Signature`` (so ``help()``, IDEs at run time and misspelled
 keywords fail like an ordinary function call) and its values are checked
 against the schema on every call. ``tests/client`` checks every schema's
 helper against it.
+
+Each publish is a ``publish switchboard.commands`` OpenTelemetry producer
+span whose W3C ``traceparent`` travels in the AMQP headers, so the worker's
+spans join the caller's trace (a no-op without an SDK in the caller).
 
 A ``Switchboard`` holds one AMQP connection; its methods take a lock, so
 threads may share one but their calls run one at a time. Use one per thread
@@ -47,6 +52,7 @@ threads may share one but their calls run one at a time. Use one per thread
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import keyword
@@ -61,6 +67,8 @@ from typing import Any, Final
 import jsonschema_rs
 import kombu
 import orjson
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
 
 import schemas
 from worker.errors import CommandRejected, InvalidPayload
@@ -255,25 +263,27 @@ class Switchboard:
             properties["reply_to"] = reply_to
             properties["correlation_id"] = command_id
         self._returned.discard(command_id)
-        try:
-            self._producer.publish(
-                orjson.dumps(envelope),
-                exchange=self._exchange,
-                routing_key=envelope["type"],
-                content_type="application/json",
-                content_encoding="utf-8",
-                delivery_mode=2,
-                mandatory=True,
-                retry=True,
-                retry_policy=self._retry_policy,
-                declare=[],
-                confirm_timeout=self._confirm_timeout,
-                **properties,
-            )
-        except Exception as exc:  # kombu raises library errors of many kinds; the caller needs one
-            raise PublishError(
-                f"command {command_id} was not published: {exc!r}", command_id=command_id
-            ) from exc
+        with _publish_span(self._exchange, envelope["type"], command_id) as headers:
+            try:
+                self._producer.publish(
+                    orjson.dumps(envelope),
+                    exchange=self._exchange,
+                    routing_key=envelope["type"],
+                    content_type="application/json",
+                    content_encoding="utf-8",
+                    delivery_mode=2,
+                    mandatory=True,
+                    retry=True,
+                    retry_policy=self._retry_policy,
+                    declare=[],
+                    confirm_timeout=self._confirm_timeout,
+                    headers=headers or None,
+                    **properties,
+                )
+            except Exception as exc:  # kombu raises library errors of many kinds; the caller needs one
+                raise PublishError(
+                    f"command {command_id} was not published: {exc!r}", command_id=command_id
+                ) from exc
         if command_id in self._returned:
             self._returned.discard(command_id)
             raise PublishError(
@@ -362,6 +372,28 @@ class Switchboard:
         self._reply_queue = None
         self._producer.revive(self._conn)
         self._publish_with_reply_queue(envelope)
+
+
+@contextlib.contextmanager
+def _publish_span(exchange: str, routing_key: str, command_id: str) -> Iterator[dict[str, str]]:
+    """A ``publish <exchange>`` producer span, and the W3C trace headers that let the worker join it.
+
+    Without an OpenTelemetry SDK in the calling service this costs nothing and
+    yields no headers; with one, the worker's ``process`` span continues the
+    caller's trace.
+    """
+    attributes = {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.type": "publish",
+        "messaging.destination.name": exchange,
+        "messaging.rabbitmq.destination.routing_key": routing_key,
+        "messaging.message.id": command_id,
+    }
+    tracer = trace.get_tracer("switchboard.client")
+    with tracer.start_as_current_span(f"publish {exchange}", kind=SpanKind.PRODUCER, attributes=attributes):
+        headers: dict[str, str] = {}
+        propagate.inject(headers)
+        yield headers
 
 
 class _Waiter:

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from handlers import segments
 from handlers.pidj import rules
 from handlers.pidj.client import build_form
 from handlers.pidj.common import VENDOR, PidjContext, recipient_number, refuse_if_opted_out, status_of
+from worker.metrics import SMS_SEGMENTS
 from worker.registry import registry
 
 
 def check_send_text(payload: dict[str, Any]) -> dict[str, Any]:
-    """E.164 numbers, exactly one of from_number/group_id, 1,600 characters unless truncation is accepted."""
+    """E.164 numbers, exactly one of from_number/group_id, 1,600 characters unless truncation is accepted.
+
+    With ``replace_lookalikes`` the text's typographic look-alikes (curly quotes,
+    dashes, ...) become their GSM-7 equivalents first, so the limit applies to
+    what is sent.
+    """
     checked = dict(payload)
+    if checked.get("replace_lookalikes") and isinstance(checked.get("text_body"), str):
+        checked["text_body"] = segments.to_gsm(checked["text_body"])
     checked["to_number"] = rules.e164(checked.get("to_number"), "to_number")
     if rules.exactly_one(checked, "from_number", "group_id") == "from_number":
         checked["from_number"] = rules.e164(checked["from_number"], "from_number")
@@ -46,8 +55,15 @@ async def send_text(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]
             "text_body": payload["text_body"],
         }
     )
+    cost = segments.analyse(payload["text_body"][: rules.MAX_TEXT_BODY])
+    warning = segments.ucs2_warning(payload["text_body"], cost)
+    if warning is not None:
+        ctx.log.warning("text forced to UCS-2", **warning)
     body = await ctx.client.post("/send", form)
+    SMS_SEGMENTS.labels(VENDOR, cost.encoding).inc(cost.segments)
     result = status_of(body)
+    result["encoding"] = cost.encoding
+    result["segments"] = cost.segments
     result["to_number"] = payload["to_number"]
     for key in ("from_number", "group_id"):
         if payload.get(key):

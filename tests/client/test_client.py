@@ -10,6 +10,9 @@ from typing import Any
 
 import pika
 import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from tests.client.broker_fakes import Answer, Observer, Proxy, Responder, terminal
 from worker.client import CallTimeout, PublishError, Switchboard
@@ -46,6 +49,25 @@ class TestSend:
         assert got.properties.delivery_mode == 2
         assert got.properties.content_type == "application/json"
         assert got.properties.reply_to is None
+
+    def test_carries_the_callers_trace_context(
+        self, client: Switchboard, observer: Observer, command_type: str
+    ) -> None:
+        """Inside the caller's span, the command carries a W3C traceparent of that trace (the worker joins it)."""
+        trace_id = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+        parent = SpanContext(
+            trace_id=trace_id, span_id=0x00F067AA0BA902B7, is_remote=False, trace_flags=TraceFlags(1)
+        )
+        token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))
+        try:
+            client.send(command_type, PAYLOAD, id="traced")
+        finally:
+            otel_context.detach(token)
+        client.send(command_type, PAYLOAD, id="untraced")
+        traced, untraced = observer.get(), observer.get()
+        assert traced.properties.headers["traceparent"].split("-")[1] == format(trace_id, "032x")
+        # Outside it: no header (no SDK), or a trace of its own (an SDK that other tests installed).
+        assert format(trace_id, "032x") not in str(untraced.properties.headers)
 
     def test_default_id_is_a_fresh_uuid_and_optional_fields_are_left_out(
         self, client: Switchboard, observer: Observer, command_type: str

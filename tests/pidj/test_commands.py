@@ -41,12 +41,26 @@ class TestSendText:
             "to_number": TO,
             "from_number": PRIMARY_NUMBER,
             "truncated": False,
+            "encoding": "GSM-7",
+            "segments": 1,
         }
         assert form_of(sim, "/send") == {
             "to_number": [TO],
             "from_number": [PRIMARY_NUMBER],
             "text_body": ["hi"],
         }
+
+    async def test_curly_quote_makes_ucs2_unless_replaced(self, run: Run, sim: PidjSimulator) -> None:
+        """One curly apostrophe turns a text into UCS-2; replace_lookalikes sends it as GSM-7 instead."""
+        text = "We\u2019re open " + "x" * 80
+        as_is = await run("send_text", {"to_number": TO, "from_number": PRIMARY_NUMBER, "text_body": text})
+        assert (as_is["encoding"], as_is["segments"]) == ("UCS-2", 2)
+        replaced = await run(
+            "send_text",
+            {"to_number": TO, "from_number": PRIMARY_NUMBER, "text_body": text, "replace_lookalikes": True},
+        )
+        assert (replaced["encoding"], replaced["segments"]) == ("GSM-7", 1)
+        assert form_of(sim, "/send")["text_body"] == ["We're open " + "x" * 80]
 
     async def test_sent_from_group(self, run: Run, sim: PidjSimulator) -> None:
         """group_id is sent instead of from_number; allow_truncation is not sent to Pidj."""
