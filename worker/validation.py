@@ -21,12 +21,43 @@ def _pointer(parts: list[str | int]) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
-def _describe(error: Any, prefix: str) -> dict[str, str]:
+def _at(schema: Any, path: list[str | int]) -> Any:
+    for part in path:
+        try:
+            schema = schema[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return schema
+
+
+def _choice_message(schema: dict[str, Any], error: Any) -> str | None:
+    """ "exactly one of from_number, group_id" for a oneOf of single ``required``s.
+
+    jsonschema's own text repeats the whole value and names no field."""
+    branches = _at(schema, list(error.schema_path))
+    if not isinstance(branches, list):
+        return None
+    names = [b["required"][0] for b in branches if isinstance(b, dict) and len(b.get("required", [])) == 1]
+    if len(names) != len(branches):
+        return None
+    listed = ", ".join(names)
+    if isinstance(error.kind, jsonschema_rs.ValidationErrorKind.OneOfMultipleValid):
+        return f"give only one of {listed}, not several"
+    return f"exactly one of {listed} is required"
+
+
+def _describe(error: Any, prefix: str, schema: dict[str, Any]) -> dict[str, str]:
     parts = list(error.instance_path)
     kind = error.kind
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.Required):
         parts.append(kind.property)
     message = str(error.message)
+    if isinstance(
+        kind,
+        jsonschema_rs.ValidationErrorKind.OneOfNotValid
+        | jsonschema_rs.ValidationErrorKind.OneOfMultipleValid,
+    ):
+        message = _choice_message(schema, error) or message
     if len(message) > _MAX_MESSAGE:
         message = message[:_MAX_MESSAGE] + "…"
     return {"path": prefix + _pointer(parts), "message": message}
@@ -37,6 +68,7 @@ class SchemaValidator:
 
     def __init__(self, schema: dict[str, Any], *, prefix: str = "") -> None:
         self._validator = jsonschema_rs.validator_for(schema, validate_formats=True)
+        self.schema = schema
         self.prefix = prefix
 
     def errors(self, instance: Any) -> list[dict[str, str]]:
@@ -45,7 +77,7 @@ class SchemaValidator:
                 return []
             found = []
             for error in self._validator.iter_errors(instance):
-                found.append(_describe(error, self.prefix))
+                found.append(_describe(error, self.prefix, self.schema))
                 if len(found) >= _MAX_ERRORS:
                     break
         except ValueError:

@@ -230,3 +230,14 @@ async def test_connection_refused_is_not_applied() -> None:
             await http.request("GET", "/x")
     assert info.value.maybe_applied is False
     assert info.value.code == "vendor_unreachable"
+
+
+def test_either_or_fields_get_a_readable_message() -> None:
+    """A oneOf of required fields says which fields, not the whole value."""
+    from worker.validation import SchemaValidator
+
+    validator = SchemaValidator(
+        {"type": "object", "oneOf": [{"required": ["a"]}, {"required": ["b"]}]}, prefix="/payload"
+    )
+    assert validator.errors({})[0]["message"] == "exactly one of a, b is required"
+    assert validator.errors({"a": 1, "b": 2})[0]["message"] == "give only one of a, b, not several"
