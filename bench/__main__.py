@@ -7,6 +7,7 @@ results to ``bench/results/<timestamp>.json`` and to ``--out``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import os
@@ -209,18 +210,7 @@ def _document(
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "config": {
-            "quick": args.quick,
-            "stores": list(config.stores),
-            "commands": config.commands,
-            "backlog": config.backlog,
-            "replays": config.replays,
-            "max_in_flight": config.max_in_flight,
-            "latencies_ms": list(config.latencies_ms),
-            "backlog_latency_ms": config.backlog_latency_ms,
-            "simulator": config.sim_impl,
-            "profile": config.profile,
-        },
+        "config": {"quick": args.quick} | _settings(config),
         "definitions": {
             "rate": "events/s between the 10th and 90th percentile of event receipt times (steady state)",
             "rate_end_to_end": "events / (first publish -> last event); backlog: first event -> last event",
@@ -235,6 +225,12 @@ def _document(
         ],
         "targets": report.targets(rows),
     }
+
+
+def _settings(config: RunConfig) -> dict[str, Any]:
+    """The run's settings, without paths or URLs (which may hold credentials)."""
+    hidden = {"workdir", "results_dir", "stamp", "amqp_url", "redis_url", "account_key", "token"}
+    return {key: value for key, value in dataclasses.asdict(config).items() if key not in hidden}
 
 
 def _nan_none(value: float) -> float | None:

@@ -175,8 +175,10 @@ def command_id(prefix: str, index: int) -> str:
 
 
 def command_body(command_id: str, sent_at: float) -> bytes:
+    # The id in the text lets the simulator spot a command sent to the vendor twice.
+    payload = {**PAYLOAD, "text_body": f"bench {command_id}"}
     return orjson.dumps(
-        {"id": command_id, "type": COMMAND_KEY, "payload": PAYLOAD, "meta": {"sent_at": sent_at}}
+        {"id": command_id, "type": COMMAND_KEY, "payload": payload, "meta": {"sent_at": sent_at}}
     )
 
 
