@@ -119,7 +119,11 @@ class Outbox:
         event_id: str,
     ) -> None:
         """Keep the original message in ``switchboard.dead`` with why it ended there."""
-        headers = {k: v for k, v in amqp_safe(original.headers).items() if k not in RUNTIME_HEADERS}
+        headers = {
+            k: v
+            for k, v in amqp_safe(original.headers).items()
+            if k not in RUNTIME_HEADERS and k != "x-delivery-count"
+        }
         headers.update(
             {
                 H_DEAD_STATUS: status,
@@ -157,6 +161,9 @@ class Outbox:
         """
         bucket = topology.delay_bucket(seconds)
         merged = amqp_safe(original.headers)
+        # The broker's redelivery count belongs to the message being acked, not
+        # to this new copy: carried over, it would make the copy look poisoned.
+        merged.pop("x-delivery-count", None)
         merged.update(headers)
         merged[topology.DELAY_HEADER] = f"{bucket}s"
         merged[H_NOT_BEFORE] = int((time.time() + seconds) * 1000)

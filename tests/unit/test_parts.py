@@ -241,3 +241,35 @@ def test_either_or_fields_get_a_readable_message() -> None:
     )
     assert validator.errors({})[0]["message"] == "exactly one of a, b is required"
     assert validator.errors({"a": 1, "b": 2})[0]["message"] == "give only one of a, b, not several"
+
+
+async def test_delayed_copy_drops_the_broker_delivery_count() -> None:
+    """A command sent back through a delay queue does not inherit the old redelivery count."""
+    import asyncio
+
+    from worker.outbox import Outbox
+
+    published: list[tuple[str, str, pika.BasicProperties]] = []
+
+    class Channel:
+        def publish(
+            self, exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties
+        ) -> asyncio.Future[None]:
+            published.append((exchange, routing_key, properties))
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            future.set_result(None)
+            return future
+
+    outbox = Outbox(lambda: Channel())  # type: ignore[arg-type,return-value]
+    original = pika.BasicProperties(
+        message_id="a", headers={"x-delivery-count": 7, "traceparent": "00-x", "f": 1.5}
+    )
+    await outbox.delay(
+        b"{}", original, routing_key="send_text", seconds=3, headers={"x-switchboard-attempts": 2}
+    )
+    exchange, routing_key, properties = published[0]
+    assert (exchange, routing_key) == ("switchboard.delay", "send_text")
+    assert "x-delivery-count" not in properties.headers
+    assert properties.headers["x-switchboard-delay"] == "5s"
+    assert properties.headers["traceparent"] == "00-x"
+    assert properties.headers["f"] == "1.5"
