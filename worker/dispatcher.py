@@ -179,13 +179,19 @@ class Dispatcher:
     async def _route(self, delivery: Delivery, decoded: Command | Rejection, started: float) -> None:
         if isinstance(decoded, Rejection):
             COMMANDS_RECEIVED.labels(decoded.type).inc()
+            structlog.contextvars.bind_contextvars(command_id=decoded.command_id, type=decoded.type, attempt=0)
             await self._reject(delivery, decoded, started)
             return
         command = decoded
         COMMANDS_RECEIVED.labels(command.type).inc()
         spec = self.registry.commands[command.type]
+        previous = command.headers.get(H_ATTEMPT, 0)
         structlog.contextvars.bind_contextvars(
-            command_id=command.id, type=command.type, vendor=spec.vendor, account=command.account
+            command_id=command.id,
+            type=command.type,
+            attempt=previous if isinstance(previous, int) else 0,
+            vendor=spec.vendor,
+            account=command.account,
         )
         rejection = self._check(command, spec)
         if rejection is not None:

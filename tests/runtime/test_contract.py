@@ -136,3 +136,17 @@ def test_unknown_account_is_rejected(worker: WorkerProcess) -> None:
         command_id = publish_command("send_text", SEND, account="nobody")
         event = tap.wait_for(command_id)
     assert event["error"]["code"] == "unknown_account"
+
+
+def test_log_lines_carry_the_command_and_mask_numbers(worker: WorkerProcess, pidj: PidjSimulator) -> None:
+    """Every log line about a command names it (command_id, type, attempt); no phone number appears whole."""
+    with EventTap() as tap:
+        command_id = publish_command("send_text", SEND)
+        tap.wait_for(command_id)
+    lines = [orjson.loads(line) for line in worker.logs().splitlines() if line.startswith("{")]
+    about = [line for line in lines if line.get("command_id") == command_id]
+    assert any(line["event"] == "command finished" for line in about)
+    assert all({"type", "attempt"} <= set(line) for line in about)
+    assert "8885553333" not in worker.logs()
+    assert "8885552222" not in worker.logs()
+    assert pidj.token not in worker.logs()
