@@ -132,7 +132,7 @@ class EventCollector(threading.Thread):
         self.events: list[dict[str, Any]] = []
         self.reconnects = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self.idle = threading.Event()
         """Set whenever the queue was seen empty."""
 
@@ -159,11 +159,11 @@ class EventCollector(threading.Thread):
             return list(self.events)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         self.join(30)
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             try:
                 self._consume()
             except (pika.exceptions.AMQPError, OSError):
@@ -179,7 +179,7 @@ class EventCollector(threading.Thread):
             for method, _, body in channel.consume(self.queue, inactivity_timeout=0.2):
                 if method is None:
                     self.idle.set()
-                    if self._stop.is_set():
+                    if self._stopping.is_set():
                         break
                     continue
                 self.idle.clear()

@@ -72,6 +72,8 @@ class DrillConfig:
     log_dir: Path | None = None
     """Where to keep every worker's log (kept only when given)."""
     max_in_flight: int = 64
+    quiet_timeout: float = 60.0
+    """How long to wait, after the last terminal event, for every queue to empty."""
 
 
 def phone_number(index: int) -> str:
@@ -190,6 +192,19 @@ class Workers:
         self._retire(victim)
         self.processes[index] = self._spawn(wait=False)
 
+    def replace_crashed(self) -> list[str]:
+        """Workers that exited on their own (a bug): restart them and say how each ended."""
+        crashed = []
+        for index, process in enumerate(self.processes):
+            assert process.process is not None
+            code = process.process.poll()
+            if code is not None:
+                last = process.logs().strip().splitlines()[-1:] or ["(no log)"]
+                crashed.append(f"worker exited with code {code} by itself; last log line: {last[0][:300]}")
+                self._retire(process)
+                self.processes[index] = self._spawn(wait=False)
+        return crashed
+
     def ready(self) -> list[bool]:
         return [process.get("/readyz")[0] == 200 for process in self.processes]
 
@@ -287,6 +302,7 @@ def _chaos(
             summary.kills += 1
             next_kill = now + (config.kill_every or float("inf"))
             progress(f"{now - start:6.1f}s  SIGKILL #{summary.kills}; published {publisher.published}")
+        summary.crashed.extend(workers.replace_crashed())
         if now >= next_burst:
             simulator.add_fault(config.faults.burst())
             next_burst = now + config.faults.burst_every
@@ -315,14 +331,19 @@ def _restart_broker(summary: Summary, workers: Workers, progress: Progress) -> N
     seconds = restart_broker_app(while_down)
     summary.broker_restarts += 1
     wait_for_broker()
-    summary.readyz_came_back = wait_until(lambda: all(workers.ready()), timeout=90, every=0.5)
+
+    def all_ready() -> bool:
+        summary.crashed.extend(workers.replace_crashed())
+        return all(workers.ready())
+
+    summary.readyz_came_back = wait_until(all_ready, timeout=60, every=0.5)
     progress(
         f"broker app restarted ({seconds:.1f}s down); readyz down={summary.readyz_went_down} back={summary.readyz_came_back}"
     )
     if not summary.readyz_went_down:
         summary.notes.append("no worker's /readyz failed while the broker was stopped")
     if not summary.readyz_came_back:
-        summary.notes.append("the workers' /readyz did not recover within 90 s of the broker restart")
+        summary.notes.append("the workers' /readyz did not recover within 60 s of the broker restart")
 
 
 def _settle(
@@ -336,6 +357,7 @@ def _settle(
     """Wait for a terminal event per command, then for every queue to empty and every worker to idle."""
 
     def finished() -> bool:
+        summary.crashed.extend(workers.replace_crashed())
         done = {
             e.get("command_id")
             for e in collector.snapshot()
@@ -359,8 +381,8 @@ def _settle(
         time.sleep(1)
         return quiet()
 
-    if not wait_until(quiet_twice, 60, every=0.5):
-        progress("queues or workers still busy after 60 s")
+    if not wait_until(quiet_twice, config.quiet_timeout, every=0.5):
+        progress(f"queues or workers still busy after {config.quiet_timeout:.0f}s")
 
 
 def main(argv: list[str] | None = None) -> int:

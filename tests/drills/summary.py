@@ -84,11 +84,13 @@ class Summary:
     foreign_events: list[str] = field(default_factory=list)
     dead_letter_problems: list[str] = field(default_factory=list)
     leftovers: dict[str, int] = field(default_factory=dict)
+    crashed: list[str] = field(default_factory=list)
+    """Workers that exited without being killed (each was restarted so the drill could go on)."""
     notes: list[str] = field(default_factory=list)
-    """Problems found outside the analysis (publisher error, readiness)."""
+    """Problems found outside the analysis (publisher error, readiness, time-outs)."""
 
     def problems(self) -> list[str]:
-        found = list(self.notes)
+        found = list(self.notes) + self.crashed
         checks = [
             ("commands without a terminal event (lost)", self.lost),
             ("commands with two different terminal events", self.two_outcomes),
@@ -136,6 +138,7 @@ class Summary:
             ("outcome_unknown from kills (no ambiguous fault)", str(self.unexplained_unknown)),
             ("re-published duplicate events (same event_id)", str(self.duplicate_events)),
             ("dead-letter copies", str(self.dead_letter_copies)),
+            ("workers that exited by themselves", str(len(self.crashed))),
             ("lost", str(len(self.lost))),
             ("two outcomes", str(len(self.two_outcomes))),
             ("unsafe repeats", str(len(self.repeats))),

@@ -8,9 +8,10 @@ database number and PostgreSQL its own database, both emptied before each test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
@@ -20,7 +21,9 @@ import redis.asyncio as aioredis
 
 from worker.store import Stores, open_stores
 
-POSTGRES_ADMIN_URL = os.environ.get("SWITCHBOARD_TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "SWITCHBOARD_TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 POSTGRES_DATABASE = "switchboard_test"
 POSTGRES_URL = os.environ.get(
     "SWITCHBOARD_TEST_POSTGRES_URL", f"postgresql://postgres@127.0.0.1:5432/{POSTGRES_DATABASE}"
@@ -44,10 +47,8 @@ async def ensure_postgres_database() -> None:
     admin = await asyncpg.connect(POSTGRES_ADMIN_URL)
     try:
         if not await admin.fetchval("SELECT true FROM pg_database WHERE datname = $1", POSTGRES_DATABASE):
-            try:
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):  # created by a concurrent run
                 await admin.execute(f'CREATE DATABASE "{POSTGRES_DATABASE}"')
-            except asyncpg.DuplicateDatabaseError:
-                pass  # created by a concurrent run
     finally:
         await admin.close()
 
@@ -56,7 +57,9 @@ async def clean_postgres() -> None:
     await ensure_postgres_database()
     conn = await asyncpg.connect(POSTGRES_URL)
     try:
-        existing = await conn.fetch("SELECT tablename FROM pg_tables WHERE tablename = ANY($1::text[])", POSTGRES_TABLES)
+        existing = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE tablename = ANY($1::text[])", POSTGRES_TABLES
+        )
         if existing:
             await conn.execute("TRUNCATE " + ", ".join(row["tablename"] for row in existing))
     finally:
@@ -113,10 +116,8 @@ async def open_backend(backend: str, tmp_path: Path) -> AsyncIterator[OpenBacken
 
     yield open_
     for stores in opened:
-        try:
+        with contextlib.suppress(Exception):  # closed by the test already (reopen tests)
             await stores.close()
-        except Exception:  # closed by the test already (reopen tests)
-            pass
 
 
 @pytest.fixture
@@ -125,16 +126,9 @@ async def stores(open_backend: OpenBackend) -> Stores:
     return await open_backend()
 
 
-async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    """Polls ``condition`` until it holds; fails after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        await asyncio.sleep(0.02)
-
-
 async def wait_past(moment: float) -> None:
     """Until the wall clock is past ``moment`` (Redis expires keys by its own clock, so tests use the real one)."""
-    while time.time() <= moment:
-        await asyncio.sleep(min(0.05, max(0.0, moment - time.time()) + 0.001))
+    delay = moment - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay + 0.01)
+    assert time.time() > moment

@@ -164,7 +164,12 @@ class TestRelease:
         """release(waiting=True) resumes at the next claim with the same attempt count and the state."""
         store = stores.idempotency
         await store.claim(A, ID, FP, T0, LEASE)
-        state = {"job_id": "j-9", "polls": 3, "nested": {"list": [1, 2.5, None, "x"], "ok": True}, "ünï": "çødé"}
+        state = {
+            "job_id": "j-9",
+            "polls": 3,
+            "nested": {"list": [1, 2.5, None, "x"], "ok": True},
+            "ünï": "çødé",
+        }
         await store.release(A, ID, state, waiting=True)
         claim = await store.claim(A, ID, FP, T0 + 5, LEASE)
         assert claim.status is ClaimStatus.ACQUIRED

@@ -23,7 +23,9 @@ A, FP, LEASE = "acct", "fp", 120.0
 async def migration_rows() -> list[int]:
     conn = await asyncpg.connect(POSTGRES_URL)
     try:
-        return [row["version"] for row in await conn.fetch("SELECT version FROM switchboard_schema_migrations")]
+        return [
+            row["version"] for row in await conn.fetch("SELECT version FROM switchboard_schema_migrations")
+        ]
     finally:
         await conn.close()
 

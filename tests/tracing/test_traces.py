@@ -68,7 +68,9 @@ async def run_one(
         await asyncio.sleep(0.05)
     tracer = trace.get_tracer("test-publisher")
     try:
-        with tracer.start_as_current_span("publish switchboard.commands") as span:
+        with tracer.start_as_current_span(
+            "publish switchboard.commands", kind=trace.SpanKind.PRODUCER
+        ) as span:
             headers: dict[str, Any] = {}
             propagate.inject(headers)
             command_id, body = command_body("send_text", SEND)

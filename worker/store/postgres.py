@@ -24,6 +24,7 @@ as our own live lease, so the command waits for it, it is never run twice).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -178,11 +179,11 @@ class Database:
         try:
             result = await getattr(conn, method)(sql, *args)
         except BaseException as exc:
-            broken = isinstance(exc, (*_CONNECTION_LOST, asyncpg.InternalClientError)) or conn.is_closed()
+            broken = isinstance(exc, (*_CONNECTION_LOST, asyncpg.InternalClientError)) or _closed(conn)
             if broken or not isinstance(exc, asyncpg.PostgresError):
                 # Not a plain SQL error: the connection may be mid-protocol (a restart hit it
                 # during a call), so it is dropped rather than handed to the next caller.
-                conn.terminate()
+                _terminate(conn)
             await self._release(conn)
             if broken and not isinstance(exc, _CONNECTION_LOST):
                 raise ConnectionError(f"connection broken: {exc}") from exc
@@ -191,16 +192,28 @@ class Database:
         return result
 
     async def _release(self, conn: Any) -> None:
-        try:
+        with contextlib.suppress(
+            Exception
+        ):  # lost, or could not be reset: asyncpg dropped it, the pool opens a new one
             await self.pool.release(conn)
-        except Exception:  # could not be reset: asyncpg terminated it, the pool opens a new one
-            pass
 
     async def close(self) -> None:
         try:
             await asyncio.wait_for(self.pool.close(), timeout=5)
         except TimeoutError:
             self.pool.terminate()
+
+
+def _closed(conn: Any) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # the pool already took back a connection that was lost
+        return True
+
+
+def _terminate(conn: Any) -> None:
+    with contextlib.suppress(asyncpg.InterfaceError):  # already released to the pool when it was lost
+        conn.terminate()
 
 
 async def connect(url: str, *, min_size: int = 1, max_size: int = POOL_MAX_SIZE) -> Database:
