@@ -448,6 +448,8 @@ class Dispatcher:
         )
         if isinstance(decision, Retry):
             RETRIES.labels(command.type, error.code).inc()
+            if tracing.state.enabled:
+                tracing.record_outcome(trace.get_current_span(), "retry", error.code)
             log.info(
                 "transient error; retrying later",
                 code=error.code,

@@ -180,5 +180,5 @@ def record_outcome(span: Span | None, status: str, code: str | None) -> None:
     span.set_attribute("switchboard.outcome", status)
     if code:
         span.set_attribute("error.type", code)
-    if status in ("failed", "rejected"):
+    if status in ("failed", "rejected", "retry"):
         span.set_status(Status(StatusCode.ERROR))
