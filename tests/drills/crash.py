@@ -166,23 +166,19 @@ class Workers:
     def __init__(self, env: dict[str, str], count: int, log_dir: Path | None) -> None:
         self.env = env
         self.log_dir = log_dir
-        self.started = 0
         self.processes = [self._spawn(wait=True) for _ in range(count)]
 
     def _spawn(self, *, wait: bool) -> WorkerProcess:
-        self.started += 1
         return WorkerProcess(self.env, wait_ready=wait, ready_timeout=60).start()
 
     def _retire(self, process: WorkerProcess) -> None:
-        process.__exit__(None, None, None) if self.log_dir is None else self._keep_log(process)
-
-    def _keep_log(self, process: WorkerProcess) -> None:
-        assert self.log_dir is not None
-        with contextlib.suppress(Exception):
-            if process.process is not None and process.process.poll() is None:
-                process.terminate(30)
-        if process.log_path.exists():
-            shutil.copy(process.log_path, self.log_dir / f"worker-{process.port}.log")
+        """Stop it (SIGTERM, then SIGKILL) and, with a log dir, keep its log."""
+        if self.log_dir is not None:
+            with contextlib.suppress(Exception):
+                if process.process is not None and process.process.poll() is None:
+                    process.terminate(30)
+            if process.log_path.exists():
+                shutil.copy(process.log_path, self.log_dir / f"worker-{process.port}.log")
         process.__exit__(None, None, None)
 
     def kill_one(self, rng: random.Random) -> None:

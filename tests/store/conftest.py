@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from tests.store import postgres_server
 from worker.store import Stores, open_stores
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -92,6 +93,14 @@ def backend_url(backend: str, tmp_path: Path) -> str:
         "redis": REDIS_URL,
         "postgres": POSTGRES_URL,
     }[backend]
+
+
+@pytest.fixture
+def server_restored() -> Iterator[None]:
+    """Whatever a drill does to it, PostgreSQL is running again afterwards."""
+    postgres_server.ensure_running()
+    yield
+    postgres_server.ensure_running()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -111,14 +111,6 @@ class TestBulkAdd:
                                "created_at": 1.0}  # fmt: skip
         finally:
             await stores.close()
-
-
-@pytest.fixture
-def server_restored() -> Iterator[None]:
-    """Whatever the drill does, PostgreSQL is running again afterwards."""
-    postgres_server.ensure_running()
-    yield
-    postgres_server.ensure_running()
 
 
 @pytest.fixture

@@ -54,9 +54,10 @@ async def open_stores(url: str, *, retention_seconds: float) -> Stores:
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=REDIS_POOL_SIZE, timeout=10)
         client = aioredis.Redis.from_pool(pool)
         await client.ping()
+        pipeliner = redis_store.Pipeliner(client)
         return Stores(
-            redis_store.RedisIdempotencyStore(client, retention_seconds),
-            redis_store.RedisSuppressionList(client),
+            redis_store.RedisIdempotencyStore(client, retention_seconds, pipeliner),
+            redis_store.RedisSuppressionList(client, pipeliner),
             redis_store.RedisDeduper(client),
             "redis",
             redis_store.RedisControlStore(client),

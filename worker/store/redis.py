@@ -8,10 +8,12 @@ and opt-outs (the PostgreSQL backend is for fleets that need both to survive).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from worker.store.base import Claim, ClaimStatus
 
@@ -99,10 +101,78 @@ def _key(account: str, command_id: str) -> str:
     return f"sb:cmd:{account}:{command_id}"
 
 
+class Pipeliner:
+    """Scripts and commands issued in one event-loop turn go to Redis in one
+    pipeline: one round trip for dozens of commands in flight, where each
+    used to pay its own (and borrow a pooled connection for it).
+
+    Not a transaction: each script is atomic by itself, which is all the
+    store needs. A script Redis has forgotten (a restart flushes them) is
+    sent again with EVAL by redis-py's own ``Script`` object.
+    """
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._pending: list[tuple[Any, tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def script(self, script: Any, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        return self._submit(script, (keys, args))
+
+    def command(self, name: str, *args: Any) -> asyncio.Future[Any]:
+        return self._submit(name, args)
+
+    def _submit(self, what: Any, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((what, args, future))
+        return future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[Any, tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for what, args, _ in batch:
+                    if isinstance(what, str):
+                        pipe.execute_command(what, *args)
+                    else:
+                        keys, script_args = args
+                        pipe.evalsha(what.sha, len(keys), *keys, *script_args)
+                replies = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (what, args, future), reply in zip(batch, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                keys, script_args = args
+                try:
+                    reply = await what(keys=keys, args=script_args)
+                except Exception as exc:
+                    reply = exc
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+
 class RedisIdempotencyStore:
-    def __init__(self, client: aioredis.Redis, retention_seconds: float) -> None:
+    def __init__(
+        self, client: aioredis.Redis, retention_seconds: float, pipeliner: Pipeliner | None = None
+    ) -> None:
         self.client = client
         self.retention_ms = int(retention_seconds * 1000)
+        self.pipeliner = pipeliner or Pipeliner(client)
         self._claim = client.register_script(_CLAIM)
         self._take_over = client.register_script(_TAKE_OVER)
         self._release = client.register_script(_RELEASE)
@@ -111,34 +181,39 @@ class RedisIdempotencyStore:
     async def claim(
         self, account: str, command_id: str, fingerprint: str, now: float, lease_seconds: float
     ) -> Claim:
-        reply = await self._claim(
-            keys=[_key(account, command_id)],
-            args=[fingerprint, repr(now), repr(now + lease_seconds), self.retention_ms],
+        reply = await self.pipeliner.script(
+            self._claim,
+            [_key(account, command_id)],
+            [fingerprint, repr(now), repr(now + lease_seconds), self.retention_ms],
         )
         return _to_claim(reply)
 
     async def take_over(
         self, account: str, command_id: str, expected_lease_until: float, now: float, lease_seconds: float
     ) -> Claim:
-        reply = await self._take_over(
-            keys=[_key(account, command_id)],
-            args=[repr(expected_lease_until), repr(now), repr(now + lease_seconds)],
+        reply = await self.pipeliner.script(
+            self._take_over,
+            [_key(account, command_id)],
+            [repr(expected_lease_until), repr(now), repr(now + lease_seconds)],
         )
         return _to_claim(reply)
 
     async def release(
         self, account: str, command_id: str, state: dict[str, Any] | None = None, *, waiting: bool = False
     ) -> None:
-        await self._release(
-            keys=[_key(account, command_id)],
-            args=["waiting" if waiting else "pending", b"" if state is None else orjson.dumps(state)],
+        await self.pipeliner.script(
+            self._release,
+            [_key(account, command_id)],
+            ["waiting" if waiting else "pending", b"" if state is None else orjson.dumps(state)],
         )
 
     async def complete(
         self, account: str, command_id: str, fingerprint: str, event: bytes, now: float
     ) -> bytes:
-        stored: bytes = await self._complete(
-            keys=[_key(account, command_id)], args=[fingerprint, event, repr(now), self.retention_ms]
+        stored: bytes = await self.pipeliner.script(
+            self._complete,
+            [_key(account, command_id)],
+            [fingerprint, event, repr(now), self.retention_ms],
         )
         return stored
 
@@ -153,8 +228,9 @@ class RedisIdempotencyStore:
 
 
 class RedisSuppressionList:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, pipeliner: Pipeliner | None = None) -> None:
         self.client = client
+        self.pipeliner = pipeliner or Pipeliner(client)
 
     @staticmethod
     def _key(account: str) -> str:
@@ -168,7 +244,7 @@ class RedisSuppressionList:
         return bool(await self.client.hdel(self._key(account), number))
 
     async def contains(self, account: str, number: str) -> bool:
-        return bool(await self.client.hexists(self._key(account), number))
+        return bool(await self.pipeliner.command("HEXISTS", self._key(account), number))
 
     async def list(self, account: str | None = None) -> list[dict[str, Any]]:
         if account is not None:
