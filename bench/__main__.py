@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="~2,000 commands a scenario, a 10,000 backlog")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="also write the JSON here")
     parser.add_argument(
-        "--store", default="sqlite", help="idempotency stores to run the worker with: sqlite,redis or URLs"
+        "--store",
+        default="sqlite",
+        help="idempotency stores to run the worker with: sqlite,redis,postgres or URLs; add +tracing (sqlite+tracing) to run with traces exported over OTLP",
     )
     parser.add_argument("--only", default=",".join(GROUPS), help=f"scenario groups, of {','.join(GROUPS)}")
     parser.add_argument(

@@ -22,6 +22,7 @@ import orjson
 
 from bench import amqp, procs
 from bench.measure import Measured, Plan, run, say
+from bench.otlp_sink import OtlpSink
 from bench.profile import summarize
 
 
@@ -231,6 +232,11 @@ class Worker:
     def __init__(self, config: RunConfig, sim: Simulator, store: str, name: str) -> None:
         self.config, self.name = config, name
         self.metrics_port = procs.free_port()
+        # "sqlite+tracing": traces on, every command sampled; "sqlite+tracing@0.1": one in ten.
+        store, _, option = store.partition("+")
+        option, _, ratio = option.partition("@")
+        self.sink: OtlpSink | None = OtlpSink() if option == "tracing" else None
+        self.sample_ratio = ratio
         self.env = {
             "SWITCHBOARD_AMQP_URL": config.amqp_url,
             "SWITCHBOARD_METRICS_HOST": "127.0.0.1",
@@ -249,6 +255,13 @@ class Worker:
         self.spy: procs.Managed | None = None
 
     def start(self) -> int:
+        if self.sink is not None:
+            # Tracing on: spans exported over OTLP/HTTP to a local receiver.
+            self.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.sink.__enter__()
+            self.env["OTEL_SERVICE_NAME"] = "switchboard-bench"
+            if self.sample_ratio:
+                self.env["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+                self.env["OTEL_TRACES_SAMPLER_ARG"] = self.sample_ratio
         self.managed = procs.start_worker(self.env, self.metrics_port, self.config.logdir, self.name)
         if self.config.profile:
             self.spy = procs.start_py_spy(self.managed.pid, self.profile_path, self.config.logdir)
@@ -274,6 +287,10 @@ class Worker:
             if code != 0:
                 notes.append(f"worker exited with {code} on SIGTERM")
             self.managed = None
+        if self.sink is not None and "OTEL_EXPORTER_OTLP_ENDPOINT" in self.env:
+            notes.append(f"tracing: {self.sink.exports} OTLP exports received")
+            self.sink.__exit__()
+            del self.env["OTEL_EXPORTER_OTLP_ENDPOINT"]
         return notes
 
 

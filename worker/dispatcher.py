@@ -179,7 +179,9 @@ class Dispatcher:
     async def _route(self, delivery: Delivery, decoded: Command | Rejection, started: float) -> None:
         if isinstance(decoded, Rejection):
             COMMANDS_RECEIVED.labels(decoded.type).inc()
-            structlog.contextvars.bind_contextvars(command_id=decoded.command_id, type=decoded.type, attempt=0)
+            structlog.contextvars.bind_contextvars(
+                command_id=decoded.command_id, type=decoded.type, attempt=0
+            )
             await self._reject(delivery, decoded, started)
             return
         command = decoded

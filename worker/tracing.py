@@ -124,6 +124,11 @@ def publish_span(
     if not state.enabled:
         yield
         return
+    if not trace.get_current_span().is_recording():
+        # Not sampled: no span to make, but the context (sampled=0) still goes on.
+        inject(headers)
+        yield
+        return
     attributes = {
         "messaging.system": "rabbitmq",
         "messaging.operation.type": "publish",
@@ -144,7 +149,7 @@ def client_span(
     vendor: str, method: str, endpoint: str, url_host: str | None, port: int | None
 ) -> Iterator[Span | None]:
     """A vendor HTTP call; the route template, never the concrete path (it may hold a phone number)."""
-    if not state.enabled:
+    if not state.enabled or not trace.get_current_span().is_recording():
         yield None
         return
     attributes: dict[str, Any] = {

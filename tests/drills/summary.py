@@ -174,7 +174,8 @@ def analyze(summary: Summary, seen: Observations) -> Summary:
     terminal = _terminal_events(summary, seen.commands, seen.events)
     for command_id, published in sorted(seen.commands.items()):
         _check_command(summary, command_id, published, terminal.get(command_id), seen)
-    _check_dead_letters(summary, terminal, seen.dead_letters)
+    copies = Counter(str(e.get("command_id")) for e in seen.events if e.get("status") in TERMINAL)
+    _check_dead_letters(summary, terminal, seen.dead_letters, copies)
     return summary
 
 
@@ -227,7 +228,10 @@ def _check_command(
 
 
 def _check_dead_letters(
-    summary: Summary, terminal: dict[str, dict[str, Any]], letters: list[tuple[pika.BasicProperties, bytes]]
+    summary: Summary,
+    terminal: dict[str, dict[str, Any]],
+    letters: list[tuple[pika.BasicProperties, bytes]],
+    copies: Counter[str],
 ) -> None:
     """switchboard.dead holds a copy of each failed/rejected command, with its event's id; nothing else."""
     summary.dead_letter_copies = len(letters)
@@ -243,7 +247,9 @@ def _check_dead_letters(
         )
     for command_id, event_id in sorted(expected.items()):
         if command_id not in found:
-            summary.dead_letter_problems.append(f"{command_id} failed but is not in switchboard.dead")
+            summary.dead_letter_problems.append(
+                f"{command_id} failed but is not in switchboard.dead (its event was published {copies[command_id]}x)"
+            )
         elif found[command_id] != {event_id}:
             summary.dead_letter_problems.append(
                 f"{command_id} dead letters carry event ids {sorted(found[command_id])}"

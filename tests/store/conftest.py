@@ -30,7 +30,12 @@ POSTGRES_URL = os.environ.get(
     "SWITCHBOARD_TEST_POSTGRES_URL", f"postgresql://postgres@127.0.0.1:5432/{POSTGRES_DATABASE}"
 )
 REDIS_URL = os.environ.get("SWITCHBOARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-POSTGRES_TABLES = ("switchboard_commands", "switchboard_suppressions", "switchboard_seen")
+POSTGRES_TABLES = (
+    "switchboard_commands",
+    "switchboard_suppressions",
+    "switchboard_seen",
+    "switchboard_controls",
+)
 
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),

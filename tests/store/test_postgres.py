@@ -57,6 +57,24 @@ class TestMigrations:
         finally:
             await conn.close()
 
+    async def test_older_schema_is_upgraded_with_its_data(self) -> None:
+        """A database left at version 1 by an older release gets only the newer migrations; data stays."""
+        await drop_postgres_schema()
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            assert await migrate(conn, MIGRATIONS[:1]) == [1]
+            await conn.execute(
+                "INSERT INTO switchboard_suppressions VALUES ('a', '+18885551234', 'STOP', 'test', 1.0)"
+            )
+        finally:
+            await conn.close()
+        db = await pg.connect(POSTGRES_URL)
+        try:
+            assert sorted(await migration_rows()) == [m.version for m in MIGRATIONS]
+            assert await pg.PostgresSuppressionList(db).contains("a", "+18885551234")
+        finally:
+            await db.close()
+
     def test_versions_are_in_order(self) -> None:
         """Migration versions are 1, 2, 3... with no gap or repeat, and LATEST is the last."""
         assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))

@@ -71,6 +71,7 @@ async def open_stores(url: str, *, retention_seconds: float) -> Stores:
             postgres.PostgresSuppressionList(db),
             postgres.PostgresDeduper(db),
             "postgresql",
+            postgres.PostgresControlStore(db),
         )
     raise ValueError(
         f"SWITCHBOARD_STORE_URL: unsupported store {scheme!r}"

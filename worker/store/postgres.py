@@ -137,6 +137,7 @@ _PRUNE_COMMANDS = _PRUNE.format(
     join="t.account = d.account AND t.command_id = d.command_id",
 )
 _PRUNE_SEEN = _PRUNE.format(table="switchboard_seen", key="key", join="t.key = d.key")
+_PRUNE_CONTROLS = _PRUNE.format(table="switchboard_controls", key="key", join="t.key = d.key")
 
 _STATUS = {
     "acquired": ClaimStatus.ACQUIRED,
@@ -331,7 +332,7 @@ class PostgresIdempotencyStore:
 
     async def prune(self, now: float) -> int:
         removed = 0
-        for statement in (_PRUNE_COMMANDS, _PRUNE_SEEN):
+        for statement in (_PRUNE_COMMANDS, _PRUNE_SEEN, _PRUNE_CONTROLS):
             while True:
                 deleted = _count(await self.db.call("execute", statement, now, PRUNE_BATCH))
                 removed += deleted
@@ -406,3 +407,48 @@ class PostgresDeduper:
     async def forget(self, key: str) -> None:
         """Drop a key, so the retry of a delivery that failed is not taken for a duplicate."""
         await self.db.call("execute", "DELETE FROM switchboard_seen WHERE key = $1", key)
+
+
+class PostgresControlStore:
+    """Operator controls (pause, cancel); every worker reads them all twice a second."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def put_control(self, key: str, value: dict[str, Any], expires_at: float) -> None:
+        await self.db.call(
+            "execute",
+            "INSERT INTO switchboard_controls (key, value, expires_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+            key,
+            orjson.dumps(value),
+            expires_at,
+        )
+
+    async def remove_control(self, key: str) -> bool:
+        status = await self.db.call("execute", "DELETE FROM switchboard_controls WHERE key = $1", key)
+        return _count(status) == 1
+
+    async def controls(self, now: float) -> dict[str, dict[str, Any]]:
+        rows = await self.db.call(
+            "fetch", "SELECT key, value FROM switchboard_controls WHERE expires_at > $1", now
+        )
+        return {row["key"]: orjson.loads(row["value"]) for row in rows}
+
+    async def peek(self, account: str, command_id: str) -> dict[str, Any] | None:
+        row = await self.db.call(
+            "fetchrow",
+            "SELECT status, attempts, first_attempt_at, attempt_started_at, event FROM switchboard_commands"
+            " WHERE account = $1 AND command_id = $2",
+            account,
+            command_id,
+        )
+        if row is None:
+            return None
+        return {
+            "status": row["status"],
+            "attempts": row["attempts"],
+            "first_attempt_at": row["first_attempt_at"],
+            "attempt_started_at": row["attempt_started_at"],
+            "event": None if row["event"] is None else orjson.loads(row["event"]),
+        }

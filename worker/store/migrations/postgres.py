@@ -63,13 +63,26 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX switchboard_seen_expiry ON switchboard_seen (expires_at);
         """,
     ),
+    Migration(
+        2,
+        "operator controls (pause, cancel)",
+        """
+        CREATE TABLE switchboard_controls (
+            key text PRIMARY KEY,
+            value bytea NOT NULL,                        -- JSON
+            expires_at double precision NOT NULL
+        );
+        CREATE INDEX switchboard_controls_expiry ON switchboard_controls (expires_at);
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
 
 
-async def migrate(conn: Any) -> list[int]:
-    """Bring the schema up to :data:`LATEST` on ``conn`` (an asyncpg connection); returns the versions applied."""
+async def migrate(conn: Any, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
+    """Bring the schema up to the last of ``migrations`` (default: :data:`LATEST`) on ``conn``, an asyncpg
+    connection; returns the versions applied."""
     applied: list[int] = []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
@@ -80,7 +93,7 @@ async def migrate(conn: Any) -> list[int]:
         done = {
             row["version"] for row in await conn.fetch("SELECT version FROM switchboard_schema_migrations")
         }
-        for migration in MIGRATIONS:
+        for migration in migrations:
             if migration.version in done:
                 continue
             await conn.execute(migration.sql)
