@@ -20,6 +20,7 @@ from worker import control_cli
 from worker import dlq as dead_letters
 from worker.config import ConfigError, Settings, load_settings, redacted
 from worker.logging import configure
+from worker.suppressions import suppressions
 
 
 def _settings() -> Settings:
@@ -164,6 +165,7 @@ main.add_command(dead_letters.dlq)
 main.add_command(control_cli.pause)
 main.add_command(control_cli.resume)
 main.add_command(control_cli.cancel)
+main.add_command(suppressions)
 
 
 def _json_argument(value: str, option: str) -> Any:

@@ -58,7 +58,10 @@ class Settings(BaseSettings):
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F")
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(9180, ge=0, le=65535)
-    store_url: SecretStr = SecretStr("sqlite:///var/switchboard.sqlite3")
+    store_url: SecretStr = Field(
+        SecretStr("sqlite:///var/switchboard.sqlite3"),
+        description="Idempotency records, opt-outs, controls: sqlite:///path, redis://host:port/db or postgresql://user@host/db.",
+    )
     redis_url: SecretStr | None = Field(
         None,
         description="Redis for state shared by workers (rate limits); defaults to STORE_URL when that is Redis.",

@@ -76,7 +76,13 @@ class Runtime:
             self.settings.store_url.get_secret_value(), retention_seconds=self.settings.retention_days * 86400
         )
         redis_url = self.settings.shared_redis_url()
-        redis_client = aioredis.Redis.from_url(redis_url) if redis_url else None
+        redis_client = (
+            aioredis.Redis.from_pool(
+                aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=64, timeout=10)
+            )
+            if redis_url
+            else None
+        )
         accounts = await resolve(self.settings, self.registry)
         connector = aiohttp.TCPConnector(limit=max(100, self.settings.max_in_flight * 2), ttl_dns_cache=300)
         session = aiohttp.ClientSession(connector=connector)

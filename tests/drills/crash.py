@@ -144,7 +144,8 @@ def prepare_broker() -> None:
     subprocess.run(
         [str(SWITCHBOARD), "topology", "declare"], check=True, capture_output=True, timeout=60, env=env
     )
-    for name in (*WORK_QUEUES, topology.DEAD_QUEUE):
+    # Delay queues first: what they hold would otherwise come back into the vendor queue after it was emptied.
+    for name in (*reversed(WORK_QUEUES), topology.DEAD_QUEUE):
         drain_queue(name)
 
 

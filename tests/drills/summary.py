@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pika
 
-from tests.drills.simulator import AMBIGUOUS
+from tests.drills.simulator import AMBIGUOUS, COMMAND_ID
 
 TERMINAL = frozenset({"succeeded", "failed", "rejected"})
 UNSAFE_TYPES = frozenset(
@@ -71,6 +71,8 @@ class Summary:
     """(status, error code or "-") -> commands."""
     faults_injected: Counter[str] = field(default_factory=Counter)
     duplicate_events: int = 0
+    stale_events: int = 0
+    """Events for an earlier drill run's commands (left in its queues)."""
     """Events with the event_id of an earlier one (a duplicate delivery re-published the stored event)."""
     dead_letter_copies: int = 0
     unexplained_unknown: int = 0
@@ -138,6 +140,7 @@ class Summary:
             ("outcome_unknown from kills (no ambiguous fault)", str(self.unexplained_unknown)),
             ("re-published duplicate events (same event_id)", str(self.duplicate_events)),
             ("dead-letter copies", str(self.dead_letter_copies)),
+            ("events for an earlier run's commands", str(self.stale_events)),
             ("workers that exited by themselves", str(len(self.crashed))),
             ("lost", str(len(self.lost))),
             ("two outcomes", str(len(self.two_outcomes))),
@@ -190,7 +193,10 @@ def _terminal_events(
             continue
         command_id = str(event.get("command_id"))
         if command_id not in commands:
-            summary.foreign_events.append(f"{command_id} ({event.get('type')}.{event.get('status')})")
+            if COMMAND_ID.fullmatch(command_id):
+                summary.stale_events += 1  # an earlier run's command, left in a queue (see leftovers)
+            else:
+                summary.foreign_events.append(f"{command_id} ({event.get('type')}.{event.get('status')})")
             continue
         if event["event_id"] in seen_event_ids:
             summary.duplicate_events += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,9 @@ SHORT = DrillConfig(
     faults=FaultMix(server_errors=0.10, timeouts=0.05, slow_delay=1.5, burst_every=3.0, burst_size=20),
     settle_timeout=90.0,
     quiet_timeout=20.0,
+    log_dir=Path(os.environ["SWITCHBOARD_DRILL_LOG_DIR"])
+    if os.environ.get("SWITCHBOARD_DRILL_LOG_DIR")
+    else None,
 )
 
 DELAY_FANOUT = (

@@ -350,14 +350,8 @@ class TestSuppressions:
         assert len(rows) == 1
         assert (rows[0]["reason"], rows[0]["source"]) == ("complaint", "cli")
 
-    async def test_add_again_keeps_the_first_time(
-        self, stores: Stores, backend: str, request: pytest.FixtureRequest
-    ) -> None:
+    async def test_add_again_keeps_the_first_time(self, stores: Stores) -> None:
         """The opt-out time is when the number first opted out, not when it was last re-added."""
-        if backend == "redis":  # strict: once fixed, this fails and the marker goes
-            request.applymarker(
-                pytest.mark.xfail(strict=True, reason="RedisSuppressionList.add overwrites created_at")
-            )
         opt_outs = stores.suppressions
         await opt_outs.add(A, "+18885551234", reason="STOP", source="webhook", now=T0)
         await opt_outs.add(A, "+18885551234", reason="STOP", source="import", now=T0 + 60)

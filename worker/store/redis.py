@@ -65,6 +65,14 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return ARGV[2]
 """
 
+_SUPPRESS = """
+local created = tonumber(ARGV[4])
+local existing = redis.call('HGET', KEYS[1], ARGV[1])
+if existing then created = cjson.decode(existing)['created_at'] end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode({reason = ARGV[2], source = ARGV[3], created_at = created}))
+return 1
+"""
+
 _STATUS = {
     b"acquired": ClaimStatus.ACQUIRED,
     b"done": ClaimStatus.DONE,
@@ -231,14 +239,15 @@ class RedisSuppressionList:
     def __init__(self, client: aioredis.Redis, pipeliner: Pipeliner | None = None) -> None:
         self.client = client
         self.pipeliner = pipeliner or Pipeliner(client)
+        self._add = client.register_script(_SUPPRESS)
 
     @staticmethod
     def _key(account: str) -> str:
         return f"sb:suppressed:{account}"
 
     async def add(self, account: str, number: str, *, reason: str, source: str, now: float) -> None:
-        value = orjson.dumps({"reason": reason, "source": source, "created_at": now})
-        await self.client.hset(self._key(account), number, value)
+        # Like the SQL stores: a number added again keeps its first opt-out time.
+        await self._add(keys=[self._key(account)], args=[number, reason, source, repr(now)])
 
     async def remove(self, account: str, number: str) -> bool:
         return bool(await self.client.hdel(self._key(account), number))
