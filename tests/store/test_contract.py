@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-
 from tests.store.conftest import OpenBackend, wait_past
 from worker.store import ClaimStatus, Stores
 
