@@ -46,15 +46,19 @@ class RunConfig:
     profile: bool = False
     worker_log_level: str = "WARNING"
     redis_url: str = "redis://127.0.0.1:6379/15"
+    postgres_url: str = "postgresql://postgres@127.0.0.1:5432/switchboard_bench"
     account_key: str = "bench-key"
     token: str = "bench-token"
 
     def store_url(self, store: str, name: str) -> str:
-        """``sqlite`` -> a fresh file for this worker; ``redis`` -> ``redis_url``; a URL as it is."""
+        """``sqlite`` -> a fresh file for this worker; ``redis`` -> ``redis_url``;
+        ``postgres`` -> a fresh bench database; a URL as it is."""
         if store == "sqlite":
             return f"sqlite:///{self.workdir / f'{name}.sqlite3'}"
         if store == "redis":
             return self.redis_url
+        if store == "postgres":
+            return fresh_postgres_database(self.postgres_url)
         return store
 
     def max_seconds(self, count: int) -> float:
@@ -224,6 +228,27 @@ def _flood_and_paced(
             _row(f"latency @{config.paced_rate:,.0f}/s", system, sim.latency_ms, slow, sim.sent() - calls)
         )
     return rows
+
+
+def fresh_postgres_database(url: str) -> str:
+    """Drop and create the bench database, so each run starts from empty tables."""
+    import asyncio
+
+    import asyncpg
+
+    database = url.rsplit("/", 1)[1]
+    admin_url = url.rsplit("/", 1)[0] + "/postgres"
+
+    async def recreate() -> None:
+        admin = await asyncpg.connect(admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            await admin.execute(f'CREATE DATABASE "{database}"')
+        finally:
+            await admin.close()
+
+    asyncio.run(recreate())
+    return url
 
 
 class Worker:

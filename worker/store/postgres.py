@@ -13,6 +13,12 @@ Every decision is one SQL statement, atomic on the server:
 - ``take_over`` and ``release`` are conditional ``UPDATE``\\s; ``complete`` is
   an upsert that keeps the first stored event.
 
+The hot calls (``claim``, ``complete``, suppression ``contains``) made during
+one turn of the event loop are sent together (see :class:`Batcher`): one
+set-based statement over ``unnest()`` arrays per kind, on one pooled
+connection, one commit for all of them; the same statements as above, for N
+keys. A key submitted twice in one turn waits for the batch carrying the first.
+
 Connections come from a pool. During an outage (a restart, a fail-over) an
 operation waits up to ``outage_wait_seconds`` for the server, then raises
 :class:`StoreUnavailable`; the dispatcher leaves the command unacked and the
@@ -26,8 +32,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable, Iterable
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import orjson
@@ -43,6 +49,8 @@ OUTAGE_WAIT_SECONDS = 10.0
 PRUNE_BATCH = 5000
 """Rows deleted per statement, so pruning never holds many row locks or a long transaction."""
 _STALE_READ_RETRIES = 5
+BATCH_MAX = 500
+"""Calls per statement at most: the arrays stay small and one statement's row locks few."""
 
 # The server went away or is not accepting connections yet: worth asking again.
 _CONNECTION_LOST: tuple[type[BaseException], ...] = (
@@ -125,6 +133,102 @@ UNION ALL
 SELECT false, event FROM cur WHERE status = 'done' AND NOT EXISTS (SELECT 1 FROM stored)
 """
 
+# The statements above for N keys. ``input`` is in (account, command_id) order, so concurrent batches
+# lock shared rows in the same order; no key appears twice (ON CONFLICT cannot update a row twice).
+_INPUT = "SELECT * FROM unnest({}) AS i({})"
+
+_CLAIM_MANY = (
+    """
+WITH input AS ("""
+    + _INPUT.format(
+        "$1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::float8[]",
+        "account, command_id, fingerprint, now, lease_until, expires_at",
+    )
+    + """
+), cur AS (
+    SELECT c.account, c.command_id, c.fingerprint, c.status, c.attempts, c.first_attempt_at,
+           c.attempt_started_at, c.lease_until, c.state, c.event, c.expires_at, i.fingerprint AS asked, i.now
+    FROM input i JOIN switchboard_commands c ON c.account = i.account AND c.command_id = i.command_id
+), acquired AS (
+    INSERT INTO switchboard_commands AS c (account, command_id, fingerprint, status, attempts, first_attempt_at,
+                                           attempt_started_at, lease_until, expires_at)
+    SELECT i.account, i.command_id, i.fingerprint, 'running', 1, i.now, i.now, i.lease_until, i.expires_at
+    FROM input i
+    WHERE NOT EXISTS (
+        SELECT 1 FROM cur WHERE cur.account = i.account AND cur.command_id = i.command_id
+        AND cur.expires_at >= i.now AND NOT (cur.fingerprint = i.fingerprint AND cur.status IN ('pending', 'waiting'))
+    )
+    ORDER BY i.account, i.command_id
+    ON CONFLICT (account, command_id) DO UPDATE SET
+        fingerprint = excluded.fingerprint,
+        status = 'running',
+        attempts = CASE WHEN c.expires_at < excluded.attempt_started_at THEN 1
+                        WHEN c.status = 'pending' THEN c.attempts + 1
+                        ELSE c.attempts END,
+        first_attempt_at = CASE WHEN c.expires_at < excluded.attempt_started_at THEN excluded.attempt_started_at
+                                ELSE c.first_attempt_at END,
+        attempt_started_at = excluded.attempt_started_at,
+        lease_until = excluded.lease_until,
+        state = CASE WHEN c.expires_at < excluded.attempt_started_at THEN NULL ELSE c.state END,
+        event = NULL,
+        expires_at = CASE WHEN c.expires_at < excluded.attempt_started_at THEN excluded.expires_at
+                          ELSE c.expires_at END
+    WHERE c.expires_at < excluded.attempt_started_at
+       OR (c.fingerprint = excluded.fingerprint AND c.status IN ('pending', 'waiting'))
+    RETURNING c.account, c.command_id, 'acquired'::text AS outcome, c.attempts, c.first_attempt_at,
+              c.attempt_started_at, c.lease_until, c.state, NULL::bytea AS event
+)
+SELECT * FROM acquired
+UNION ALL
+SELECT account, command_id,
+       CASE WHEN expires_at < now OR status IN ('pending', 'waiting') AND fingerprint = asked THEN 'stale'
+            WHEN fingerprint <> asked THEN 'conflict'
+            WHEN status = 'done' THEN 'done'
+            WHEN lease_until > now THEN 'busy'
+            ELSE 'expired' END,
+       attempts, first_attempt_at, attempt_started_at, lease_until, state, event
+FROM cur
+WHERE NOT EXISTS (SELECT 1 FROM acquired a WHERE a.account = cur.account AND a.command_id = cur.command_id)
+"""
+)
+
+_COMPLETE_MANY = (
+    """
+WITH input AS ("""
+    + _INPUT.format(
+        "$1::text[], $2::text[], $3::text[], $4::bytea[], $5::float8[], $6::float8[]",
+        "account, command_id, fingerprint, event, now, expires_at",
+    )
+    + """
+), cur AS (
+    SELECT c.account, c.command_id, c.status, c.event
+    FROM input i JOIN switchboard_commands c ON c.account = i.account AND c.command_id = i.command_id
+), stored AS (
+    INSERT INTO switchboard_commands AS c (account, command_id, fingerprint, status, attempts, first_attempt_at,
+                                           event, expires_at)
+    SELECT i.account, i.command_id, i.fingerprint, 'done', 0, i.now, i.event, i.expires_at
+    FROM input i
+    WHERE NOT EXISTS (
+        SELECT 1 FROM cur WHERE cur.account = i.account AND cur.command_id = i.command_id AND cur.status = 'done'
+    )
+    ORDER BY i.account, i.command_id
+    ON CONFLICT (account, command_id) DO UPDATE SET
+        status = 'done', event = excluded.event, lease_until = NULL, expires_at = excluded.expires_at
+    WHERE c.status <> 'done'
+    RETURNING c.account, c.command_id, true AS ours, NULL::bytea AS event
+)
+SELECT * FROM stored
+UNION ALL
+SELECT account, command_id, false, event FROM cur
+WHERE status = 'done' AND NOT EXISTS (SELECT 1 FROM stored s WHERE s.account = cur.account AND s.command_id = cur.command_id)
+"""
+)
+
+_CONTAINS_MANY = """
+SELECT account, number FROM switchboard_suppressions
+WHERE (account, number) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+"""
+
 _PRUNE = """
 WITH doomed AS (
     SELECT {key} FROM {table} WHERE expires_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED
@@ -146,6 +250,92 @@ _STATUS = {
     "expired": ClaimStatus.EXPIRED,
     "conflict": ClaimStatus.CONFLICT,
 }
+
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class Batcher(Generic[Item, Result]):
+    """Calls made during one turn of the event loop, sent as one batch.
+
+    ``send(items)`` runs one statement for the whole batch and returns one
+    result per item, in order. Its failure (after ``Database.call``'s own
+    asking again) fails every call of the batch with the same exception.
+    With ``key``, an item whose key is already in the batch waits for the
+    next one, sent after this one is done: a statement may not update one
+    row twice, and the second call must see what the first did.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[list[Item]], Awaitable[list[Result]]],
+        key: Callable[[Item], Hashable] | None = None,
+    ) -> None:
+        self._send = send
+        self._key = key
+        self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def submit(self, item: Item) -> asyncio.Future[Result]:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._enqueue(item, future)
+        return future
+
+    def _enqueue(self, item: Item, future: asyncio.Future[Result]) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append((item, future))
+
+    def _flush(self) -> None:
+        calls, self._pending = self._pending, []
+        batch: list[tuple[Item, asyncio.Future[Result]]] = []
+        later: list[tuple[Item, asyncio.Future[Result]]] = []
+        seen: set[Hashable] = set()
+        for item, future in calls:
+            if future.done():  # cancelled by its caller before it was sent
+                continue
+            if self._key is not None:
+                key = self._key(item)
+                if key in seen:
+                    later.append((item, future))
+                    continue
+                seen.add(key)
+            if len(batch) < BATCH_MAX:
+                batch.append((item, future))
+            else:
+                later.append((item, future))
+        if not batch:
+            return
+        task = asyncio.get_running_loop().create_task(self._run(batch, later))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _run(
+        self,
+        batch: list[tuple[Item, asyncio.Future[Result]]],
+        later: list[tuple[Item, asyncio.Future[Result]]],
+    ) -> None:
+        try:
+            results = await self._send([item for item, _ in batch])
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise  # cancelled (the loop is closing): the calls saw it, and so does the task
+        else:
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            for item, future in later:
+                self._enqueue(item, future)
+
+    async def wait_sent(self) -> None:
+        """Until every batch in flight is done (before closing the pool)."""
+        while self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
 
 
 class Database:
@@ -257,30 +447,72 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+_ClaimArgs = tuple[str, str, str, float, float, float]
+_CompleteArgs = tuple[str, str, str, bytes, float, float]
+
+
+def _key(item: tuple[Any, ...]) -> tuple[str, str]:
+    return (item[0], item[1])
+
+
+def _columns(items: list[Any], width: int) -> list[list[Any]]:
+    """Rows -> one list per column, the arrays ``unnest()`` takes."""
+    return [[item[n] for item in items] for n in range(width)]
+
+
+def _claim(row: Any) -> Claim:
+    status = _STATUS[row["outcome"]]
+    keep_state = status in (ClaimStatus.ACQUIRED, ClaimStatus.BUSY, ClaimStatus.EXPIRED)
+    return Claim(
+        status,
+        row["attempts"],
+        row["first_attempt_at"],
+        row["attempt_started_at"],
+        row["lease_until"],
+        _state(row["state"]) if keep_state else None,
+        row["event"] if status is ClaimStatus.DONE else None,
+    )
+
+
 class PostgresIdempotencyStore:
     def __init__(self, db: Database, retention_seconds: float) -> None:
         self.db = db
         self.retention = retention_seconds
+        self._claims: Batcher[_ClaimArgs, Claim] = Batcher(self._claim_many, key=_key)
+        self._completes: Batcher[_CompleteArgs, bytes] = Batcher(self._complete_many, key=_key)
 
     async def claim(
         self, account: str, command_id: str, fingerprint: str, now: float, lease_seconds: float
     ) -> Claim:
-        args = (account, command_id, fingerprint, now, now + lease_seconds, now + self.retention)
+        return await self._claims.submit(
+            (account, command_id, fingerprint, now, now + lease_seconds, now + self.retention)
+        )
+
+    async def _claim_many(self, items: list[_ClaimArgs]) -> list[Claim]:
+        if len(items) == 1:
+            return [await self._claim_one(items[0])]
+        try:
+            rows = await self.db.call("fetch", _CLAIM_MANY, *_columns(items, 6))
+        except asyncpg.DeadlockDetectedError:
+            # Another worker's batch locked some of the same keys: each on its own instead.
+            return list(await asyncio.gather(*(self._claim_one(item) for item in items)))
+        found = {(row["account"], row["command_id"]): row for row in rows}
+        claims: list[Claim] = []
+        for item in items:
+            row = found.get(_key(item))
+            if row is None or row["outcome"] == "stale":
+                # Another worker changed the record mid-statement: ask again for this key alone.
+                claims.append(await self._claim_one(item))
+            else:
+                claims.append(_claim(row))
+        return claims
+
+    async def _claim_one(self, args: _ClaimArgs) -> Claim:
         for _ in range(_STALE_READ_RETRIES):
             row = await self.db.call("fetchrow", _CLAIM, *args)
             if row is None or row["outcome"] == "stale":
                 continue  # another worker changed the record mid-statement: ask again
-            status = _STATUS[row["outcome"]]
-            keep_state = status in (ClaimStatus.ACQUIRED, ClaimStatus.BUSY, ClaimStatus.EXPIRED)
-            return Claim(
-                status,
-                row["attempts"],
-                row["first_attempt_at"],
-                row["attempt_started_at"],
-                row["lease_until"],
-                _state(row["state"]) if keep_state else None,
-                row["event"] if status is ClaimStatus.DONE else None,
-            )
+            return _claim(row)
         raise StoreUnavailable("claim: the record kept changing under concurrent workers")
 
     async def take_over(
@@ -310,13 +542,34 @@ class PostgresIdempotencyStore:
     async def complete(
         self, account: str, command_id: str, fingerprint: str, event: bytes, now: float
     ) -> bytes:
-        args = (account, command_id, fingerprint, event, now, now + self.retention)
+        return await self._completes.submit(
+            (account, command_id, fingerprint, event, now, now + self.retention)
+        )
+
+    async def _complete_many(self, items: list[_CompleteArgs]) -> list[bytes]:
+        if len(items) == 1:
+            return [await self._complete_one(items[0])]
+        try:
+            rows = await self.db.call("fetch", _COMPLETE_MANY, *_columns(items, 6))
+        except asyncpg.DeadlockDetectedError:
+            return list(await asyncio.gather(*(self._complete_one(item) for item in items)))
+        found = {(row["account"], row["command_id"]): row for row in rows}
+        events: list[bytes] = []
+        for item in items:
+            row = found.get(_key(item))
+            if row is None:  # another worker completed it mid-statement: ask again to read its event
+                events.append(await self._complete_one(item))
+            else:
+                events.append(item[3] if row["ours"] else row["event"])
+        return events
+
+    async def _complete_one(self, args: _CompleteArgs) -> bytes:
         for _ in range(_STALE_READ_RETRIES):
             row = await self.db.call("fetchrow", _COMPLETE, *args)
             if row is None:
                 continue  # another worker completed it mid-statement: ask again to read its event
             if row["ours"]:
-                return event
+                return args[3]
             stored: bytes = row["event"]
             return stored
         raise StoreUnavailable("complete: the record kept changing under concurrent workers")
@@ -341,6 +594,8 @@ class PostgresIdempotencyStore:
         return removed
 
     async def close(self) -> None:
+        await self._claims.wait_sent()
+        await self._completes.wait_sent()
         await self.db.close()
 
 
@@ -353,6 +608,7 @@ ON CONFLICT (account, number) DO UPDATE SET reason = excluded.reason, source = e
 class PostgresSuppressionList:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._contains: Batcher[tuple[str, str], bool] = Batcher(self._contains_many)
 
     async def add(self, account: str, number: str, *, reason: str, source: str, now: float) -> None:
         await self.db.call("execute", _ADD_SUPPRESSION, account, number, reason, source, now)
@@ -371,13 +627,12 @@ class PostgresSuppressionList:
         return _count(status) == 1
 
     async def contains(self, account: str, number: str) -> bool:
-        found = await self.db.call(
-            "fetchval",
-            "SELECT true FROM switchboard_suppressions WHERE account = $1 AND number = $2",
-            account,
-            number,
-        )
-        return found is not None
+        return await self._contains.submit((account, number))
+
+    async def _contains_many(self, items: list[tuple[str, str]]) -> list[bool]:
+        rows = await self.db.call("fetch", _CONTAINS_MANY, *_columns(items, 2))
+        found = {(row["account"], row["number"]) for row in rows}
+        return [item in found for item in items]
 
     async def list(self, account: str | None = None) -> list[dict[str, Any]]:
         rows = await self.db.call(
