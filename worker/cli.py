@@ -195,20 +195,27 @@ def publish(
     timeout: float,
 ) -> None:
     """Publish a command (with publisher confirms). Exit 1 if --wait sees it fail."""
-    from worker.client import Switchboard
+    from worker.client import CallTimeout, PublishError, Switchboard
+    from worker.errors import SwitchboardError
 
     settings = _settings()
     body = _json_argument(payload, "--payload")
     metadata = _json_argument(meta, "--meta") if meta else None
-    with Switchboard(settings.amqp_url.get_secret_value()) as client:
-        if not wait:
-            sent = client.send(command_type, body, id=command_id, account=account, meta=metadata)
-            click.echo(f"published {command_type} {sent}", err=True)
-            click.echo(sent)
-            return
-        event = client.call(
-            command_type, body, id=command_id, account=account, meta=metadata, timeout=timeout
-        )
+    try:
+        with Switchboard(settings.amqp_url.get_secret_value()) as client:
+            if not wait:
+                sent = client.send(command_type, body, id=command_id, account=account, meta=metadata)
+                click.echo(f"published {command_type} {sent}", err=True)
+                click.echo(sent)
+                return
+            event = client.call(
+                command_type, body, id=command_id, account=account, meta=metadata, timeout=timeout
+            )
+    except SwitchboardError as exc:
+        # Refused before publishing: the payload breaks its schema, or the type is unknown.
+        raise click.ClickException(f"not published ({exc.code}): {exc.message}") from None
+    except (PublishError, CallTimeout, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
     _print_json(event)
     if event.get("status") != "succeeded":
         sys.exit(1)
