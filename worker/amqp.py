@@ -81,8 +81,9 @@ class Connection:
         try:
             await opened
         except BaseException:
-            if raw.is_open or raw.is_opening:
-                raw.close()
+            if not (raw.is_closed or raw.is_closing):
+                with contextlib.suppress(Exception):
+                    raw.close()
             raise
         connection = cls(raw)
         holder.append(connection)

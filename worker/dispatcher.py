@@ -603,13 +603,30 @@ class Dispatcher:
     async def _publish_stored(self, delivery: Delivery, command: Command, stored: bytes) -> None:
         event = orjson.loads(stored)
         log.info("already finished; publishing the stored event again", status=event["status"])
-        await self.outbox.event(
-            stored,
-            routing_key=events.routing_key(event),
-            event_id=event["event_id"],
-            command_id=command.id,
-            reply_to=command.properties.reply_to,
-        )
+        publishing = [
+            self.outbox.event(
+                stored,
+                routing_key=events.routing_key(event),
+                event_id=event["event_id"],
+                command_id=command.id,
+                reply_to=command.properties.reply_to,
+            )
+        ]
+        if event["status"] != "succeeded" and event.get("error") is not None:
+            # The first settle may have died after storing the outcome but before its dead
+            # letter was confirmed: copy it again. A second copy carries the same
+            # x-switchboard-event-id, so it is recognisable as the same outcome.
+            publishing.append(
+                self.outbox.dead_letter(
+                    delivery.body,
+                    delivery.properties,
+                    routing_key=delivery.routing_key,
+                    status=event["status"],
+                    error=event["error"],
+                    event_id=event["event_id"],
+                )
+            )
+        await asyncio.gather(*publishing)
         delivery.channel.ack(delivery.delivery_tag)
 
     async def _publish_terminal(

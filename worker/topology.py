@@ -7,8 +7,10 @@
         |-- upload_list, ...   --> switchboard.peerly  (quorum)
         '-- anything else (alternate exchange)
                                --> switchboard.unrouted --> rejected "unknown_type"
-    retries:   switchboard.delay (headers) --> switchboard.delay.<n>s (TTL n s)
+    waiting:   switchboard.wait (headers) --> switchboard.wait.<n>s (quorum, TTL n s)
                --(dead-letter, same routing key)--> switchboard.commands
+               (retries, deferrals, continuations; the old names switchboard.delay*
+               were classic queues and are no longer used)
     outcomes:  switchboard.events (topic), routing key <type>.<status>
     kept:      switchboard.dlx (fanout) --> switchboard.dead
 
@@ -26,12 +28,14 @@ from typing import Any, Protocol
 
 COMMANDS_EXCHANGE = "switchboard.commands"
 EVENTS_EXCHANGE = "switchboard.events"
-DELAY_EXCHANGE = "switchboard.delay"
+DELAY_EXCHANGE = "switchboard.wait"
 DEAD_LETTER_EXCHANGE = "switchboard.dlx"
 UNROUTED_EXCHANGE = "switchboard.unrouted"
 DEAD_QUEUE = "switchboard.dead"
 UNROUTED_QUEUE = "switchboard.unrouted"
-DELAY_HEADER = "x-switchboard-delay"
+DELAY_HEADER = "switchboard-wait"
+"""The header a headers exchange routes on. Not ``x-``: RabbitMQ ignores
+``x-`` headers when matching, which would copy every message to every queue."""
 
 DELAY_BUCKETS_SECONDS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 """Each bucket is one queue with a fixed TTL: per-message TTLs would wait
@@ -43,7 +47,7 @@ def vendor_queue(vendor: str) -> str:
 
 
 def delay_queue(seconds: int) -> str:
-    return f"switchboard.delay.{seconds}s"
+    return f"switchboard.wait.{seconds}s"
 
 
 def delay_bucket(seconds: float) -> int:
@@ -107,8 +111,13 @@ def build(vendor_types: dict[str, Iterable[str]], *, delivery_limit: int = 20) -
             Queue(
                 delay_queue(seconds),
                 {
+                    # Quorum, like the vendor queues: a classic queue lost confirmed
+                    # messages across a broker restart in the crash drill.
+                    "x-queue-type": "quorum",
                     "x-message-ttl": seconds * 1000,
                     "x-dead-letter-exchange": COMMANDS_EXCHANGE,
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
                 },
                 ((DELAY_EXCHANGE, "", {"x-match": "all", DELAY_HEADER: f"{seconds}s"}),),
             )

@@ -33,16 +33,6 @@ SHORT = DrillConfig(
     else None,
 )
 
-DELAY_FANOUT = (
-    "runtime bug: worker/topology.py binds the delay queues to the headers exchange on the header "
-    "'x-switchboard-delay' with x-match=all, but RabbitMQ ignores 'x-' headers when matching, so every "
-    "delayed command is copied into all 11 delay queues (copies come back for up to an hour)"
-)
-RECONNECT_CRASH = (
-    "runtime bug: worker/amqp.py Connection.connect calls raw.is_opening (no such attribute in pika 1.3) "
-    "when a connection attempt fails, so a worker that cannot reach the broker exits with AttributeError"
-)
-
 
 @pytest.fixture(scope="module")
 def drill(topology_declared: None) -> Iterator[Summary]:
@@ -93,14 +83,12 @@ def test_dead_letters_are_exactly_the_failures(drill: Summary) -> None:
     )
 
 
-@pytest.mark.xfail(strict=True, reason=DELAY_FANOUT)
 def test_queues_end_empty(drill: Summary) -> None:
     """After the last outcome the vendor, unrouted and delay queues are empty."""
     left = {name: depth for name, depth in drill.leftovers.items() if depth}
     assert not left, drill.table()
 
 
-@pytest.mark.xfail(strict=True, reason=RECONNECT_CRASH)
 def test_workers_ride_out_the_broker_restart(drill: Summary) -> None:
     """/readyz fails while the broker is stopped and recovers after; no worker exits by itself."""
     assert drill.readyz_went_down, drill.table()

@@ -36,6 +36,14 @@ class TestClaimBatch:
         ] * 200
         assert [c.state for c in again] == [{"key": key} for key in keys]
 
+    async def test_more_calls_in_one_turn_than_one_statement_takes(self, stores: Stores) -> None:
+        """1,200 claims in one turn (more than a batch holds) are all answered, each key ACQUIRED once."""
+        keys = [f"cmd-{n}" for n in range(1200)]
+        claims = await asyncio.gather(*(stores.idempotency.claim(A, key, FP, T0, LEASE) for key in keys))
+        assert [c.status for c in claims] == [ClaimStatus.ACQUIRED] * 1200
+        again = await asyncio.gather(*(stores.idempotency.claim(A, key, FP, T0 + 1, LEASE) for key in keys))
+        assert [c.status for c in again] == [ClaimStatus.BUSY] * 1200
+
     async def test_same_key_twice_in_one_turn(self, stores: Stores) -> None:
         """The same key claimed twice in one turn, among others: one ACQUIRED, the other BUSY."""
         store = stores.idempotency

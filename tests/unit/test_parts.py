@@ -268,8 +268,8 @@ async def test_delayed_copy_drops_the_broker_delivery_count() -> None:
         b"{}", original, routing_key="send_text", seconds=3, headers={"x-switchboard-attempts": 2}
     )
     exchange, routing_key, properties = published[0]
-    assert (exchange, routing_key) == ("switchboard.delay", "send_text")
+    assert (exchange, routing_key) == ("switchboard.wait", "send_text")
     assert "x-delivery-count" not in properties.headers
-    assert properties.headers["x-switchboard-delay"] == "5s"
+    assert properties.headers["switchboard-wait"] == "5s"
     assert properties.headers["traceparent"] == "00-x"
     assert properties.headers["f"] == "1.5"
