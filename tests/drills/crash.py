@@ -63,6 +63,8 @@ class DrillConfig:
     rate: float = 100.0
     """Commands published per second (kills and the restart happen while publishing)."""
     kill_every: float | None = 5.0
+    min_kills: int = 0
+    """Keep killing (every ``kill_every``) after publishing ends until this many kills happened."""
     restart_broker: bool = True
     faults: FaultMix = field(default_factory=FaultMix)
     duplicate_share: float = 0.05
@@ -292,7 +294,9 @@ def _chaos(
     next_burst = start + (config.faults.burst_every or float("inf"))
     restart_at = start + publish_seconds / 2 + 1.3 if config.restart_broker else float("inf")
     publisher.start()
-    while publisher.is_alive():
+    # The broker restart can take most of the publishing window: keep going until the
+    # promised number of kills happened, so the drill always hurts as much as it says.
+    while publisher.is_alive() or (config.kill_every and summary.kills < config.min_kills):
         now = time.monotonic()
         if now >= next_kill:
             workers.kill_one(rng)

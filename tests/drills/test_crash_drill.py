@@ -24,6 +24,7 @@ SHORT = DrillConfig(
     store_url=os.environ.get("SWITCHBOARD_DRILL_STORE", "redis://127.0.0.1:6379/12"),
     rate=20.0,  # 18 s of publishing: kills at 4, 8, 12, 16 s and the broker restart at ~10 s
     kill_every=4.0,
+    min_kills=3,
     restart_broker=True,
     faults=FaultMix(server_errors=0.10, timeouts=0.05, slow_delay=1.5, burst_every=3.0, burst_size=20),
     settle_timeout=90.0,
