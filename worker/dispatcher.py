@@ -372,23 +372,11 @@ class Dispatcher:
         if opening is None:
             return False
         await self.stores.idempotency.release(command.account, command.id, state, waiting=True)
-        event = events.build(
-            command_id=command.id,
-            type=command.type,
-            account=command.account,
-            status="deferred",
-            attempts=run.attempts,
-            duration_ms=(time.monotonic() - run.started) * 1000,
-            meta=command.meta,
-            result={"reason": "quiet_hours", "until": opening.isoformat(), "time_zone": str(opening.tzinfo)},
+        await self._publish_interim(
+            run,
+            "deferred",
+            {"reason": "quiet_hours", "until": opening.isoformat(), "time_zone": str(opening.tzinfo)},
         )
-        await self.outbox.event(
-            events.encode(event),
-            routing_key=events.routing_key(event),
-            event_id=event["event_id"],
-            command_id=command.id,
-        )
-        PROGRESS_EVENTS.labels(command.type, "deferred").inc()
         log.info("outside the sending window; deferred", until=opening.isoformat())
         await self._defer(delivery, command, opening.timestamp() - now, "quiet_hours")
         return True
@@ -467,24 +455,29 @@ class Dispatcher:
         command = run.command
         await self.stores.idempotency.release(command.account, command.id, step.state, waiting=True)
         if step.progress is not None:
-            event = events.build(
-                command_id=command.id,
-                type=command.type,
-                account=command.account,
-                status="progress",
-                attempts=run.attempts,
-                duration_ms=(time.monotonic() - run.started) * 1000,
-                meta=command.meta,
-                result=step.progress,
-            )
-            await self.outbox.event(
-                events.encode(event),
-                routing_key=events.routing_key(event),
-                event_id=event["event_id"],
-                command_id=command.id,
-            )
-            PROGRESS_EVENTS.labels(command.type, "progress").inc()
+            await self._publish_interim(run, "progress", step.progress)
         await self._send_back(delivery, command, step.after_seconds, "continuation", attempts=run.attempts)
+
+    async def _publish_interim(self, run: _Run, status: str, result: dict[str, Any]) -> None:
+        """A non-terminal event (``progress``, ``deferred``): published, never stored."""
+        command = run.command
+        event = self._event(
+            command.id,
+            command.type,
+            command.account,
+            command.meta,
+            status,
+            run.attempts,
+            run.started,
+            result=result,
+        )
+        await self.outbox.event(
+            events.encode(event),
+            routing_key=events.routing_key(event),
+            event_id=event["event_id"],
+            command_id=command.id,
+        )
+        PROGRESS_EVENTS.labels(command.type, status).inc()
 
     async def _defer(self, delivery: Delivery, command: Command, seconds: float, reason: str) -> None:
         """Back through a delay queue without counting an attempt."""

@@ -65,6 +65,29 @@ def amqp_safe(headers: dict[str, Any] | None) -> dict[str, Any]:
     return safe
 
 
+def _carried(original: pika.spec.BasicProperties) -> dict[str, Any]:
+    """The headers a new copy of a command keeps. Not the broker's redelivery
+    count: it belongs to the message being acked, and would make the copy look
+    poisoned."""
+    headers = amqp_safe(original.headers)
+    headers.pop("x-delivery-count", None)
+    return headers
+
+
+def _copy(original: pika.spec.BasicProperties, headers: dict[str, Any]) -> pika.BasicProperties:
+    """A persistent copy of a command's properties with new headers."""
+    return pika.BasicProperties(
+        content_type=original.content_type,
+        content_encoding=original.content_encoding,
+        delivery_mode=PERSISTENT,
+        message_id=original.message_id,
+        correlation_id=original.correlation_id,
+        reply_to=original.reply_to,
+        type=original.type,
+        headers=headers,
+    )
+
+
 class Outbox:
     """Publishes on the current confirm channel (it changes on reconnect)."""
 
@@ -119,11 +142,7 @@ class Outbox:
         event_id: str,
     ) -> None:
         """Keep the original message in ``switchboard.dead`` with why it ended there."""
-        headers = {
-            k: v
-            for k, v in amqp_safe(original.headers).items()
-            if k not in RUNTIME_HEADERS and k != "x-delivery-count"
-        }
+        headers = {k: v for k, v in _carried(original).items() if k not in RUNTIME_HEADERS}
         headers.update(
             {
                 H_DEAD_STATUS: status,
@@ -133,16 +152,7 @@ class Outbox:
                 H_DEAD_AT: datetime.now(UTC).isoformat(timespec="milliseconds"),
             }
         )
-        properties = pika.BasicProperties(
-            content_type=original.content_type,
-            content_encoding=original.content_encoding,
-            delivery_mode=PERSISTENT,
-            message_id=original.message_id,
-            correlation_id=original.correlation_id,
-            reply_to=original.reply_to,
-            type=original.type,
-            headers=headers,
-        )
+        properties = _copy(original, headers)
         await self._publish(topology.DEAD_LETTER_EXCHANGE, routing_key, body, properties)
 
     async def delay(
@@ -160,21 +170,9 @@ class Outbox:
         ``x-switchboard-not-before`` tells the worker to send it back once more.
         """
         bucket = topology.delay_bucket(seconds)
-        merged = amqp_safe(original.headers)
-        # The broker's redelivery count belongs to the message being acked, not
-        # to this new copy: carried over, it would make the copy look poisoned.
-        merged.pop("x-delivery-count", None)
+        merged = _carried(original)
         merged.update(headers)
         merged[topology.DELAY_HEADER] = f"{bucket}s"
         merged[H_NOT_BEFORE] = int((time.time() + seconds) * 1000)
-        properties = pika.BasicProperties(
-            content_type=original.content_type,
-            content_encoding=original.content_encoding,
-            delivery_mode=PERSISTENT,
-            message_id=original.message_id,
-            correlation_id=original.correlation_id,
-            reply_to=original.reply_to,
-            type=original.type,
-            headers=merged,
-        )
+        properties = _copy(original, merged)
         await self._publish(topology.DELAY_EXCHANGE, routing_key, body, properties)
