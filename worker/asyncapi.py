@@ -369,7 +369,7 @@ def _command_message(spec: CommandSpec) -> dict[str, Any]:
         "tags": [{"name": spec.vendor}],
         "bindings": {"amqp": {"bindingVersion": AMQP_BINDING_VERSION}},
     }
-    if spec.example:
+    if spec.example is not None:
         message["examples"] = [
             {
                 "name": "example",
