@@ -136,6 +136,7 @@ class Dispatcher:
             list(registry.commands), {t: s.schema for t, s in registry.commands.items()}
         )
         self.rng = random.Random()
+        self._loggers: dict[str, Any] = {}
 
     async def handle(self, delivery: Delivery) -> None:
         """Process one delivery to its end; never raises for bad input."""
@@ -308,6 +309,12 @@ class Dispatcher:
             return
         await self._run(delivery, run, first_at, state)
 
+    def _handler_log(self, vendor: str) -> Any:
+        logger = self._loggers.get(vendor)
+        if logger is None:
+            logger = self._loggers[vendor] = structlog.get_logger(f"switchboard.handlers.{vendor}")
+        return logger
+
     def _context(self, run: _Run, first_at: float, state: dict[str, Any] | None) -> CommandContext[Any]:
         command = run.command
         return CommandContext(
@@ -317,7 +324,7 @@ class Dispatcher:
             attempt=run.attempts,
             meta=command.meta,
             client=self.clients[(run.spec.vendor, command.account)],
-            log=structlog.get_logger(f"switchboard.handlers.{run.spec.vendor}"),
+            log=self._handler_log(run.spec.vendor),
             first_attempt_at=datetime.fromtimestamp(first_at, UTC),
             suppressions=self.stores.suppressions,
             state=state,
@@ -648,7 +655,10 @@ class Dispatcher:
                 )
             )
             DEAD_LETTERS.labels(command_type, status).inc()
-        await asyncio.gather(*publishing)
+        if len(publishing) == 1:
+            await publishing[0]  # the common case: no gather future to build
+        else:
+            await asyncio.gather(*publishing)
         delivery.channel.ack(delivery.delivery_tag)
         if tracing.state.enabled:
             tracing.record_outcome(trace.get_current_span(), status, None if error is None else error["code"])

@@ -116,20 +116,35 @@ class Outbox:
     ) -> None:
         """Publish an event, and to ``reply_to`` too when given."""
         headers = dict(headers or {})
+        if not tracing.state.enabled:
+            await self._publish_event(body, routing_key, event_id, command_id, reply_to, headers)
+            return
         with tracing.publish_span(topology.EVENTS_EXCHANGE, routing_key, event_id, headers):
-            properties = pika.BasicProperties(
-                content_type="application/json",
-                delivery_mode=PERSISTENT,
-                message_id=event_id,
-                correlation_id=command_id,
-                type=routing_key,
-                timestamp=int(time.time()),
-                headers=headers or None,
-            )
-            confirms = [self._publish(topology.EVENTS_EXCHANGE, routing_key, body, properties)]
-            if reply_to:
-                confirms.append(self._publish("", reply_to, body, properties))
-            await asyncio.gather(*confirms)
+            await self._publish_event(body, routing_key, event_id, command_id, reply_to, headers)
+
+    async def _publish_event(
+        self,
+        body: bytes,
+        routing_key: str,
+        event_id: str,
+        command_id: str | None,
+        reply_to: str | None,
+        headers: dict[str, Any],
+    ) -> None:
+        properties = pika.BasicProperties(
+            content_type="application/json",
+            delivery_mode=PERSISTENT,
+            message_id=event_id,
+            correlation_id=command_id,
+            type=routing_key,
+            timestamp=int(time.time()),
+            headers=headers or None,
+        )
+        published = self._publish(topology.EVENTS_EXCHANGE, routing_key, body, properties)
+        if not reply_to:
+            await published
+            return
+        await asyncio.gather(published, self._publish("", reply_to, body, properties))
 
     async def dead_letter(
         self,
