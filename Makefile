@@ -37,10 +37,10 @@ test: $(STAMP)
 	$(MAKE) --no-print-directory lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-## make bench [QUICK=1]: throughput and latency against a bare asyncio baseline.
+## make bench [QUICK=1] [STORES=sqlite,redis,postgres]: throughput and latency against a bare asyncio baseline, per store.
 bench: $(STAMP)
-	.ci/services rabbitmq redis
-	$(BIN)/python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
+	.ci/services rabbitmq redis postgres
+	$(BIN)/python -m bench $(if $(QUICK),--quick) --store $(or $(STORES),sqlite,redis,postgres) $(BENCH_ARGS)
 
 ## make drill [COMMANDS=10000 WORKERS=3]: the long crash drill, with a summary table.
 drill: $(STAMP)
