@@ -67,7 +67,6 @@ _ADDRESSING = ("contact_id", "to_number", "from_number", "group_id")
 )
 async def subscribe_series(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """Subscribe a contact or number to a series, starting now (POST /series/subscribe)."""
-    payload = check_subscribe_series(payload)
     await refuse_contact_if_opted_out(ctx, payload)
     fields = ("series_id", "timezone", *_ADDRESSING)
     body = await ctx.client.post("/series/subscribe", build_form({key: payload.get(key) for key in fields}))
@@ -88,7 +87,6 @@ async def subscribe_series(payload: dict[str, Any], ctx: PidjContext) -> dict[st
 )
 async def initiate_survey(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """Start a survey with a contact or number: intro text and first question now (POST /survey/initiate)."""
-    payload = check_initiate_survey(payload)
     await refuse_contact_if_opted_out(ctx, payload)
     fields = ("survey_id", *_ADDRESSING)
     body = await ctx.client.post("/survey/initiate", build_form({key: payload.get(key) for key in fields}))

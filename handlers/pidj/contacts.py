@@ -102,7 +102,6 @@ async def get_contact(payload: dict[str, Any], ctx: PidjContext) -> dict[str, An
 )
 async def get_contact_by_phone(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """Get a contact record by phone number (GET /contact/by-phone/{phone_number})."""
-    payload = check_by_phone(payload)
     path = f"/contact/by-phone/{path_segment(payload['phone_number'])}"
     body = await ctx.client.get("/contact/by-phone/{phone_number}", path=path)
     return status_of(body, "contact")
@@ -126,7 +125,6 @@ async def get_contact_by_phone(payload: dict[str, Any], ctx: PidjContext) -> dic
 )
 async def create_contact(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """Create a contact (POST /contact); if the number is already on record Pidj changes nothing."""
-    payload = check_create_contact(payload)
     body = await ctx.client.post("/contact", build_form({key: payload.get(key) for key in FIELDS}))
     return status_of(body, "id")
 
@@ -140,7 +138,6 @@ async def create_contact(payload: dict[str, Any], ctx: PidjContext) -> dict[str,
 )
 async def update_contact(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """Update a contact (PUT /contact/{id}); a blank field clears it."""
-    payload = check_update_contact(payload)
     form = build_form({key: payload.get(key) for key in FIELDS if key != "external_id"})
     body = await ctx.client.put("/contact/{id}", form, path=_contact_path(payload["id"]))
     return status_of(body) | {"id": payload["id"]}

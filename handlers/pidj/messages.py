@@ -45,7 +45,6 @@ def check_send_text(payload: dict[str, Any]) -> dict[str, Any]:
 )
 async def send_text(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """Send one text message from one of the account's groups (POST /send)."""
-    payload = check_send_text(payload)
     await refuse_if_opted_out(ctx, payload["to_number"], "to_number")
     form = build_form(
         {
@@ -98,7 +97,6 @@ def check_initiate_task(payload: dict[str, Any]) -> dict[str, Any]:
 )
 async def initiate_task(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """Create and start a task (an interaction) in a channel (POST /task/initiate)."""
-    payload = check_initiate_task(payload)
     fields = ("channel", "group_id", "subject", "topic", "name", "email_address", "phone_number")
     body = await ctx.client.post("/task/initiate", build_form({key: payload.get(key) for key in fields}))
     return status_of(body, "task")

@@ -95,7 +95,6 @@ async def get_user(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
 )
 async def create_user(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """Create a user record (POST /user); a duplicate username is refused by Pidj."""
-    payload = check_create_user(payload)
     body = await ctx.client.post("/user", build_form({key: payload.get(key) for key in _FIELDS}))
     return status_of(body, "id")
 
@@ -109,7 +108,6 @@ async def create_user(payload: dict[str, Any], ctx: PidjContext) -> dict[str, An
 )
 async def update_user(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """Update a user record (PUT /user/{id}); a blank field clears it."""
-    payload = check_update_user(payload)
     form = build_form({key: payload.get(key) for key in _FIELDS if key != "username"})
     body = await ctx.client.put("/user/{id}", form, path=_user_path(payload["id"]))
     return status_of(body) | {"id": payload["id"]}
@@ -162,7 +160,6 @@ def check_create_sso_url(payload: dict[str, Any]) -> dict[str, Any]:
 )
 async def create_sso_url(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """Generate a single sign-on URL for a user (POST /sso/url); it expires in 60 seconds."""
-    payload = check_create_sso_url(payload)
     fields = {key: payload.get(key) for key in ("user_uuid", "external_id", "next")}
     body = await ctx.client.post("/sso/url", build_form(fields))
     return status_of(body, "url") | {"expires_in_seconds": 60}
