@@ -4,8 +4,11 @@ Auth: ``POST /token-auth`` with md5(lower-cased e-mail) and md5(password)
 gives a JWT that goes in ``Authorization: JWT <token>``. One token per
 account, shared by every command of this client:
 
-- it is renewed when fewer than :data:`RENEW_MARGIN_SECONDS` remain by its
-  ``exp`` claim (a token without ``exp`` is a failed login);
+- Peerly's documented answer is only ``{"token": "<jwt token>"}``: nothing
+  says the JWT carries an ``exp`` claim. When it does, the token is renewed
+  when fewer than :data:`RENEW_MARGIN_SECONDS` remain by it; in any case it is
+  renewed once it is ``token_max_age_seconds`` old (an account setting), so a
+  token without ``exp`` works and is still replaced in time;
 - a 401 drops it and the request is sent once more with a new token; a
   second 401 is :class:`VendorAuthFailed`;
 - however many commands need a new token at once, one login is made
@@ -29,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -51,6 +55,19 @@ _MAX_TEXT = 500
 
 FormFactory = Callable[[], aiohttp.FormData]
 """Builds a fresh multipart body: aiohttp cannot send one FormData twice (401 retry)."""
+
+
+def path_segment(value: str, path: str) -> str:
+    """``value`` percent-encoded as one URL path segment (ids go into Peerly's paths).
+
+    The payload schemas already restrict ids to a safe alphabet; this is the
+    second line: ``/`` and ``%`` are encoded, and a segment of only dots is
+    refused because HTTP clients resolve ``.``/``..`` (even as ``%2E%2E``),
+    which would send the request to another endpoint.
+    """
+    if not value or set(value) <= {"."}:
+        raise InvalidPayload("an id may not be empty, '.' or '..'", path=path)
+    return quote(value, safe="")
 
 
 def md5_hex(text: str) -> str:
@@ -103,7 +120,8 @@ def _flatten(value: Any) -> str:
 @dataclass(frozen=True)
 class _Token:
     value: str
-    expires_at: float
+    renew_at: float
+    """When to log in again: ``exp`` minus the margin, or the max age, whichever is first."""
 
 
 class PeerlyClient:
@@ -198,7 +216,7 @@ class PeerlyClient:
     # -- the token --------------------------------------------------------
     def _fresh(self) -> _Token | None:
         token = self._token
-        if token is not None and token.expires_at - self._clock() > RENEW_MARGIN_SECONDS:
+        if token is not None and self._clock() < token.renew_at:
             return token
         return None
 
@@ -247,13 +265,18 @@ class PeerlyClient:
             raise VendorAuthFailed(
                 "peerly: login answer has no token", details={"http_status": answer.status}
             )
-        expires_at = jwt_exp(value)
-        if expires_at is None:
-            raise VendorAuthFailed(
-                "peerly: login gave a token without exp", details={"http_status": answer.status}
-            )
-        self._token = _Token(value, expires_at)
-        log.info("peerly login", vendor="peerly", expires_in_seconds=int(expires_at - self._clock()))
+        now = self._clock()
+        renew_at = now + self.account.token_max_age_seconds
+        exp = jwt_exp(value)
+        if exp is not None:
+            renew_at = min(renew_at, exp - RENEW_MARGIN_SECONDS)
+        self._token = _Token(value, renew_at)
+        log.info(
+            "peerly login",
+            vendor="peerly",
+            token_has_exp=exp is not None,
+            renew_in_seconds=int(renew_at - now),
+        )
         return self._token
 
     def _scrub(self, text: str) -> str:

@@ -2,25 +2,41 @@
 
 Readings of the document (kept here, easy to change when Peerly answers):
 
-- "only one template is allowed" but the example sends four: several are
-  accepted, exactly one with ``is_default: true`` (checked before sending).
+- "only one template is allowed and will be used as the default" but the
+  example sends four: a single template needs no ``is_default`` (it is the
+  default; the field "defaults to false", so only an explicit ``false`` is
+  refused); several are accepted when exactly one has ``is_default: true``
+  (checked before sending).
 - Template media is ``templates[].advanced.media`` in the table and
   ``templates[].media`` in the example: both are accepted and sent as given.
-- The documented ``201`` of create-job shows no job id; the id is read from
-  ``id`` (or ``job_id``) when Peerly sends one, else the result's ``job_id``
-  is null and a warning is logged.
+- The documented ``201`` of create-job shows no job id (only ``agents``,
+  ``name``, ``status``, ``templates``). The id is read from ``id`` (or
+  ``job_id``) should Peerly send one; otherwise the result's ``job_id`` is
+  null, ``job_id_known`` is false and ``job_id_hint`` says how to find it
+  (the job's name in Peerly's app: the document has no endpoint that lists
+  jobs).
+- ``assignlist`` "appends the new phone list": nothing says a repeat is
+  ignored, so ``assign_list`` is unsafe to repeat. After a crash mid-call its
+  reconcile hook sends the request once and reads the answer's
+  ``phone_lists`` (the only view of a job's lists the document gives): a
+  list shown twice means the earlier attempt had appended it; the result says
+  so (``duplicate_appended``) and an error line names the job, so the extra
+  entry can be removed in Peerly. There is no side-effect-free way to ask.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
-from handlers.peerly.client import PeerlyClient
+from handlers.peerly.client import PeerlyClient, path_segment
 from handlers.peerly.validation import check_create_job
 from worker.registry import CommandContext, Result, registry
 
 JOBS_ENDPOINT = "/1to1/jobs"
+NO_JOB_ID_HINT = (
+    "Peerly's answer to POST /1to1/jobs carries no job id (as documented). Find the job by its name "
+    "in Peerly's app (1to1 jobs); its id is the one assign_list and upload_list.assign_to_jobs take."
+)
 ASSIGN_ENDPOINT = "/1to1/jobs/{id}/assignlist"
 
 JOB_EXAMPLE: dict[str, Any] = {
@@ -87,11 +103,13 @@ async def create_job(payload: dict[str, Any], ctx: CommandContext[PeerlyClient])
     ):
         raise client.invalid_response(JOBS_ENDPOINT, "no name or templates")
     job_id = answer.get("id", answer.get("job_id"))
-    if job_id is None:
-        ctx.log.warning("peerly created a job without telling its id")
     agents = answer.get("agents")
+    known: dict[str, Any] = {"job_id": str(job_id), "job_id_known": True}
+    if job_id is None:
+        ctx.log.info("peerly created the job; its answer has no id (as documented)")
+        known = {"job_id": None, "job_id_known": False, "job_id_hint": NO_JOB_ID_HINT}
     return {
-        "job_id": None if job_id is None else str(job_id),
+        **known,
         "account_id": body["account_id"],
         "name": answer["name"],
         "status": answer.get("status"),
@@ -100,12 +118,14 @@ async def create_job(payload: dict[str, Any], ctx: CommandContext[PeerlyClient])
     }
 
 
-async def assign(client: PeerlyClient, job_id: str, list_id: int) -> list[Any]:
+async def assign(
+    client: PeerlyClient, job_id: str, list_id: int, where: str = "/payload/job_id"
+) -> list[Any]:
     """``POST /1to1/jobs/{id}/assignlist``; the job's ``phone_lists`` after it."""
     answer = await client.call(
         "POST",
         ASSIGN_ENDPOINT,
-        path=f"/1to1/jobs/{quote(job_id, safe='')}/assignlist",
+        path=f"/1to1/jobs/{path_segment(job_id, where)}/assignlist",
         json={"list_id": list_id},
     )
     lists = answer.get("phone_lists") if isinstance(answer, dict) else None
@@ -114,21 +134,50 @@ async def assign(client: PeerlyClient, job_id: str, list_id: int) -> list[Any]:
     return lists
 
 
-@registry.command(
-    "assign_list",
-    vendor="peerly",
-    safe_to_repeat=True,
-    example={"job_id": "1M93TFzJYm7e5xNNFlrr", "list_id": 123456},
-)
-async def assign_list(payload: dict[str, Any], ctx: CommandContext[PeerlyClient]) -> Result:
-    """Add one ACTIVE phone list to an existing P2P job (its other lists stay)."""
+def _times_listed(lists: list[Any], list_id: int) -> int:
+    return sum(1 for item in lists if str(item) == str(list_id))
+
+
+async def reconcile_assign_list(payload: dict[str, Any], ctx: CommandContext[PeerlyClient]) -> Result:
+    """After a crash mid-call: assign once more and let ``phone_lists`` say whether the first had.
+
+    The document offers no read of a job's lists; the assign answer is the
+    only one. Twice in it = the earlier attempt had appended the list.
+    """
     lists = await assign(ctx.client, payload["job_id"], payload["list_id"])
-    in_job = str(payload["list_id"]) in {str(item) for item in lists}
-    if not in_job:
+    times = _times_listed(lists, payload["list_id"])
+    if times > 1:
+        ctx.log.error(
+            "peerly job lists this phone list twice: an earlier attempt had assigned it; "
+            "remove the extra entry in Peerly",
+            job_id=payload["job_id"],
+            list_id=payload["list_id"],
+        )
+    return _assign_result(payload, lists, times, ctx)
+
+
+def _assign_result(
+    payload: dict[str, Any], lists: list[Any], times: int, ctx: CommandContext[PeerlyClient]
+) -> Result:
+    if times == 0:
         ctx.log.warning("peerly's answer does not show the assigned list in the job")
     return {
         "job_id": payload["job_id"],
         "list_id": payload["list_id"],
         "phone_lists": lists,
-        "list_in_job": in_job,
+        "list_in_job": times > 0,
+        "duplicate_appended": times > 1,
     }
+
+
+@registry.command(
+    "assign_list",
+    vendor="peerly",
+    safe_to_repeat=False,
+    reconcile=reconcile_assign_list,
+    example={"job_id": "1M93TFzJYm7e5xNNFlrr", "list_id": 123456},
+)
+async def assign_list(payload: dict[str, Any], ctx: CommandContext[PeerlyClient]) -> Result:
+    """Add one ACTIVE phone list to an existing P2P job (its other lists stay); unsafe to repeat."""
+    lists = await assign(ctx.client, payload["job_id"], payload["list_id"])
+    return _assign_result(payload, lists, _times_listed(lists, payload["list_id"]), ctx)

@@ -25,12 +25,11 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 import orjson
 
-from handlers.peerly.client import PeerlyClient
+from handlers.peerly.client import PeerlyClient, path_segment
 from handlers.peerly.files import UploadFile, csv_from_rows, read_reference
 from handlers.peerly.jobs import assign
 from handlers.peerly.validation import check_upload_list, invalid_rows_report, normalise_rows
@@ -80,7 +79,8 @@ class ListStatus:
 
 async def fetch_status(client: PeerlyClient, token: str) -> ListStatus:
     """``GET /phonelists/{token}/checkstatus``, checked against the document's shape."""
-    body = await client.call("GET", STATUS_ENDPOINT, path=f"/phonelists/{quote(token, safe='')}/checkstatus")
+    segment = path_segment(token, "/payload/list_status_token")
+    body = await client.call("GET", STATUS_ENDPOINT, path=f"/phonelists/{segment}/checkstatus")
     data = body.get("Data") if isinstance(body, dict) else None
     state = data.get("list_state", data.get("list_status")) if isinstance(data, dict) else None
     if not isinstance(state, str) or not state:
@@ -246,7 +246,8 @@ async def _assign_next(
     if pending:
         job = pending[0]
         try:
-            await assign(ctx.client, job, state["list_id"])
+            where = f"/payload/assign_to_jobs/{payload['assign_to_jobs'].index(job)}"
+            await assign(ctx.client, job, state["list_id"], where)
         except PermanentError as exc:
             exc.details.update({"list_id": state["list_id"], "assigned_jobs": done, "failed_job": job})
             raise

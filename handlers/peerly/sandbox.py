@@ -3,14 +3,21 @@
 Routes are under ``/api`` (clients use ``<base_url>/api`` as Peerly's base):
 
 - ``POST /api/token-auth``  md5 hex e-mail and password only (raw ones get 400);
-  answers a HS256 JWT with ``exp`` (``token_lifetime`` seconds)
+  answers as documented: ``token``, ``root_accounts``, ``user``. The token
+  is a HS256 JWT *without* ``exp`` (the document shows none); it stops
+  working ``token_lifetime`` seconds after it was issued (kept here, not in
+  the token)
 - every other route wants ``Authorization: JWT <token>``: 401 when it is
   missing, not ``JWT``, forged, expired, or expired by :meth:`expire_tokens`
 - ``POST /api/phonelists`` multipart; every required and conditional field of
   the upload table; a list is ``PENDING``, ``PROCESSING`` after half of
   ``list_active_after`` seconds, then ``ACTIVE`` with a ``list_id``
 - ``GET  /api/phonelists/{token}/checkstatus``
-- ``POST /api/1to1/jobs`` JSON; ``POST /api/1to1/jobs/{id}/assignlist`` JSON
+- ``POST /api/1to1/jobs`` JSON; answers the documented ``201`` (``agents``,
+  ``name``, ``status``, ``templates``: no job id; tests find the id in the
+  ``job_created`` side effect, as a person would in Peerly's app)
+- ``POST /api/1to1/jobs/{id}/assignlist`` JSON; "appends the new phone list":
+  a list assigned twice is listed twice (nothing says Peerly ignores it)
 - ``POST /api/v2/media`` multipart; answers ``201`` with ``"status": "ERROR"``
   when the title or file name contains ``corrupt``
 
@@ -70,14 +77,17 @@ class SimJob:
     phone_lists: list[int] = field(default_factory=list)
 
     def answer(self) -> dict[str, Any]:
+        """The documented 201 of create-job: no id, no phone_lists."""
         return {
-            "id": self.id,
             "agents": [{"agent_id": a} for a in self.body.get("agent_ids", [])],
             "name": self.body["name"],
             "status": self.body.get("status", "active"),
             "templates": self.body["templates"],
-            "phone_lists": list(self.phone_lists),
         }
+
+    def assign_answer(self) -> dict[str, Any]:
+        """The documented 200 of assignlist: the job with its phone_lists."""
+        return {**self.answer(), "phone_lists": list(self.phone_lists)}
 
 
 def _b64(data: bytes) -> str:
@@ -105,6 +115,7 @@ class PeerlySimulator(SimulatorBase):
         accounts: tuple[str, ...] = (SANDBOX_ACCOUNT_ID,),
         list_active_after: float = 2.0,
         token_lifetime: float = 3600.0,
+        exp_claim: bool = False,
         seed: int | None = None,
     ) -> None:
         self.credentials = (
@@ -114,12 +125,15 @@ class PeerlySimulator(SimulatorBase):
         self.accounts = frozenset(accounts)
         self.list_active_after = list_active_after
         self.token_lifetime = token_lifetime
+        self.exp_claim = exp_claim
+        """Put ``exp`` in tokens (not documented; for testing a Peerly that does)."""
         self._secret = secrets.token_bytes(32)
         self._ids = itertools.count(1)
         self.lists: dict[str, SimList] = {}
         self.jobs: dict[str, SimJob] = {}
         self.media: dict[str, dict[str, Any]] = {}
         self._expired: set[str] = set()
+        self._expires_at: dict[str, float] = {}
         self._canned: dict[tuple[str, str], tuple[int, Any]] = {}
         self._issued: list[str] = []
         super().__init__(seed=seed)
@@ -199,7 +213,15 @@ class PeerlySimulator(SimulatorBase):
             {
                 "token": self._issue_token(),
                 "root_accounts": sorted(self.accounts),
-                "user": {"first_name": "Sandbox", "last_name": "User", "user_id": 1, "user_type": "USER"},
+                "user": {
+                    "first_name": "Sandbox",
+                    "last_name": "User",
+                    "email": SANDBOX_EMAIL,
+                    "user_id": 1,
+                    "user_type": "USER",
+                    "local_timezone": "US/Central",
+                    "identities": [],
+                },
             }
         )
 
@@ -293,10 +315,9 @@ class PeerlySimulator(SimulatorBase):
         if not known or known[0].account != job.account_id:
             return _error("Phone list not found or not active")
         with self._lock:
-            if list_id not in job.phone_lists:
-                job.phone_lists.append(list_id)
+            job.phone_lists.append(list_id)  # appends, even a list the job already has
         self.record_side_effect("list_assigned", f"{job.id}:{list_id}", job_id=job.id, list_id=list_id)
-        return web.json_response(job.answer())
+        return web.json_response(job.assign_answer())
 
     async def _create_media(self, request: web.Request) -> web.Response:
         parsed = await _multipart(request)
@@ -343,14 +364,17 @@ class PeerlySimulator(SimulatorBase):
     def _issue_token(self) -> str:
         now = time.time()
         header = _b64(orjson.dumps({"alg": "HS256", "typ": "JWT"}))
-        claims = {"user_id": 1, "username": self.credentials[0], "exp": int(now + self.token_lifetime)}
-        claims["orig_iat"] = int(now)
+        # No exp: the document never shows one. The lifetime is kept server side.
+        claims = {"user_id": 1, "username": self.credentials[0], "orig_iat": int(now)}
         claims["jti"] = secrets.token_hex(8)  # two logins in one second get different tokens
+        if self.exp_claim:
+            claims["exp"] = int(now + self.token_lifetime)
         signing_input = f"{header}.{_b64(orjson.dumps(claims))}"
         signature = hmac.new(self._secret, signing_input.encode(), hashlib.sha256).digest()
         token = f"{signing_input}.{_b64(signature)}"
         with self._lock:
             self._issued.append(token)
+            self._expires_at[token] = now + self.token_lifetime
         return token
 
     def _auth_refusal(self, header: str | None) -> str | None:
@@ -371,8 +395,8 @@ class PeerlySimulator(SimulatorBase):
         if not valid:
             return "Error decoding signature."
         with self._lock:
-            expired = token in self._expired
-        if expired or claims.get("exp", 0) <= time.time():
+            expired = token in self._expired or self._expires_at.get(token, 0.0) <= time.time()
+        if expired or not isinstance(claims, dict):
             return "Signature has expired."
         return None
 

@@ -244,7 +244,9 @@ def _templates_error(templates: Any) -> str | None:
                 return "media.media_id is required"
             if media.get("media_type") not in MEDIA_TYPES:
                 return "media.media_type must be IMAGE or VIDEO"
-    if defaults != 1:
+    # "only one template is allowed and will be used as the default": a lone
+    # template is the default whatever it says; several need exactly one.
+    if len(templates) > 1 and defaults != 1:
         return "exactly one template must be the default"
     return None
 

@@ -28,6 +28,16 @@ class PeerlyAccount(BaseModel):
         default_factory=list,
         description="https URL prefixes or host names that file.url may point at; empty = no URLs.",
     )
+    token_max_age_seconds: float = Field(
+        1800.0,
+        gt=0,
+        description="Log in again once the JWT is this old (Peerly documents no lifetime); also on a 401.",
+    )
+    upload_min_bytes_per_second: float = Field(
+        262_144.0,
+        gt=0,
+        description="Slowest upload rate we wait for: an upload may take vendor_timeout + size / this.",
+    )
     list_poll_seconds: float = Field(30.0, gt=0, description="Wait between two list status checks.")
     list_deadline_seconds: float = Field(
         6 * 3600.0,

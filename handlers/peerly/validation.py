@@ -168,18 +168,32 @@ def invalid_rows_report(invalid: list[int]) -> dict[str, Any]:
 def check_create_job(payload: dict[str, Any]) -> dict[str, Any]:
     """The ``check`` of ``create_job``: one default template, references, dates."""
     templates = payload["templates"]
-    defaults = [i for i, t in enumerate(templates) if t.get("is_default") is True]
-    if len(defaults) != 1:
-        raise InvalidPayload(
-            f"exactly one template must have is_default true (found {len(defaults)})",
-            path="/payload/templates",
-        )
+    _check_default_template(templates)
     ids = [t["id"] for t in templates if "id" in t]
     if len(set(ids)) != len(ids):
         raise InvalidPayload("two templates have the same id", path="/payload/templates")
     _check_question_templates(payload.get("questions", []), set(ids))
     _check_dates(payload)
     return payload
+
+
+def _check_default_template(templates: list[dict[str, Any]]) -> None:
+    # "Only one template is allowed and will be used as the default": a lone
+    # template is the default without saying so. With several (as the
+    # document's own example sends), exactly one must say is_default true.
+    if len(templates) == 1:
+        if templates[0].get("is_default") is False:
+            raise InvalidPayload(
+                "a job's only template is its default: is_default may not be false",
+                path="/payload/templates/0/is_default",
+            )
+        return
+    defaults = [i for i, t in enumerate(templates) if t.get("is_default") is True]
+    if len(defaults) != 1:
+        raise InvalidPayload(
+            f"with several templates exactly one must have is_default true (found {len(defaults)})",
+            path="/payload/templates",
+        )
 
 
 def _check_question_templates(questions: list[dict[str, Any]], template_ids: set[str]) -> None:

@@ -40,7 +40,7 @@ def test_login_body_is_md5_of_lowercased_email_and_password() -> None:
 async def test_simulator_refuses_raw_credentials(
     sim: PeerlySimulator, session: aiohttp.ClientSession
 ) -> None:
-    """The simulator answers 400 to raw credentials and 200 with a JWT with exp to md5 ones."""
+    """The simulator answers 400 to raw credentials and, to md5 ones, 200 with the documented fields only."""
     raw = {"email": SANDBOX_EMAIL, "password": SANDBOX_PASSWORD}
     async with session.post(sim.api_url + "/token-auth", json=raw) as response:
         assert response.status == 400
@@ -48,9 +48,9 @@ async def test_simulator_refuses_raw_credentials(
         sim.api_url + "/token-auth", json=login_body(SANDBOX_EMAIL, SANDBOX_PASSWORD)
     ) as response:
         assert response.status == 200
-        token = (await response.json())["token"]
-    exp = jwt_exp(token)
-    assert exp is not None and exp > time.time()
+        answer = await response.json()
+    assert set(answer) == {"token", "root_accounts", "user"}
+    assert jwt_exp(answer["token"]) is None  # the document shows no exp claim
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,8 @@ async def test_200_concurrent_calls_share_one_login(sim: PeerlySimulator, client
 
 
 async def test_token_renewed_once_when_close_to_exp(sim: PeerlySimulator, make_client: ClientFactory) -> None:
-    """When fewer than 5 minutes remain by exp, the next 200 concurrent calls renew it once."""
+    """A token that does carry exp: when fewer than 5 minutes remain, 200 concurrent calls renew it once."""
+    sim.exp_claim = True
     now = [time.time()]
     client = make_client(clock=lambda: now[0])
     token = _a_list(sim)
@@ -144,12 +145,31 @@ async def test_failed_login_is_shared_and_clean(sim: PeerlySimulator, make_clien
         assert secret not in text
 
 
-async def test_token_without_exp_is_failed_login(sim: PeerlySimulator, client: PeerlyClient) -> None:
-    """A login answer whose JWT has no exp is a failed login."""
-    sim._issue_token = lambda: "eyJhbGciOiJIUzI1NiJ9.eyJ1c2VyX2lkIjoxfQ.c2ln"  # type: ignore[method-assign]
-    with pytest.raises(VendorAuthFailed) as caught:
-        await _ping(client, _a_list(sim))
-    assert "exp" in caught.value.message
+async def test_token_without_exp_works_and_is_renewed_by_age(
+    sim: PeerlySimulator, make_client: ClientFactory
+) -> None:
+    """A token without exp (as documented) is used, and renewed once it is token_max_age_seconds old."""
+    now = [1_000_000.0]
+    client = make_client(clock=lambda: now[0], token_max_age_seconds=600)
+    token = _a_list(sim)
+    await asyncio.gather(*(_ping(client, token) for _ in range(20)))
+    assert sim.logins() == 1
+    now[0] += 599
+    await _ping(client, token)
+    assert sim.logins() == 1
+    now[0] += 2
+    await asyncio.gather(*(_ping(client, token) for _ in range(50)))
+    assert sim.logins() == 2
+
+
+async def test_token_without_exp_renewed_on_401(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """A token without exp that Peerly stops accepting before its max age is replaced on the 401."""
+    sim.token_lifetime = 0.5
+    token = _a_list(sim)
+    await _ping(client, token)
+    sim.expire_tokens()
+    await _ping(client, token)
+    assert sim.logins() == 2
 
 
 def test_jwt_exp_reads_claim() -> None:

@@ -70,10 +70,13 @@ def test_create_job_then_assign_list(broker: None, sim: PeerlySimulator) -> None
             publish_command("create_job", copy.deepcopy(JOB_EXAMPLE) | {"account_id": "12345678"})
         )
         assert created["status"] == "succeeded", created
-        job_id = created["result"]["job_id"]
+        assert created["result"]["job_id"] is None  # Peerly's documented answer names no job id
+        # As a person would read it in Peerly's app: here, the simulator's record.
+        job_id = sim.effects("job_created")[0].data["job_id"]
         assigned = tap.wait_for(publish_command("assign_list", {"job_id": job_id, "list_id": list_id}))
         assert assigned["status"] == "succeeded", assigned
         assert assigned["result"]["phone_lists"] == [list_id]
+        assert assigned["result"]["duplicate_appended"] is False
     assert sim.job_lists(job_id) == [list_id]
     assert len(sim.effects("job_created")) == 1
 

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from handlers.peerly.client import MAX_UPLOAD_BYTES, PeerlyClient
-from handlers.peerly.jobs import JOB_EXAMPLE, assign_list, create_job
+from handlers.peerly.jobs import JOB_EXAMPLE, assign_list, create_job, reconcile_assign_list
 from handlers.peerly.lists import check_list_status, upload_list
 from handlers.peerly.media import create_media
 from handlers.peerly.sandbox import PeerlySimulator
+from handlers.peerly.validation import check_create_job
 from handlers.simulator import Fault
 from tests.peerly.conftest import P2P_UPLOAD, ClientFactory, make_ctx
 from tests.peerly.test_peerly_validation import UPLOAD_TABLE
@@ -50,24 +51,31 @@ async def run_upload(
 
 
 def test_commands_are_registered_with_their_safety() -> None:
-    """The five Peerly commands are registered; only check_list_status and assign_list are safe to repeat."""
+    """The five Peerly commands are registered; only check_list_status is safe to repeat; assign_list reconciles."""
     specs = {t: registry.commands[t] for t in registry.types_of("peerly")}
     assert {t: s.safe_to_repeat for t, s in specs.items()} == {
         "upload_list": False,
         "check_list_status": True,
         "create_job": False,
-        "assign_list": True,
+        "assign_list": False,
         "create_media": False,
     }
+    assert specs["assign_list"].reconcile is not None
     assert registry.vendors["peerly"].start_sandbox is not None
 
 
+def _created_job_id(sim: PeerlySimulator) -> str:
+    """The id of the last job made, from the simulator's record (Peerly's answer has none)."""
+    return str(sim.effects("job_created")[-1].data["job_id"])
+
+
 async def test_create_job(sim: PeerlySimulator, client: PeerlyClient) -> None:
-    """create_job sends the document's JSON and returns the job id; the simulator has the job."""
+    """create_job sends the document's JSON; with the documented answer the result says the id is unknown."""
     result = await create_job(copy.deepcopy(JOB_EXAMPLE) | {"account_id": "12345678"}, make_ctx(client))
-    assert result["job_id"] in sim.jobs
+    assert result["job_id"] is None and result["job_id_known"] is False
+    assert "no job id" in result["job_id_hint"] and "name" in result["job_id_hint"]
     assert result["name"] == "01 Job Example" and result["template_count"] == 2
-    sent = sim.jobs[result["job_id"]].body
+    sent = sim.jobs[_created_job_id(sim)].body
     assert sent["did_state"] == "FL" and sent["templates"][0]["advanced"]["media"]["media_type"] == "VIDEO"
     assert len(sim.effects("job_created")) == 1
 
@@ -75,8 +83,8 @@ async def test_create_job(sim: PeerlySimulator, client: PeerlyClient) -> None:
 async def test_create_job_uses_account_setting(sim: PeerlySimulator, client: PeerlyClient) -> None:
     """Without account_id in the payload, the account's default id is sent."""
     payload = {k: v for k, v in copy.deepcopy(JOB_EXAMPLE).items() if k != "account_id"}
-    result = await create_job(payload, make_ctx(client))
-    assert sim.jobs[result["job_id"]].account_id == "12345678"
+    await create_job(payload, make_ctx(client))
+    assert sim.jobs[_created_job_id(sim)].account_id == "12345678"
 
 
 async def test_missing_account_id_is_invalid_payload(make_client: ClientFactory) -> None:
@@ -101,8 +109,57 @@ async def test_assign_list(sim: PeerlySimulator, client: PeerlyClient) -> None:
     """assign_list appends an ACTIVE list to a job and returns its phone_lists."""
     job_id, list_id = sim.add_job(), sim.add_active_list()
     result = await assign_list({"job_id": job_id, "list_id": list_id}, make_ctx(client))
-    assert result == {"job_id": job_id, "list_id": list_id, "phone_lists": [list_id], "list_in_job": True}
+    assert result == {
+        "job_id": job_id,
+        "list_id": list_id,
+        "phone_lists": [list_id],
+        "list_in_job": True,
+        "duplicate_appended": False,
+    }
     assert sim.job_lists(job_id) == [list_id]
+
+
+async def test_create_job_reads_id_when_peerly_sends_one(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """Should Peerly's answer carry an id after all, the result gives it and says it is known."""
+    body = {"id": "AbC123", "agents": [], "name": "n", "status": "active", "templates": []}
+    sim.answer_with("POST", "/api/1to1/jobs", 201, body)
+    result = await create_job(copy.deepcopy(JOB_EXAMPLE) | {"account_id": "12345678"}, make_ctx(client))
+    assert result["job_id"] == "AbC123" and result["job_id_known"] is True and "job_id_hint" not in result
+
+
+async def test_create_job_single_template_without_is_default(
+    sim: PeerlySimulator, client: PeerlyClient
+) -> None:
+    """One template without is_default passes the check and the simulator, and the job is created."""
+    payload = {
+        "account_id": "12345678",
+        "name": "One template",
+        "did_state": "NY",
+        "templates": [{"title": "Hello", "text": "Hi {first_name}"}],
+    }
+    result = await create_job(check_create_job(payload), make_ctx(client))
+    assert result["template_count"] == 1
+    assert len(sim.effects("job_created")) == 1
+
+
+async def test_simulator_appends_a_list_assigned_twice(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """As documented ("appends"), a second assign of the same list lists it twice; the result says so."""
+    job_id, list_id = sim.add_job(), sim.add_active_list()
+    await assign_list({"job_id": job_id, "list_id": list_id}, make_ctx(client))
+    again = await assign_list({"job_id": job_id, "list_id": list_id}, make_ctx(client))
+    assert sim.job_lists(job_id) == [list_id, list_id]
+    assert again["duplicate_appended"] is True
+
+
+async def test_assign_list_reconcile_after_crash(sim: PeerlySimulator, client: PeerlyClient) -> None:
+    """Reconcile after a crash: phone_lists tells whether the earlier attempt had assigned the list."""
+    job_id, list_id = sim.add_job(), sim.add_active_list()
+    first = await reconcile_assign_list({"job_id": job_id, "list_id": list_id}, make_ctx(client))
+    assert first is not None and first["list_in_job"] and not first["duplicate_appended"]
+    other_job = sim.add_job()
+    await assign_list({"job_id": other_job, "list_id": list_id}, make_ctx(client))  # the crashed attempt
+    found = await reconcile_assign_list({"job_id": other_job, "list_id": list_id}, make_ctx(client))
+    assert found is not None and found["duplicate_appended"] is True
 
 
 async def test_assign_list_unknown_job_is_rejected(sim: PeerlySimulator, client: PeerlyClient) -> None:

@@ -282,7 +282,16 @@ def _job(**changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("case", "payload", "path"),
     [
-        ("no default template", _job(templates=[{"title": "a", "text": "b"}]), "/payload/templates"),
+        (
+            "several templates, no default",
+            _job(templates=[{"title": "a", "text": "b"}, {"title": "c", "text": "d"}]),
+            "/payload/templates",
+        ),
+        (
+            "the only template says it is not the default",
+            _job(templates=[{"title": "a", "text": "b", "is_default": False}], questions=[]),
+            "/payload/templates/0/is_default",
+        ),
         (
             "two default templates",
             _job(
