@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     breaker_cooldown_seconds: float = Field(30.0, gt=0)
 
     vendor_timeout_seconds: float = Field(15.0, gt=0)
+    file_memory_budget_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="File bytes all commands may hold in memory at once (uploads stream); over it, commands wait.",
+    )
     rate_limit_per_second: float = Field(
         0.0, ge=0, description="Default per-account vendor request limit; 0 = none."
     )

@@ -28,7 +28,7 @@ import pika.spec
 import structlog
 from opentelemetry import trace
 
-from worker import events, tracing
+from worker import deadline, events, tracing
 from worker.amqp import AMQPError, Channel
 from worker.breaker import CircuitBreaker
 from worker.controls import Controls
@@ -393,8 +393,12 @@ class Dispatcher:
     ) -> dict[str, Any] | Continue | SwitchboardError:
         try:
             # asyncio.timeout, not wait_for: wait_for wraps the call in one more task per command.
-            async with asyncio.timeout(self.settings.handler_timeout_seconds):
-                return await spec.handler(payload, ctx)
+            async with asyncio.timeout(self.settings.handler_timeout_seconds) as timeout:
+                token = deadline.current.set(timeout)  # handlers may extend it for sized work (uploads)
+                try:
+                    return await spec.handler(payload, ctx)
+                finally:
+                    deadline.current.reset(token)
         except SwitchboardError as exc:
             return exc
         except TimeoutError:

@@ -24,7 +24,7 @@ import pika.channel
 import pika.spec
 import redis.asyncio as aioredis
 
-from worker import topology, tracing
+from worker import file_budget, topology, tracing
 from worker.accounts import Accounts, build_clients, resolve
 from worker.amqp import Channel, Connection, ConnectionLost
 from worker.breaker import BreakerState, CircuitBreaker
@@ -83,6 +83,7 @@ class Runtime:
             if redis_url
             else None
         )
+        file_budget.configure(self.settings.file_memory_budget_bytes)
         accounts = await resolve(self.settings, self.registry)
         connector = aiohttp.TCPConnector(limit=max(100, self.settings.max_in_flight * 2), ttl_dns_cache=300)
         session = aiohttp.ClientSession(connector=connector)

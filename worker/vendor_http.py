@@ -117,9 +117,10 @@ class VendorHTTP:
     async def _send(self, method: str, endpoint: str, url: str, kwargs: dict[str, Any]) -> VendorResponse:
         started = time.perf_counter()
         status_label = "error"
+        timeout = kwargs.pop("timeout", self.timeout)  # a caller may size it (uploads)
         try:
             async with self.session.request(
-                method, url, timeout=self.timeout, allow_redirects=False, **kwargs
+                method, url, timeout=timeout, allow_redirects=False, **kwargs
             ) as response:
                 body = await response.read()
                 status_label = str(response.status)
@@ -138,7 +139,7 @@ class VendorHTTP:
             ) from exc
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise VendorUnavailable(
-                f"{self.vendor}: no answer within {self.timeout.total}s",
+                f"{self.vendor}: no answer within {timeout.total}s",
                 code="vendor_timeout",
                 maybe_applied=True,
             ) from exc

@@ -151,17 +151,19 @@ class PeerlyClient:
         path: str | None = None,
         json: Any = None,
         form: FormFactory | None = None,
+        request_timeout: aiohttp.ClientTimeout | None = None,
     ) -> Any:
         """Send one authenticated request; the decoded JSON of a 2xx answer.
 
         ``endpoint`` is the route template (a metric label), ``path`` the
-        concrete path. 4xx and a second 401 raise; see the module docstring.
+        concrete path; ``request_timeout`` replaces the vendor timeout (uploads size
+        theirs). 4xx and a second 401 raise; see the module docstring.
         """
         token = await self._current_token()
-        answer = await self._send(method, endpoint, path, token, json, form)
+        answer = await self._send(method, endpoint, path, token, json, form, request_timeout)
         if answer.status == 401:
             token = await self._token_after_401(token)
-            answer = await self._send(method, endpoint, path, token, json, form)
+            answer = await self._send(method, endpoint, path, token, json, form, request_timeout)
             if answer.status == 401:
                 raise VendorAuthFailed(
                     f"peerly: token refused on {endpoint} even after a new login",
@@ -185,9 +187,12 @@ class PeerlyClient:
         token: str,
         json: Any,
         form: FormFactory | None,
+        request_timeout: aiohttp.ClientTimeout | None = None,
     ) -> VendorResponse:
         headers = {"Authorization": f"JWT {token}", "Accept": "application/json"}
         kwargs: dict[str, Any] = {"headers": headers}
+        if request_timeout is not None:
+            kwargs["timeout"] = request_timeout
         if form is not None:
             kwargs["data"] = form()  # aiohttp sets multipart/form-data with its boundary
         elif json is not None:

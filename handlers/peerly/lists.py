@@ -26,13 +26,13 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from handlers.peerly.client import PeerlyClient, path_segment
-from handlers.peerly.files import UploadFile, csv_from_rows, read_reference
+from handlers.peerly.files import STREAM_HOLD_BYTES, csv_from_rows, open_reference, post_file
 from handlers.peerly.jobs import assign
 from handlers.peerly.validation import check_upload_list, invalid_rows_report, normalise_rows
+from worker import file_budget
 from worker.errors import InvalidPayload, PermanentError, TransientError
 from worker.registry import CommandContext, Continue, Result, registry
 
@@ -41,6 +41,7 @@ FAILED_STATES = ("ERROR", "FAIL", "INVALID", "REJECT", "DELETED")
 ASSIGN_STEP_SECONDS = 1.0
 """Pause between two job assignments (each its own step, so each is remembered)."""
 
+LISTS_ENDPOINT = "/phonelists"
 STATUS_ENDPOINT = "/phonelists/{list_status_token}/checkstatus"
 
 # Form fields sent as given; ``account_id`` becomes ``account`` and list_map is JSON.
@@ -148,25 +149,31 @@ async def upload_list(payload: dict[str, Any], ctx: CommandContext[PeerlyClient]
 async def _upload(payload: dict[str, Any], ctx: CommandContext[PeerlyClient]) -> Continue:
     client = ctx.client
     account = client.account_id(payload)
-    upload, list_map, invalid, rows_sent = await _file_for(payload, client)
     fields = {name: _form_value(payload[name]) for name in _FORM_FIELDS if name in payload}
     fields["account"] = account
-    if list_map is not None:
+    if "rows" in payload:
+        valid, invalid = normalise_rows(payload["rows"])
+        if not valid:
+            raise InvalidPayload("no row has a valid US or Canadian lead_phone", path="/payload/rows")
+        upload, list_map = csv_from_rows(valid)
         fields["list_map"] = _json(list_map)
-
-    def form() -> aiohttp.FormData:
-        multipart = aiohttp.FormData()
-        for name, value in fields.items():
-            multipart.add_field(name, value)
-        multipart.add_field(
-            "file", upload.content, filename=upload.filename, content_type=upload.content_type
-        )
-        return multipart
-
-    body = await client.call("POST", "/phonelists", form=form)
+        async with file_budget.budget.hold(upload.hold_bytes):
+            body = await post_file(client, LISTS_ENDPOINT, fields, "file", upload, upload.content_type)
+        rows_sent: int | None = len(valid)
+    else:
+        invalid, rows_sent = [], None
+        if payload.get("list_map") is not None:
+            fields["list_map"] = _json(payload["list_map"])
+        async with file_budget.budget.hold(STREAM_HOLD_BYTES):
+            source = await open_reference(
+                payload["file"], client.account, client.http.session, "/payload/file"
+            )
+            body = await post_file(
+                client, LISTS_ENDPOINT, fields, "file", source, _list_type(source.filename)
+            )
     data = body.get("Data") if isinstance(body, dict) else None
     if not isinstance(data, dict) or not isinstance(data.get("token"), str) or not data["token"]:
-        raise client.invalid_response("/phonelists", "no Data.token")
+        raise client.invalid_response(LISTS_ENDPOINT, "no Data.token")
     token = data["token"]
     list_state = data.get("list_state") if isinstance(data.get("list_state"), str) else "PENDING"
     state = {
@@ -186,23 +193,13 @@ async def _upload(payload: dict[str, Any], ctx: CommandContext[PeerlyClient]) ->
     return Continue(state=state, after_seconds=client.account.list_poll_seconds, progress=progress)
 
 
-async def _file_for(
-    payload: dict[str, Any], client: PeerlyClient
-) -> tuple[UploadFile, dict[str, int] | None, list[int], int | None]:
-    """(file, list_map to send, invalid row indexes, rows sent) of the payload's list."""
-    if "rows" in payload:
-        valid, invalid = normalise_rows(payload["rows"])
-        if not valid:
-            raise InvalidPayload("no row has a valid US or Canadian lead_phone", path="/payload/rows")
-        upload, list_map = csv_from_rows(valid)
-        return upload, list_map, invalid, len(valid)
-    name, content = await read_reference(
-        payload["file"], client.account, client.http.session, "/payload/file"
-    )
-    if not name.lower().endswith((".csv", ".zip")):
-        raise InvalidPayload("a phone list is a .csv or a .zip of .csv files", path="/payload/file")
-    content_type = "text/csv" if name.lower().endswith(".csv") else "application/zip"
-    return UploadFile(name, content, content_type), payload.get("list_map"), [], None
+def _list_type(name: str) -> str:
+    """The content type of a referenced list; anything but .csv or .zip is refused."""
+    if name.lower().endswith(".csv"):
+        return "text/csv"
+    if name.lower().endswith(".zip"):
+        return "application/zip"
+    raise InvalidPayload("a phone list is a .csv or a .zip of .csv files", path="/payload/file")
 
 
 async def _poll(ctx: CommandContext[PeerlyClient], state: dict[str, Any]) -> Continue | None:

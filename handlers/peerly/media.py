@@ -4,6 +4,7 @@ Peerly may answer ``201`` with ``"status": "ERROR"`` when it could not
 process the file: that is a failure (``media_processing_failed``) carrying
 Peerly's ``error`` text. ``identity_id`` is required by the document; when the
 payload has none, the account id is sent (the identity of the account itself).
+The file is streamed (see :mod:`handlers.peerly.files` for memory and time).
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from __future__ import annotations
 import mimetypes
 from typing import Any
 
-import aiohttp
-
 from handlers.peerly.client import PeerlyClient
-from handlers.peerly.files import read_reference
+from handlers.peerly.files import STREAM_HOLD_BYTES, open_reference, post_file
+from worker import file_budget
 from worker.errors import VendorRejected
 from worker.registry import CommandContext, Result, registry
 
@@ -32,22 +32,13 @@ async def create_media(payload: dict[str, Any], ctx: CommandContext[PeerlyClient
     """Upload a media file (image or video) to Peerly for use in job templates."""
     client = ctx.client
     account = client.account_id(payload)
-    name, content = await read_reference(
-        payload["file"], client.account, client.http.session, "/payload/file"
-    )
     fields = {"account_id": account, "identity_id": str(payload.get("identity_id") or account)}
     if "title" in payload:
         fields["title"] = payload["title"]
-    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-
-    def form() -> aiohttp.FormData:
-        data = aiohttp.FormData()
-        for field, value in fields.items():
-            data.add_field(field, value)
-        data.add_field("initial_file_upload", content, filename=name, content_type=content_type)
-        return data
-
-    answer = await client.call("POST", MEDIA_ENDPOINT, form=form)
+    async with file_budget.budget.hold(STREAM_HOLD_BYTES):
+        source = await open_reference(payload["file"], client.account, client.http.session, "/payload/file")
+        content_type = mimetypes.guess_type(source.filename)[0] or "application/octet-stream"
+        answer = await post_file(client, MEDIA_ENDPOINT, fields, "initial_file_upload", source, content_type)
     if not isinstance(answer, dict) or not isinstance(answer.get("status"), str):
         raise client.invalid_response(MEDIA_ENDPOINT, "no status")
     if answer["status"].upper() == "ERROR":
