@@ -17,7 +17,10 @@
    reading) -> ``list_processing_failed``.
 3. Once ACTIVE with a ``list_id``: one ``assignlist`` per step for each job of
    ``assign_to_jobs`` (the state remembers which are done, so a repeated step
-   never assigns twice), then the result.
+   never assigns twice), then the result. A step re-run after a crash in the
+   middle of an assign (the state could not record it) may append the list
+   again: Peerly's answer shows it twice, and the result's
+   ``duplicate_appended_jobs`` names such jobs.
 """
 
 from __future__ import annotations
@@ -168,9 +171,12 @@ async def _upload(payload: dict[str, Any], ctx: CommandContext[PeerlyClient]) ->
             source = await open_reference(
                 payload["file"], client.account, client.http.session, "/payload/file"
             )
-            body = await post_file(
-                client, LISTS_ENDPOINT, fields, "file", source, _list_type(source.filename)
-            )
+            try:
+                content_type = _list_type(source.filename)
+            except InvalidPayload:
+                await source.close()  # a URL's answer is open: let its connection go
+                raise
+            body = await post_file(client, LISTS_ENDPOINT, fields, "file", source, content_type)
     data = body.get("Data") if isinstance(body, dict) else None
     if not isinstance(data, dict) or not isinstance(data.get("token"), str) or not data["token"]:
         raise client.invalid_response(LISTS_ENDPOINT, "no Data.token")
@@ -244,16 +250,28 @@ async def _assign_next(
         job = pending[0]
         try:
             where = f"/payload/assign_to_jobs/{payload['assign_to_jobs'].index(job)}"
-            await assign(ctx.client, job, state["list_id"], where)
+            lists = await assign(ctx.client, job, state["list_id"], where)
         except PermanentError as exc:
             exc.details.update({"list_id": state["list_id"], "assigned_jobs": done, "failed_job": job})
             raise
+        if sum(1 for item in lists if str(item) == str(state["list_id"])) > 1:
+            # A step re-run after a crash mid-assign: Peerly appended the list again.
+            ctx.log.error(
+                "peerly job lists this phone list twice; remove the extra entry in Peerly", job_id=job
+            )
+            state["duplicate_appended_jobs"] = [*state.get("duplicate_appended_jobs", []), job]
         done.append(job)
         state["assigned_jobs"] = done
         if len(pending) > 1:
             progress = _progress(state) if changed else None
             return Continue(state=state, after_seconds=ASSIGN_STEP_SECONDS, progress=progress)
-    return {**_progress(state), "list_id": state["list_id"], "assigned_jobs": done}
+    duplicates = state.get("duplicate_appended_jobs", [])
+    return {
+        **_progress(state),
+        "list_id": state["list_id"],
+        "assigned_jobs": done,
+        "duplicate_appended_jobs": duplicates,
+    }
 
 
 def _check_deadline(ctx: CommandContext[PeerlyClient], list_state: str, token: str) -> float:

@@ -280,6 +280,9 @@ async def test_upload_continuation_never_uploads_again(sim: PeerlySimulator, cli
         done_state = result
     assert len(sim.effects("list_uploaded")) == 1
     assert done_state is not None and done_state["assigned_jobs"] == [job]
+    # The second run of the assign step stands for a crash after Peerly acted: it is reported.
+    assert done_state["duplicate_appended_jobs"] == [job]
+    assert sim.job_lists(job) == [done_state["list_id"]] * 2
 
 
 async def test_upload_from_file_path(
