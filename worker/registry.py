@@ -101,6 +101,8 @@ class WebhookContext:
     suppressions: SuppressionList
     deduper: Deduper
     log: structlog.typing.FilteringBoundLogger
+    publish_timeout_seconds: float = 10.0
+    """A publish not confirmed within this is abandoned: the webhook answers 503 (the vendor retries)."""
 
 
 @dataclass(frozen=True)

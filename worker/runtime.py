@@ -174,6 +174,7 @@ class Runtime:
                             suppressions=stores.suppressions,
                             deduper=stores.deduper,
                             log=get_logger(f"switchboard.webhooks.{vendor}"),
+                            publish_timeout_seconds=self.settings.webhook_publish_timeout_seconds,
                         )
                     )
         return build_app(lambda: self.ready, apps)
