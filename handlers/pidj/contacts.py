@@ -124,9 +124,21 @@ async def get_contact_by_phone(payload: dict[str, Any], ctx: PidjContext) -> dic
     },
 )
 async def create_contact(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
-    """Create a contact (POST /contact); if the number is already on record Pidj changes nothing."""
+    """Create a contact (POST /contact); if the number is already on record Pidj changes nothing.
+
+    The document shows no answer for a number already on record; when the answer
+    has no ``id``, the contact is looked up by phone (GET /contact/by-phone) and
+    the result says ``already_on_record: true``.
+    """
     body = await ctx.client.post("/contact", build_form({key: payload.get(key) for key in FIELDS}))
-    return status_of(body, "id")
+    result = status_of(body, "id")
+    if "id" not in body:
+        path = f"/contact/by-phone/{path_segment(payload['phone_number'])}"
+        found = await ctx.client.get("/contact/by-phone/{phone_number}", path=path)
+        contact = found.get("contact")
+        result["id"] = contact.get("id") if isinstance(contact, dict) else None
+        result["already_on_record"] = True
+    return result
 
 
 @registry.command(
