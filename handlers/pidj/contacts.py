@@ -202,7 +202,10 @@ async def send_consent_text(payload: dict[str, Any], ctx: PidjContext) -> dict[s
 async def check_consent(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """Whether a contact must still consent to a group's texts (GET CHECK_CONSENT)."""
     check_consent_pair(payload)
-    path = f"/contact/{path_segment(payload['contact_id'])}/{path_segment(payload['group_id'])}/check-consent"
+    template = getattr(ctx.client.account, "check_consent_path", CHECK_CONSENT)
+    path = template.format_map(
+        {"contact_id": path_segment(payload["contact_id"]), "group_id": path_segment(payload["group_id"])}
+    )
     body = await ctx.client.get(CHECK_CONSENT, path=path)
     return status_of(body, "needed")
 

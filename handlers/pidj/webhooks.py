@@ -289,15 +289,23 @@ def event_name(value: Any) -> str | None:
     return name if _EVENT_NAME.fullmatch(name) else None
 
 
-def person_number(body: dict[str, Any]) -> str | None:
+def _dotted(body: dict[str, Any], path: str) -> Any:
+    value: Any = body
+    for part in path.strip().split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def person_number(body: dict[str, Any], extra_fields: str = "") -> str | None:
     """The E.164 number of the person an event is about (never ``phone_to``: that is our group).
 
-    Looks at the contact (``phone``, ``phone_number``), the text's ``phone_from``,
+    Looks first at the account's ``webhook_number_fields`` (dotted, comma-separated),
+    then at the contact (``phone``, ``phone_number``), the text's ``phone_from``,
     and top-level ``phone_number`` / ``phone`` / ``phone_from`` / ``number``.
     """
     found = body.get("text")
     text: dict[str, Any] = found if isinstance(found, dict) else {}
-    places: list[Any] = []
+    places: list[Any] = [_dotted(body, path) for path in extra_fields.split(",") if path.strip()]
     for holder in (body, text):
         contact = holder.get("contact")
         if isinstance(contact, dict):
@@ -335,7 +343,8 @@ async def _apply_consent(
     """
     if name not in (OPT_OUT, OPT_IN):
         return None
-    number = person_number(body)
+    settings = ctx.accounts.get(account)
+    number = person_number(body, getattr(settings, "webhook_number_fields", "") or "")
     if number is None:
         fields = field_names(body)
         if name == OPT_OUT:

@@ -63,3 +63,43 @@ async def test_create_contact_finds_the_id_without_an_invented_field(run: Any) -
     again = await run("create_contact", {"phone_number": "+18885554445"})
     assert again["id"] == first["id"] and again["already_on_record"] is True
     assert "already_on_record" not in first
+
+
+async def test_check_consent_path_is_a_setting(make_client: Any, sim: PidjSimulator) -> None:
+    """check_consent_path (the document's path is garbled) changes the path the handler calls."""
+    import datetime
+
+    import structlog
+
+    from handlers.pidj.contacts import check_consent
+    from tests.pidj.conftest import MemorySuppressions
+    from worker.errors import VendorRejected
+    from worker.registry import CommandContext
+
+    client = make_client(check_consent_path="/consent/{group_id}/{contact_id}")
+    ctx: CommandContext[Any] = CommandContext(
+        command_id="c1",
+        type="check_consent",
+        account="default",
+        attempt=1,
+        meta={},
+        client=client,
+        log=structlog.get_logger("test"),
+        first_attempt_at=datetime.datetime.now(datetime.UTC),
+        suppressions=MemorySuppressions(),
+    )
+    with pytest.raises(VendorRejected):  # the simulator serves the path we assumed, not this one
+        await check_consent({"contact_id": "co:abc", "group_id": "gr:def"}, ctx)
+    assert sim.requests[-1].path == "/api/2020/consent/gr:def/co:abc"
+
+
+def test_check_consent_path_needs_both_ids() -> None:
+    """A check_consent_path without {contact_id} and {group_id} is refused at start-up."""
+    from pydantic import ValidationError
+
+    from handlers.pidj.settings import PidjAccount
+
+    with pytest.raises(ValidationError):
+        PidjAccount.model_validate(
+            {"account_key": "k", "token": "t", "check_consent_path": "/consent/{group_id}"}
+        )

@@ -45,12 +45,14 @@ class Publisher:
 
 
 @contextlib.asynccontextmanager
-async def serve(suppressions: Any, *, publish_timeout: float = 10.0) -> AsyncIterator[tuple[Any, Publisher]]:
+async def serve(
+    suppressions: Any, *, publish_timeout: float = 10.0, **account: Any
+) -> AsyncIterator[tuple[Any, Publisher]]:
     publisher = Publisher()
     ctx = WebhookContext(
         accounts={
             "default": PidjAccount.model_validate(
-                {"account_key": "k", "token": "t", "webhook_secret": SECRET}
+                {"account_key": "k", "token": "t", "webhook_secret": SECRET, **account}
             )
         },
         publish=publisher,
@@ -197,3 +199,13 @@ async def test_opt_out_without_a_number_is_loud() -> None:
     event = publisher.events[0][1]
     assert event["suppression"]["applied"] is False
     assert event["suppression"]["reason"] == "no_number"
+
+
+async def test_number_field_setting_makes_such_an_opt_out_suppress() -> None:
+    """With webhook_number_fields naming the field, the same body suppresses the number (the correction)."""
+    suppressions = MemorySuppressions()
+    async with serve(suppressions, webhook_number_fields="subscriber.msisdn") as (post, publisher):
+        status, _ = await post({"event": "Opt Out", "subscriber": {"msisdn": NUMBER}})
+    assert status == 200
+    assert await suppressions.contains("default", NUMBER)
+    assert publisher.events[0][1]["suppression"] == {"applied": True}
