@@ -150,3 +150,63 @@ def test_repeated_create_sso_url_after_expiry_gives_a_fresh_url(broker: None, wo
     assert fresh["status"] == "succeeded"
     assert fresh["event_id"] != first["event_id"]
     assert fresh["result"]["url"] != first["result"]["url"]
+
+
+# -- the runtime honours both, for any command (in-process dispatcher) ---------------------
+def _harness(expiry: float | None) -> Any:
+    import dataclasses
+
+    from tests.unit.test_dispatcher import Harness
+
+    h = Harness()
+    for name in ("echo", "charge"):
+        spec = h.registry.commands[name]
+        h.registry.commands[name] = dataclasses.replace(spec, result_expires_after_seconds=expiry)
+    return h
+
+
+async def test_expired_result_of_a_safe_command_is_made_again() -> None:
+    """Safe to repeat and past its expiry: the handler runs again and a new event is published."""
+    h = _harness(0.0)
+    await h.deliver("echo", "c-1")
+    await h.deliver("echo", "c-1")
+    assert h.calls == 2
+    assert h.statuses() == ["succeeded", "succeeded"]
+    assert h.outbox.events[0]["event_id"] != h.outbox.events[1]["event_id"]
+
+
+async def test_expired_result_of_an_unsafe_command_says_so() -> None:
+    """Unsafe and past its expiry: not run again; the stored event comes back flagged result_expired."""
+    h = _harness(0.0)
+    await h.deliver("charge", "c-1")
+    await h.deliver("charge", "c-1")
+    assert h.calls == 1
+    first, again = h.outbox.events
+    assert again["event_id"] == first["event_id"] and again["result_expired"] is True
+    assert "result_expired" not in first
+
+
+async def test_unexpired_result_is_replayed() -> None:
+    """Within its expiry the stored event is replayed as before (no second call)."""
+    h = _harness(3600.0)
+    await h.deliver("echo", "c-1")
+    await h.deliver("echo", "c-1")
+    assert h.calls == 1 and h.outbox.events[0] == h.outbox.events[1]
+
+
+async def test_dispatcher_bounds_every_result() -> None:
+    """Any command's oversized result is truncated by the runtime to max_result_bytes, as published."""
+    import dataclasses
+
+    h = _harness(None)
+    h.dispatcher.settings = dataclasses.replace(h.dispatcher.settings, max_result_bytes=LIMIT)
+
+    async def big(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        return {"items": [{"n": i, "pad": "y" * 40} for i in range(2000)]}
+
+    h.behaviour = big
+    await h.deliver("echo", "c-big")
+    (event,) = h.outbox.events
+    assert event["status"] == "succeeded"
+    assert event["result"]["truncated"]["total"] == 2000
+    assert len(orjson.dumps(event)) <= LIMIT
