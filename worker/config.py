@@ -109,6 +109,14 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     webhooks: bool = Field(False, description="Serve inbound vendor webhooks on the metrics port.")
+    webhook_publish_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long a webhook waits for the broker's confirm before answering 503."
+    )
+    max_result_bytes: int = Field(
+        256 * 1024,
+        ge=4096,
+        description="Largest encoded result event; past it, lists in the result are truncated (flagged).",
+    )
 
     def shared_redis_url(self) -> str | None:
         if self.redis_url is not None:

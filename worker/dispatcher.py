@@ -15,6 +15,7 @@ finds the record and does not call the vendor twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import random
 import time
@@ -28,7 +29,7 @@ import pika.spec
 import structlog
 from opentelemetry import trace
 
-from worker import deadline, events, tracing
+from worker import deadline, events, results, tracing
 from worker.amqp import AMQPError, Channel
 from worker.breaker import CircuitBreaker
 from worker.controls import Controls
@@ -58,7 +59,7 @@ from worker.outbox import H_ATTEMPT, H_FIRST_SEEN, H_NOT_BEFORE, H_REASON, Outbo
 from worker.quiet_hours import SendingWindow
 from worker.registry import CommandContext, CommandSpec, Continue, Registry
 from worker.retry import Retry, RetryPolicy, decide
-from worker.store import ClaimStatus, Stores
+from worker.store import Claim, ClaimStatus, Stores
 from worker.validation import Validators
 
 log = structlog.get_logger("switchboard.dispatcher")
@@ -90,6 +91,8 @@ class DispatchSettings:
     defer_seconds: float
     poison_redeliveries: int
     policy: RetryPolicy
+    max_result_bytes: int = 256 * 1024
+    """Largest succeeded event; past it the result's largest list is truncated (worker/results.py)."""
 
 
 @dataclass
@@ -240,6 +243,8 @@ class Dispatcher:
         claim = await store.claim(
             command.account, command.id, run.fingerprint, now, self.settings.lease_seconds
         )
+        if claim.status is ClaimStatus.DONE and spec.result_expires_after_seconds is not None:
+            claim = await self._unless_expired(run, claim, now)
         if claim.status is ClaimStatus.CONFLICT:
             error = CommandRejected(
                 "this id was already used for a different command (type or payload differ)",
@@ -281,6 +286,22 @@ class Dispatcher:
                 return
         run.attempts = claim.attempts
         await self._run(delivery, run, claim.first_attempt_at or now, claim.state)
+
+    async def _unless_expired(self, run: _Run, claim: Claim, now: float) -> Claim:
+        """A stored result past its expiry: run again when safe (a fresh result), else flag it."""
+        command, spec = run.command, run.spec
+        assert claim.event is not None
+        stored = orjson.loads(claim.event)
+        if not results.expired(stored, spec.result_expires_after_seconds, now):
+            return claim
+        if spec.safe_to_repeat:
+            log.info("the stored result has expired; running the command again for a fresh one")
+            await self.stores.idempotency.forget(command.account, command.id)
+            return await self.stores.idempotency.claim(
+                command.account, command.id, run.fingerprint, now, self.settings.lease_seconds
+            )
+        stored["result_expired"] = True
+        return dataclasses.replace(claim, event=orjson.dumps(stored))
 
     @staticmethod
     def _outcome_unknown(attempt_started_at: float | None) -> OutcomeUnknown:
@@ -545,6 +566,15 @@ class Dispatcher:
                 result=outcome,
             )
         body = events.encode(event)
+        if len(body) > self.settings.max_result_bytes and "result" in event:
+            limit = self.settings.max_result_bytes
+            event["result"] = results.bound(
+                outcome if isinstance(outcome, dict) else {},
+                lambda result: len(events.encode({**event, "result": result})),
+                limit,
+            )
+            log.warning("result larger than max_result_bytes; truncated", size=len(body), limit=limit)
+            body = events.encode(event)
         stored = await self._store_outcome(command, run.fingerprint, body)
         if stored is not body:
             event = orjson.loads(stored)

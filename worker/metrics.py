@@ -102,6 +102,11 @@ WEBHOOKS_RECEIVED = Counter(
     "Inbound webhook requests by vendor, event name and outcome.",
     ["vendor", "event", "outcome"],
 )
+WEBHOOK_OPT_OUTS_WITHOUT_NUMBER = Counter(
+    "switchboard_webhook_opt_outs_without_number_total",
+    "Opt-out webhooks with no phone number in any recognised field: nobody was suppressed.",
+    ["vendor"],
+)
 SUPPRESSED = Counter(
     "switchboard_suppressed_total",
     "Commands not sent because the recipient opted out.",

@@ -101,6 +101,8 @@ class WebhookContext:
     suppressions: SuppressionList
     deduper: Deduper
     log: structlog.typing.FilteringBoundLogger
+    publish_timeout_seconds: float = 10.0
+    """A publish not confirmed within this is abandoned: the webhook answers 503 (the vendor retries)."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,10 @@ class CommandSpec:
     """For commands that text someone: the E.164 number, so quiet hours can apply."""
     description: str = ""
     example: Payload = field(default_factory=dict)
+    result_expires_after_seconds: float | None = None
+    """How long a succeeded result stays usable (a login URL valid 60 s). A repeated command
+    whose stored result is older is run again when ``safe_to_repeat``; otherwise its stored
+    event is republished with ``result_expired: true``."""
 
 
 class Registry:
@@ -176,6 +182,7 @@ class Registry:
         max_age_seconds: float | None = None,
         recipient: Callable[[Payload], str | None] | None = None,
         example: Payload | None = None,
+        result_expires_after_seconds: float | None = None,
     ) -> Callable[[HandlerT], HandlerT]:
         """Decorator: register ``handler`` for command ``type``."""
 
@@ -195,6 +202,7 @@ class Registry:
                 recipient=recipient,
                 description=(handler.__doc__ or "").strip().split("\n")[0],
                 example=example or {},
+                result_expires_after_seconds=result_expires_after_seconds,
             )
             return handler
 

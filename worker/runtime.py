@@ -150,6 +150,7 @@ class Runtime:
                 handler_timeout_seconds=s.handler_timeout_seconds,
                 defer_seconds=s.defer_seconds,
                 poison_redeliveries=max(1, s.delivery_limit - 2),
+                max_result_bytes=s.max_result_bytes,
                 policy=RetryPolicy(
                     s.max_attempts, s.max_age_seconds, s.retry_base_seconds, s.retry_max_seconds
                 ),
@@ -175,6 +176,7 @@ class Runtime:
                             suppressions=stores.suppressions,
                             deduper=stores.deduper,
                             log=get_logger(f"switchboard.webhooks.{vendor}"),
+                            publish_timeout_seconds=self.settings.webhook_publish_timeout_seconds,
                         )
                     )
         return build_app(lambda: self.ready, apps)

@@ -2,6 +2,13 @@
 
 Errors become :class:`InvalidPayload` with the JSON pointer of the field that
 failed (``/payload/to_number``), so a publisher knows what to fix.
+
+A field the schema marks ``writeOnly`` (a password) is a secret: no message
+carries its value. An error about the field itself names the rule it broke,
+not the value; an error about an enclosing object (whose text would quote the
+whole object) has every secret value replaced by ``"***"``. The messages go
+into the rejected event, the dead letter's headers and the logs, so this is
+the one place to stop them.
 """
 
 from __future__ import annotations
@@ -9,12 +16,14 @@ from __future__ import annotations
 from typing import Any
 
 import jsonschema_rs
+import orjson
 
 import schemas
 from worker.errors import InvalidPayload
 
 _MAX_MESSAGE = 300
 _MAX_ERRORS = 10
+_HIDDEN = '"***"'
 
 
 def _pointer(parts: list[str | int]) -> str:
@@ -46,11 +55,65 @@ def _choice_message(schema: dict[str, Any], error: Any) -> str | None:
     return f"exactly one of {listed} is required"
 
 
-def _describe(error: Any, prefix: str, schema: dict[str, Any]) -> dict[str, str]:
+def _in_write_only(schema: Any, schema_path: list[str | int]) -> bool:
+    """Whether the failing rule sits inside a ``writeOnly`` subschema."""
+    for end in range(len(schema_path) + 1):
+        node = _at(schema, schema_path[:end])
+        if isinstance(node, dict) and node.get("writeOnly") is True:
+            return True
+    return False
+
+
+def _resolve(root: dict[str, Any], node: Any) -> Any:
+    ref = node.get("$ref") if isinstance(node, dict) else None
+    if isinstance(ref, str) and ref.startswith("#/"):
+        return _at(root, [part.replace("~1", "/").replace("~0", "~") for part in ref[2:].split("/")])
+    return node
+
+
+def secret_values(root: dict[str, Any], instance: Any, node: Any = None, depth: int = 0) -> set[str]:
+    """The values in ``instance`` that the schema marks ``writeOnly``, as text (for scrubbing)."""
+    node = _resolve(root, root if node is None else node)
+    found: set[str] = set()
+    if not isinstance(node, dict) or depth > 32:
+        return found
+    if node.get("writeOnly") is True and instance is not None and not isinstance(instance, bool):
+        text = instance if isinstance(instance, str) else orjson.dumps(instance).decode()
+        if text:
+            found.add(text)
+    for keyword in ("allOf", "anyOf", "oneOf"):
+        for branch in node.get(keyword) or []:
+            found |= secret_values(root, instance, branch, depth + 1)
+    if isinstance(instance, dict):
+        for name, sub in (node.get("properties") or {}).items():
+            if name in instance:
+                found |= secret_values(root, instance[name], sub, depth + 1)
+    elif isinstance(instance, list) and isinstance(node.get("items"), dict):
+        for item in instance[:1000]:
+            found |= secret_values(root, item, node["items"], depth + 1)
+    return found
+
+
+def _scrub(message: str, secrets: set[str]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        message = message.replace(orjson.dumps(secret).decode(), _HIDDEN).replace(secret, "***")
+    return message
+
+
+def _describe(
+    error: Any, prefix: str, schema: dict[str, Any], secrets: set[str] | None = None
+) -> dict[str, str]:
     parts = list(error.instance_path)
     kind = error.kind
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.Required):
         parts.append(kind.property)
+    schema_path = list(error.schema_path)
+    if _in_write_only(schema, schema_path):
+        rule = schema_path[-1] if schema_path else "schema"
+        return {
+            "path": prefix + _pointer(parts),
+            "message": f"value breaks the rule {rule!r} (not shown: the field is write-only)",
+        }
     message = str(error.message)
     if isinstance(
         kind,
@@ -58,6 +121,8 @@ def _describe(error: Any, prefix: str, schema: dict[str, Any]) -> dict[str, str]
         | jsonschema_rs.ValidationErrorKind.OneOfMultipleValid,
     ):
         message = _choice_message(schema, error) or message
+    if secrets:
+        message = _scrub(message, secrets)
     if len(message) > _MAX_MESSAGE:
         message = message[:_MAX_MESSAGE] + "…"
     return {"path": prefix + _pointer(parts), "message": message}
@@ -76,8 +141,9 @@ class SchemaValidator:
             if self._validator.is_valid(instance):
                 return []
             found = []
+            secrets = secret_values(self.schema, instance)
             for error in self._validator.iter_errors(instance):
-                found.append(_describe(error, self.prefix, self.schema))
+                found.append(_describe(error, self.prefix, self.schema, secrets))
                 if len(found) >= _MAX_ERRORS:
                     break
         except ValueError:

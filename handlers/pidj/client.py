@@ -20,10 +20,10 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 from handlers.pidj.settings import PidjAccount
-from worker.errors import PermanentError, VendorAuthFailed, VendorRejected
+from worker.errors import InvalidPayload, PermanentError, VendorAuthFailed, VendorRejected
 from worker.vendor_http import VendorHTTP, VendorResponse
 
 FORM = "application/x-www-form-urlencoded"
@@ -36,10 +36,16 @@ Form = Mapping[str, str]
 
 
 def path_segment(value: str) -> str:
-    """One URL path segment: ``+`` and ``/`` escaped so every server reads it back the same.
+    """One URL path segment: ``+``, ``/``, ``?``, ``#`` and ``%`` escaped so every server reads it back the same.
 
     ``:`` (in ids such as ``co:...``) is a legal path character and stays as it is.
+    A segment that is empty or only dots (``.``, ``..``, or ``%2e%2e`` once decoded)
+    is refused: the HTTP client resolves dot segments (encoded or not), so such an id
+    would reach another endpoint. Every id schema has a pattern that excludes them
+    too; this is the last line should one be missed.
     """
+    if not value.strip(".") or not unquote(value).strip("."):
+        raise InvalidPayload(f"{value!r} cannot be a URL path segment (an id of dots only)")
     return quote(value, safe=":@-._~")
 
 

@@ -124,9 +124,21 @@ async def get_contact_by_phone(payload: dict[str, Any], ctx: PidjContext) -> dic
     },
 )
 async def create_contact(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
-    """Create a contact (POST /contact); if the number is already on record Pidj changes nothing."""
+    """Create a contact (POST /contact); if the number is already on record Pidj changes nothing.
+
+    The document shows no answer for a number already on record; when the answer
+    has no ``id``, the contact is looked up by phone (GET /contact/by-phone) and
+    the result says ``already_on_record: true``.
+    """
     body = await ctx.client.post("/contact", build_form({key: payload.get(key) for key in FIELDS}))
-    return status_of(body, "id")
+    result = status_of(body, "id")
+    if "id" not in body:
+        path = f"/contact/by-phone/{path_segment(payload['phone_number'])}"
+        found = await ctx.client.get("/contact/by-phone/{phone_number}", path=path)
+        contact = found.get("contact")
+        result["id"] = contact.get("id") if isinstance(contact, dict) else None
+        result["already_on_record"] = True
+    return result
 
 
 @registry.command(
@@ -190,7 +202,10 @@ async def send_consent_text(payload: dict[str, Any], ctx: PidjContext) -> dict[s
 async def check_consent(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """Whether a contact must still consent to a group's texts (GET CHECK_CONSENT)."""
     check_consent_pair(payload)
-    path = f"/contact/{path_segment(payload['contact_id'])}/{path_segment(payload['group_id'])}/check-consent"
+    template = getattr(ctx.client.account, "check_consent_path", CHECK_CONSENT)
+    path = template.format_map(
+        {"contact_id": path_segment(payload["contact_id"]), "group_id": path_segment(payload["group_id"])}
+    )
     body = await ctx.client.get(CHECK_CONSENT, path=path)
     return status_of(body, "needed")
 

@@ -243,7 +243,9 @@ def contact_create(state: PidjState, form: Form, params: Params, effect: Effect)
         return problem
     existing = state.contact_by_phone(kept["phone_number"])
     if existing is not None:  # 'if the phone number is currently on record, nothing will be done'
-        return ok(id=existing["id"], message="Contact already exists; nothing was done.")
+        # The document shows no answer for this case: the standard success answer, no id
+        # (docs/vendor-assumptions.md). The handler finds the id by phone.
+        return ok()
     contact_id = new_id("co")
     contact = blank_contact(contact_id, kept["phone_number"])
     contact.update(kept)

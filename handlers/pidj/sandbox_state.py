@@ -203,8 +203,23 @@ def blank_contact(contact_id: str, phone: str) -> dict[str, Any]:
     }
 
 
+USER_SHOWN = (
+    "first_name",
+    "last_name",
+    "business_name",
+    "display_name",
+    "email_address",
+    "phone_number",
+    "tags",
+    "username",
+    "roles",
+    "external_id",
+)
+"""The fields of GET /user/{id} as the document shows them (no id, groups or timezone)."""
+
+
 def public_user(user: dict[str, Any]) -> dict[str, Any]:
-    """GET /user/{id}: the record without password and bookkeeping."""
-    shown = {key: value for key, value in user.items() if key not in ("password", "deleted", "paused")}
-    shown.setdefault("tags", [])
+    """GET /user/{id}: only the fields the document's sample answer shows."""
+    shown = {key: user.get(key, "") for key in USER_SHOWN}
+    shown["tags"] = user.get("tags") or []
     return shown

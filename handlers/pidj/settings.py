@@ -12,6 +12,8 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 DEFAULT_BASE_URL = "https://gopidj.com/api/2020"
+DEFAULT_CHECK_CONSENT_PATH = "/contact/{contact_id}/{group_id}/check-consent"
+"""The document's garbled ``GET /contact_id}/{group_id}/check-consent``, as we read it."""
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 
 
@@ -28,6 +30,24 @@ class PidjAccount(BaseModel):
         description="Shared secret that inbound webhooks must carry (URL path or X-Switchboard-Secret); "
         "without it this account's webhooks are refused.",
     )
+
+    check_consent_path: str = Field(
+        DEFAULT_CHECK_CONSENT_PATH,
+        description="Path of check-consent under base_url, with {contact_id} and {group_id} "
+        "(the document's path is garbled; see docs/vendor-assumptions.md).",
+    )
+    webhook_number_fields: str = Field(
+        "",
+        description="Comma-separated dotted fields (e.g. subscriber.msisdn) read first for the person's "
+        "number in opt-out/opt-in webhooks, should Pidj's bodies differ from our assumption.",
+    )
+
+    @field_validator("check_consent_path")
+    @classmethod
+    def _both_ids(cls, value: str) -> str:
+        if not value.startswith("/") or "{contact_id}" not in value or "{group_id}" not in value:
+            raise ValueError("must start with / and contain {contact_id} and {group_id}")
+        return value
 
     @field_validator("base_url")
     @classmethod

@@ -157,6 +157,8 @@ def check_create_sso_url(payload: dict[str, Any]) -> dict[str, Any]:
     safe_to_repeat=True,
     check=check_create_sso_url,
     example={"user_uuid": USER_ID, "next_url": "https://gopidj.com/inbox"},
+    # Pidj: "The URL expires in 60 seconds"; 5 s less, so a replayed URL is not handed out dying.
+    result_expires_after_seconds=55.0,
 )
 async def create_sso_url(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """Generate a single sign-on URL for a user (POST /sso/url); it expires in 60 seconds."""

@@ -8,8 +8,11 @@ webhooks enabled, or ``switchboard webhooks``); it needs only a
     POST /webhooks/pidj/{account}              secret in the X-Switchboard-Secret header
 
 Answers: 401 unknown account / wrong or missing secret (nothing published),
-413 body over 256 KiB, 400 not JSON (or form) / no ``event`` string,
-503 when the broker did not confirm (Pidj retries), 200 once it did.
+413 body over 256 KiB, 400 not JSON (or form) / no ``event`` string / nested
+deeper than the event encoder accepts (checked at parse time: such a body
+could never be published, so 503 would make Pidj retry it forever),
+503 when the broker did not confirm within ``publish_timeout_seconds``
+(``SWITCHBOARD_WEBHOOK_PUBLISH_TIMEOUT_SECONDS``, 10 s; Pidj retries), 200 once it did.
 
 Order of one delivery, and why:
 
@@ -17,7 +20,14 @@ Order of one delivery, and why:
 2. claim the dedupe key (sha256 of account + raw body) with ``first_time``;
    a key already claimed is a retry of a delivery we took: 200, nothing published;
 3. opt-out / opt-in: update the suppression list (before we answer 2xx, so an
-   opt-out is on the list before Pidj believes we have it);
+   opt-out is on the list before Pidj believes we have it). An opt-out adds an
+   entry with source ``pidj.webhook`` and never takes over an entry already
+   there; an opt-in removes only an entry with that source, so an operator's
+   entry (CLI add/import, e.g. "legal hold") stays until an operator removes
+   it. An opt-out with no number in any recognised field suppresses nobody:
+   it is counted (``switchboard_webhook_opt_outs_without_number_total``),
+   logged as an error with the field names seen, and published with
+   ``"suppression": {"applied": false, ...}`` so a subscriber can act;
 4. publish and wait for the broker's confirm;
 5. remember the key for ``DEDUPE_TTL_SECONDS``; answer 200.
 
@@ -44,6 +54,7 @@ Given, Opt Out, Opt In) are read with the same envelope as the others: an
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -58,7 +69,7 @@ import orjson
 import phonenumbers
 from aiohttp import web
 
-from worker.metrics import WEBHOOKS_RECEIVED
+from worker.metrics import WEBHOOK_OPT_OUTS_WITHOUT_NUMBER, WEBHOOKS_RECEIVED
 from worker.registry import WebhookContext
 
 MAX_BODY_BYTES = 256 * 1024
@@ -68,6 +79,8 @@ the same words twice is not folded into one event (bodies carry no delivery id).
 CLAIM_SECONDS = 60.0
 """How long an unfinished delivery holds its key (a worker that died mid-delivery)."""
 SECRET_HEADER = "X-Switchboard-Secret"
+SOURCE = "pidj.webhook"
+"""The ``source`` of suppression entries a webhook adds; an opt-in removes only these."""
 OPT_OUT = "opt-out"
 OPT_IN = "opt-in"
 KNOWN_EVENTS = frozenset(
@@ -134,6 +147,8 @@ async def receive(request: web.Request) -> web.Response:
     body = _parse(raw, request.content_type)
     if body is None:
         return _error(400, "body must be a JSON object (or a form) with an 'event' string", "invalid")
+    if not _encodable(body):
+        return _error(400, "body is nested too deeply to be published", "invalid")
     name = event_name(body.get("event"))
     if name is None:
         return _error(
@@ -168,9 +183,13 @@ async def _deliver(
         "data": body,
     }
     try:
-        await _apply_consent(ctx, account, name, body)
-        await ctx.publish(f"pidj.webhook.{name}", event)
-    except Exception as exc:  # any failure: let Pidj retry rather than lose the delivery
+        suppression = await _apply_consent(ctx, account, name, body)
+        if suppression is not None:
+            event["suppression"] = suppression
+        # Bounded: a broker that never confirms must not hold Pidj's request (and our claim) open.
+        async with asyncio.timeout(ctx.publish_timeout_seconds):
+            await ctx.publish(f"pidj.webhook.{name}", event)
+    except Exception as exc:  # any failure (timeout included): let Pidj retry rather than lose the delivery
         log.error("pidj.webhook.not_published", error=exc.__class__.__name__)
         await _forget(ctx, key)
         _count(name, "not_published")
@@ -244,6 +263,15 @@ def _parse(raw: bytes, content_type: str) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+def _encodable(body: dict[str, Any]) -> bool:
+    """Whether the body fits in an event: orjson refuses to encode deeper than 254 levels."""
+    try:
+        orjson.dumps({"event": {"data": body}})  # the body sits two levels down in the event
+    except orjson.JSONEncodeError:
+        return False
+    return True
+
+
 def _maybe_json(value: str) -> Any:
     if value.startswith(("{", "[")):
         try:
@@ -261,15 +289,23 @@ def event_name(value: Any) -> str | None:
     return name if _EVENT_NAME.fullmatch(name) else None
 
 
-def person_number(body: dict[str, Any]) -> str | None:
+def _dotted(body: dict[str, Any], path: str) -> Any:
+    value: Any = body
+    for part in path.strip().split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def person_number(body: dict[str, Any], extra_fields: str = "") -> str | None:
     """The E.164 number of the person an event is about (never ``phone_to``: that is our group).
 
-    Looks at the contact (``phone``, ``phone_number``), the text's ``phone_from``,
+    Looks first at the account's ``webhook_number_fields`` (dotted, comma-separated),
+    then at the contact (``phone``, ``phone_number``), the text's ``phone_from``,
     and top-level ``phone_number`` / ``phone`` / ``phone_from`` / ``number``.
     """
     found = body.get("text")
     text: dict[str, Any] = found if isinstance(found, dict) else {}
-    places: list[Any] = []
+    places: list[Any] = [_dotted(body, path) for path in extra_fields.split(",") if path.strip()]
     for holder in (body, text):
         contact = holder.get("contact")
         if isinstance(contact, dict):
@@ -288,16 +324,42 @@ def person_number(body: dict[str, Any]) -> str | None:
     return None
 
 
-async def _apply_consent(ctx: WebhookContext, account: str, name: str, body: dict[str, Any]) -> None:
-    """Opt-out puts the number on the suppression list; opt-in takes it off."""
+def field_names(body: dict[str, Any], depth: int = 0) -> list[str]:
+    """The field names of a body, nested ones dotted (``contact.phone``); for logs, never values."""
+    names: list[str] = []
+    for key, value in body.items():
+        names.append(str(key))
+        if isinstance(value, dict) and depth < 2:
+            names += [f"{key}.{inner}" for inner in field_names(value, depth + 1)]
+    return names[:50]
+
+
+async def _apply_consent(
+    ctx: WebhookContext, account: str, name: str, body: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Opt-out puts the number on the suppression list; opt-in takes off what an opt-out put on.
+
+    Returns what the event should say about the suppression list (None: not an opt-out/opt-in).
+    """
     if name not in (OPT_OUT, OPT_IN):
-        return
-    number = person_number(body)
+        return None
+    settings = ctx.accounts.get(account)
+    number = person_number(body, getattr(settings, "webhook_number_fields", "") or "")
     if number is None:
-        ctx.log.error("pidj.webhook.no_number", account=account, webhook_event=name)
-        return
+        fields = field_names(body)
+        if name == OPT_OUT:
+            WEBHOOK_OPT_OUTS_WITHOUT_NUMBER.labels("pidj").inc()
+        ctx.log.error("pidj.webhook.no_number", account=account, webhook_event=name, fields_seen=fields)
+        return {"applied": False, "reason": "no_number", "fields_seen": fields}
     if name == OPT_OUT:
-        await ctx.suppressions.add(account, number, reason="opt-out", source="pidj.webhook", now=time.time())
+        await ctx.suppressions.add(
+            account, number, reason="opt-out", source=SOURCE, now=time.time(), keep_existing=True
+        )
+        applied = True
     else:
-        await ctx.suppressions.remove(account, number)
+        applied = await ctx.suppressions.remove(account, number, source=SOURCE)
+        if not applied and await ctx.suppressions.contains(account, number):
+            ctx.log.warning("pidj.webhook.opt_in_kept_operator_entry", account=account)
+            return {"applied": False, "reason": "operator_entry_kept"}
     ctx.log.info("pidj.webhook.suppression_updated", account=account, webhook_event=name)
+    return {"applied": applied}

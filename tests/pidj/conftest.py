@@ -25,10 +25,17 @@ class MemorySuppressions:
     def __init__(self) -> None:
         self.numbers: dict[tuple[str, str], dict[str, Any]] = {}
 
-    async def add(self, account: str, number: str, *, reason: str, source: str, now: float) -> None:
+    async def add(
+        self, account: str, number: str, *, reason: str, source: str, now: float, keep_existing: bool = False
+    ) -> None:
+        if keep_existing and (account, number) in self.numbers:
+            return
         self.numbers[(account, number)] = {"reason": reason, "source": source, "created_at": now}
 
-    async def remove(self, account: str, number: str) -> bool:
+    async def remove(self, account: str, number: str, *, source: str | None = None) -> bool:
+        entry = self.numbers.get((account, number))
+        if entry is None or (source is not None and entry["source"] != source):
+            return False
         return self.numbers.pop((account, number), None) is not None
 
     async def contains(self, account: str, number: str) -> bool:

@@ -84,11 +84,22 @@ class IdempotencyStore(Protocol):
 
 
 class SuppressionList(Protocol):
-    """Numbers (E.164) that opted out, per account. Shared by all workers."""
+    """Numbers (E.164) that opted out, per account. Shared by all workers.
 
-    async def add(self, account: str, number: str, *, reason: str, source: str, now: float) -> None: ...
+    Each entry keeps the ``source`` that added it, so a vendor's opt-in can take
+    off only what that vendor's opt-out put on (an operator's entry, e.g. a
+    legal hold, stays until an operator removes it).
+    """
 
-    async def remove(self, account: str, number: str) -> bool: ...
+    async def add(
+        self, account: str, number: str, *, reason: str, source: str, now: float, keep_existing: bool = False
+    ) -> None:
+        """Add or update an entry; with ``keep_existing`` an entry already there is left as it is."""
+        ...
+
+    async def remove(self, account: str, number: str, *, source: str | None = None) -> bool:
+        """Remove an entry (only one added by ``source`` when given); True when one was removed."""
+        ...
 
     async def contains(self, account: str, number: str) -> bool: ...
 

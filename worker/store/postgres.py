@@ -603,6 +603,10 @@ _ADD_SUPPRESSION = """
 INSERT INTO switchboard_suppressions (account, number, reason, source, created_at) VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (account, number) DO UPDATE SET reason = excluded.reason, source = excluded.source
 """
+_ADD_SUPPRESSION_IF_ABSENT = """
+INSERT INTO switchboard_suppressions (account, number, reason, source, created_at) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (account, number) DO NOTHING
+"""
 
 
 class PostgresSuppressionList:
@@ -610,19 +614,24 @@ class PostgresSuppressionList:
         self.db = db
         self._contains: Batcher[tuple[str, str], bool] = Batcher(self._contains_many)
 
-    async def add(self, account: str, number: str, *, reason: str, source: str, now: float) -> None:
-        await self.db.call("execute", _ADD_SUPPRESSION, account, number, reason, source, now)
+    async def add(
+        self, account: str, number: str, *, reason: str, source: str, now: float, keep_existing: bool = False
+    ) -> None:
+        query = _ADD_SUPPRESSION_IF_ABSENT if keep_existing else _ADD_SUPPRESSION
+        await self.db.call("execute", query, account, number, reason, source, now)
 
     async def add_many(self, rows: Iterable[tuple[str, str, str, str, float]]) -> None:
         """Add (account, number, reason, source, created_at) rows, pipelined in one transaction."""
         await self.db.call("executemany", _ADD_SUPPRESSION, list(rows))
 
-    async def remove(self, account: str, number: str) -> bool:
+    async def remove(self, account: str, number: str, *, source: str | None = None) -> bool:
         status = await self.db.call(
             "execute",
-            "DELETE FROM switchboard_suppressions WHERE account = $1 AND number = $2",
+            "DELETE FROM switchboard_suppressions WHERE account = $1 AND number = $2"
+            " AND ($3::text IS NULL OR source = $3)",
             account,
             number,
+            source,
         )
         return _count(status) == 1
 

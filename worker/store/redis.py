@@ -68,9 +68,16 @@ return ARGV[2]
 _SUPPRESS = """
 local created = tonumber(ARGV[4])
 local existing = redis.call('HGET', KEYS[1], ARGV[1])
+if existing and ARGV[5] == '1' then return 0 end
 if existing then created = cjson.decode(existing)['created_at'] end
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode({reason = ARGV[2], source = ARGV[3], created_at = created}))
 return 1
+"""
+
+_UNSUPPRESS_FROM = """
+local existing = redis.call('HGET', KEYS[1], ARGV[1])
+if not existing or cjson.decode(existing)['source'] ~= ARGV[2] then return 0 end
+return redis.call('HDEL', KEYS[1], ARGV[1])
 """
 
 _STATUS = {
@@ -240,16 +247,22 @@ class RedisSuppressionList:
         self.client = client
         self.pipeliner = pipeliner or Pipeliner(client)
         self._add = client.register_script(_SUPPRESS)
+        self._remove_from = client.register_script(_UNSUPPRESS_FROM)
 
     @staticmethod
     def _key(account: str) -> str:
         return f"sb:suppressed:{account}"
 
-    async def add(self, account: str, number: str, *, reason: str, source: str, now: float) -> None:
+    async def add(
+        self, account: str, number: str, *, reason: str, source: str, now: float, keep_existing: bool = False
+    ) -> None:
         # Like the SQL stores: a number added again keeps its first opt-out time.
-        await self._add(keys=[self._key(account)], args=[number, reason, source, repr(now)])
+        keep = "1" if keep_existing else "0"
+        await self._add(keys=[self._key(account)], args=[number, reason, source, repr(now), keep])
 
-    async def remove(self, account: str, number: str) -> bool:
+    async def remove(self, account: str, number: str, *, source: str | None = None) -> bool:
+        if source is not None:
+            return bool(await self._remove_from(keys=[self._key(account)], args=[number, source]))
         return bool(await self.client.hdel(self._key(account), number))
 
     async def contains(self, account: str, number: str) -> bool:

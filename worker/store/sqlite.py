@@ -267,21 +267,30 @@ class SQLiteSuppressionList:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    async def add(self, account: str, number: str, *, reason: str, source: str, now: float) -> None:
+    async def add(
+        self, account: str, number: str, *, reason: str, source: str, now: float, keep_existing: bool = False
+    ) -> None:
+        conflict = (
+            "DO NOTHING"
+            if keep_existing
+            else "DO UPDATE SET reason = excluded.reason, source = excluded.source"
+        )
+
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO suppressions (account, number, reason, source, created_at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (account, number) DO UPDATE SET reason = excluded.reason, source = excluded.source",
+                f" ON CONFLICT (account, number) {conflict}",
                 (account, number, reason, source, now),
             )
 
         return await self.conn.write(op)
 
-    async def remove(self, account: str, number: str) -> bool:
+    async def remove(self, account: str, number: str, *, source: str | None = None) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
             return (
                 conn.execute(
-                    "DELETE FROM suppressions WHERE account = ? AND number = ?", (account, number)
+                    "DELETE FROM suppressions WHERE account = ? AND number = ? AND (? IS NULL OR source = ?)",
+                    (account, number, source, source),
                 ).rowcount
                 == 1
             )
