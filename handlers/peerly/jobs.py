@@ -16,12 +16,12 @@ Readings of the document (kept here, easy to change when Peerly answers):
   (the job's name in Peerly's app: the document has no endpoint that lists
   jobs).
 - ``assignlist`` "appends the new phone list": nothing says a repeat is
-  ignored, so ``assign_list`` is unsafe to repeat. After a crash mid-call its
-  reconcile hook sends the request once and reads the answer's
-  ``phone_lists`` (the only view of a job's lists the document gives): a
-  list shown twice means the earlier attempt had appended it; the result says
-  so (``duplicate_appended``) and an error line names the job, so the extra
-  entry can be removed in Peerly. There is no side-effect-free way to ask.
+  ignored, so ``assign_list`` is unsafe to repeat. The document gives no
+  side-effect-free read of a job's lists (the assign answer's
+  ``phone_lists`` is the only view), so a crash in the middle of the call
+  ends ``outcome_unknown`` rather than assigning again: a list appended twice
+  would text its people twice. ``phone_lists`` is still read on every answer,
+  and a list already shown twice is reported (``duplicate_appended``).
 """
 
 from __future__ import annotations
@@ -138,24 +138,6 @@ def _times_listed(lists: list[Any], list_id: int) -> int:
     return sum(1 for item in lists if str(item) == str(list_id))
 
 
-async def reconcile_assign_list(payload: dict[str, Any], ctx: CommandContext[PeerlyClient]) -> Result:
-    """After a crash mid-call: assign once more and let ``phone_lists`` say whether the first had.
-
-    The document offers no read of a job's lists; the assign answer is the
-    only one. Twice in it = the earlier attempt had appended the list.
-    """
-    lists = await assign(ctx.client, payload["job_id"], payload["list_id"])
-    times = _times_listed(lists, payload["list_id"])
-    if times > 1:
-        ctx.log.error(
-            "peerly job lists this phone list twice: an earlier attempt had assigned it; "
-            "remove the extra entry in Peerly",
-            job_id=payload["job_id"],
-            list_id=payload["list_id"],
-        )
-    return _assign_result(payload, lists, times, ctx)
-
-
 def _assign_result(
     payload: dict[str, Any], lists: list[Any], times: int, ctx: CommandContext[PeerlyClient]
 ) -> Result:
@@ -174,7 +156,6 @@ def _assign_result(
     "assign_list",
     vendor="peerly",
     safe_to_repeat=False,
-    reconcile=reconcile_assign_list,
     example={"job_id": "1M93TFzJYm7e5xNNFlrr", "list_id": 123456},
 )
 async def assign_list(payload: dict[str, Any], ctx: CommandContext[PeerlyClient]) -> Result:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from handlers.peerly.client import MAX_UPLOAD_BYTES, PeerlyClient
-from handlers.peerly.jobs import JOB_EXAMPLE, assign_list, create_job, reconcile_assign_list
+from handlers.peerly.jobs import JOB_EXAMPLE, assign_list, create_job
 from handlers.peerly.lists import check_list_status, upload_list
 from handlers.peerly.media import create_media
 from handlers.peerly.sandbox import PeerlySimulator
@@ -51,7 +51,7 @@ async def run_upload(
 
 
 def test_commands_are_registered_with_their_safety() -> None:
-    """The five Peerly commands are registered; only check_list_status is safe to repeat; assign_list reconciles."""
+    """The five Peerly commands are registered; only check_list_status is safe to repeat; none resends on reconcile."""
     specs = {t: registry.commands[t] for t in registry.types_of("peerly")}
     assert {t: s.safe_to_repeat for t, s in specs.items()} == {
         "upload_list": False,
@@ -60,7 +60,7 @@ def test_commands_are_registered_with_their_safety() -> None:
         "assign_list": False,
         "create_media": False,
     }
-    assert specs["assign_list"].reconcile is not None
+    assert specs["assign_list"].reconcile is None
     assert registry.vendors["peerly"].start_sandbox is not None
 
 
@@ -151,15 +151,10 @@ async def test_simulator_appends_a_list_assigned_twice(sim: PeerlySimulator, cli
     assert again["duplicate_appended"] is True
 
 
-async def test_assign_list_reconcile_after_crash(sim: PeerlySimulator, client: PeerlyClient) -> None:
-    """Reconcile after a crash: phone_lists tells whether the earlier attempt had assigned the list."""
-    job_id, list_id = sim.add_job(), sim.add_active_list()
-    first = await reconcile_assign_list({"job_id": job_id, "list_id": list_id}, make_ctx(client))
-    assert first is not None and first["list_in_job"] and not first["duplicate_appended"]
-    other_job = sim.add_job()
-    await assign_list({"job_id": other_job, "list_id": list_id}, make_ctx(client))  # the crashed attempt
-    found = await reconcile_assign_list({"job_id": other_job, "list_id": list_id}, make_ctx(client))
-    assert found is not None and found["duplicate_appended"] is True
+def test_assign_list_has_no_reconcile_that_calls_again() -> None:
+    """assign_list is unsafe and has no reconcile: a crash mid-call ends outcome_unknown, never a second append."""
+    spec = registry.commands["assign_list"]
+    assert spec.safe_to_repeat is False and spec.reconcile is None
 
 
 async def test_assign_list_unknown_job_is_rejected(sim: PeerlySimulator, client: PeerlyClient) -> None:
