@@ -98,7 +98,7 @@ class Runtime:
         connector = aiohttp.TCPConnector(limit=max(100, self.settings.max_in_flight * 2), ttl_dns_cache=300)
         session = aiohttp.ClientSession(connector=connector)
         clients = build_clients(accounts, self.registry, session, self.settings, redis_client)
-        controls = Controls(stores.controls)
+        controls = Controls(stores.controls, max_wait_seconds=self.settings.pause_max_defer_seconds)
         await controls.refresh()
         if stores.controls is not None:
             self.membership = Membership(stores.controls, accounts.vendors if self.consume else [])
