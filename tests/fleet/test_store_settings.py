@@ -124,3 +124,29 @@ def test_worker_warns_at_start_on_a_redis_store_that_keeps_nothing(
         assert worker.get("/readyz")[0] == 200
         logs = worker.logs()
     assert "keeps nothing on disk" in logs
+
+
+async def test_postgres_store_works_without_a_statement_cache() -> None:
+    """With POSTGRES_STATEMENT_CACHE_SIZE=0 (PgBouncer transaction mode) claims and outcomes still work."""
+    await ensure_postgres_database()
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA}")
+        stores = await open_stores(
+            f"{POSTGRES_URL}?search_path={SCHEMA}", retention_seconds=60, postgres_statement_cache_size=0
+        )
+        try:
+            db: Any = stores.idempotency.db  # type: ignore[attr-defined]
+            async with db.pool.acquire() as conn:
+                assert conn._stmt_cache.get_max_size() == 0
+            now = time.time()
+            claim = await stores.idempotency.claim("default", "c-1", "fp", now, 30)
+            assert claim.status.value == "acquired"
+            stored = await stores.idempotency.complete("default", "c-1", "fp", b"{}", now)
+            assert stored == b"{}"
+            assert (await stores.idempotency.claim("default", "c-1", "fp", now, 30)).event == b"{}"
+        finally:
+            await stores.close()
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        await admin.close()
