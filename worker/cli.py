@@ -82,7 +82,13 @@ def webhooks(port: int | None) -> None:
     if port is not None:
         settings = settings.model_copy(update={"metrics_port": port})
     configure(settings.log_level, settings.log_format)
-    sys.exit(asyncio.run(Runtime(settings, _registry(), consume=False, webhooks=True).run()))
+    try:
+        code = asyncio.run(Runtime(settings, _registry(), consume=False, webhooks=True).run())
+    except ConfigError as exc:  # an unknown SWITCHBOARD_* variable, a bad account: one line each
+        for line in exc.lines:
+            click.echo(f"config error: {line}", err=True)
+        sys.exit(2)
+    sys.exit(code)
 
 
 @main.group()

@@ -24,6 +24,7 @@ are ``SecretStr`` so they never print.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -40,6 +41,8 @@ from worker.registry import Registry
 ENV_PREFIX = "SWITCHBOARD_"
 RUNTIME_ACCOUNT_FIELDS = ("rate_limit_per_second", "sending_window", "timezone")
 """Account fields the runtime reads itself; the rest belong to the vendor's model."""
+TOOLING_PREFIXES = ("SWITCHBOARD_TEST_", "SWITCHBOARD_BENCH_", "SWITCHBOARD_DRILL_")
+"""``SWITCHBOARD_*`` names read by the tests, the bench and the drills, never by the worker."""
 
 
 class ConfigError(Exception):
@@ -118,6 +121,22 @@ class Settings(BaseSettings):
         description="Largest encoded result event; past it, lists in the result are truncated (flagged).",
     )
 
+    postgres_pool_size: int = Field(
+        20, ge=1, description="PostgreSQL connections per process at most (pods x this <= max_connections)."
+    )
+    postgres_statement_cache_size: int = Field(
+        100, ge=0, description="asyncpg prepared-statement cache; 0 behind PgBouncer in transaction mode."
+    )
+    allow_unshared_store: bool = Field(
+        False,
+        description="Start on a SQLite store even when a vendor queue has consumers this store does not know.",
+    )
+    pause_max_defer_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Longest wait of a paused command between two looks (grows from DEFER_SECONDS).",
+    )
+
     def shared_redis_url(self) -> str | None:
         if self.redis_url is not None:
             return self.redis_url.get_secret_value()
@@ -158,6 +177,30 @@ def _settings_kwargs(env: Mapping[str, str]) -> dict[str, Any]:
             if name in fields:
                 kwargs[name] = value
     return kwargs
+
+
+def valid_names(registry: Registry) -> set[str]:
+    """Every ``SWITCHBOARD_*`` variable the worker reads, derived from the settings models."""
+    names = {ENV_PREFIX + field.upper() for field in Settings.model_fields}
+    for vendor, spec in registry.vendors.items():
+        for field in (*spec.account_model.model_fields, *RUNTIME_ACCOUNT_FIELDS):
+            names.add(f"{ENV_PREFIX}{vendor.upper()}_{field.upper()}")
+    return names
+
+
+def check_environment(registry: Registry, environ: Mapping[str, str] | None = None) -> None:
+    """ConfigError for every ``SWITCHBOARD_*`` variable that is no setting: a typo must not pass silently."""
+    env = os.environ if environ is None else environ
+    valid = valid_names(registry)
+    lines = []
+    for key in sorted(env):
+        if not key.startswith(ENV_PREFIX) or key in valid or key.startswith(TOOLING_PREFIXES):
+            continue
+        nearest = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        hint = f"did you mean {nearest[0]}?" if nearest else "see the configuration table in the README"
+        lines.append(f"{key} is not a Switchboard setting; {hint}")
+    if lines:
+        raise ConfigError(lines)
 
 
 def _lines(exc: ValidationError, prefix: str) -> list[str]:

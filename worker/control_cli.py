@@ -20,7 +20,7 @@ import pika
 
 from worker import events, topology
 from worker.config import load_settings
-from worker.controls import FOREVER, cancel_key, pause_key
+from worker.controls import ALL_ACCOUNTS, FOREVER, cancel_key, pause_key
 from worker.store import Stores, open_stores
 
 
@@ -61,12 +61,28 @@ def _publish_control(action: str, details: dict[str, Any]) -> None:
         connection.close()
 
 
-async def _set_pause(account: str, command_type: str | None, paused: bool) -> bool:
+def _scope(vendor: str | None, account: str | None, command_type: str | None) -> tuple[str, str]:
+    """(account, label) for a pause: ``--vendor`` alone means every account of that vendor."""
+    if vendor is not None:
+        import handlers  # noqa: F401  (fills the registry)
+        from worker.registry import registry
+
+        if vendor not in registry.vendors:
+            known = ", ".join(sorted(registry.vendors))
+            raise click.BadParameter(f"unknown vendor {vendor!r} (known: {known})", param_hint="--vendor")
+        if command_type is not None and command_type not in registry.types_of(vendor):
+            raise click.BadParameter(f"{command_type!r} is not a {vendor} command type", param_hint="--type")
+    resolved = account or (ALL_ACCOUNTS if vendor else "default")
+    scope = f"{vendor}/{resolved}" if vendor else resolved
+    return resolved, f"{scope}/{command_type or '*'}"
+
+
+async def _set_pause(account: str, command_type: str | None, paused: bool, vendor: str | None = None) -> bool:
     stores = await _stores()
     try:
         if stores.controls is None:
             raise click.ClickException(f"the {stores.backend} store does not support operator controls")
-        key = pause_key(account, command_type)
+        key = pause_key(account, command_type, vendor)
         if paused:
             await stores.controls.put_control(key, {"since": time.time()}, time.time() + FOREVER)
             return True
@@ -75,28 +91,37 @@ async def _set_pause(account: str, command_type: str | None, paused: bool) -> bo
         await stores.close()
 
 
+_ACCOUNT_HELP = "Account alias (default: `default`; with --vendor: every account of that vendor)."
+
+
 @click.command()
-@click.option("--account", default="default", show_default=True)
+@click.option("--vendor", help="Only this vendor (default: the account on every vendor).")
+@click.option("--account", help=_ACCOUNT_HELP)
 @click.option("--type", "command_type", help="Only this command type (default: every type).")
-def pause(account: str, command_type: str | None) -> None:
-    """Stop starting the account's commands (they wait in the broker) until `resume`."""
-    asyncio.run(_set_pause(account, command_type, True))
-    _publish_control("paused", {"account": account, "command_type": command_type or "*"})
-    click.echo(
-        f"paused {account}/{command_type or '*'}: workers stop starting these within a second", err=True
+def pause(vendor: str | None, account: str | None, command_type: str | None) -> None:
+    """Stop starting the account's (or vendor's) commands (they wait in the broker) until `resume`."""
+    resolved, label = _scope(vendor, account, command_type)
+    asyncio.run(_set_pause(resolved, command_type, True, vendor))
+    _publish_control(
+        "paused", {"vendor": vendor or "*", "account": resolved, "command_type": command_type or "*"}
     )
+    click.echo(f"paused {label}: workers stop starting these within a second", err=True)
 
 
 @click.command()
-@click.option("--account", default="default", show_default=True)
+@click.option("--vendor", help="The vendor given to `pause`.")
+@click.option("--account", help=_ACCOUNT_HELP)
 @click.option("--type", "command_type", help="The type given to `pause` (default: every type).")
-def resume(account: str, command_type: str | None) -> None:
-    """Resume a paused account (or type); waiting commands drain."""
-    removed = asyncio.run(_set_pause(account, command_type, False))
+def resume(vendor: str | None, account: str | None, command_type: str | None) -> None:
+    """Resume what `pause` held (same options); waiting commands drain within the wait they are in."""
+    resolved, label = _scope(vendor, account, command_type)
+    removed = asyncio.run(_set_pause(resolved, command_type, False, vendor))
     if not removed:
-        raise click.ClickException(f"{account}/{command_type or '*'} was not paused")
-    _publish_control("resumed", {"account": account, "command_type": command_type or "*"})
-    click.echo(f"resumed {account}/{command_type or '*'}", err=True)
+        raise click.ClickException(f"{label} was not paused")
+    _publish_control(
+        "resumed", {"vendor": vendor or "*", "account": resolved, "command_type": command_type or "*"}
+    )
+    click.echo(f"resumed {label}", err=True)
 
 
 async def _cancel(

@@ -207,8 +207,11 @@ class Dispatcher:
         if isinstance(not_before, int) and not_before / 1000 - time.time() > 0.5:
             await self._defer(delivery, command, not_before / 1000 - time.time(), "waiting")
             return
-        if self.controls.paused(command.account, command.type):
-            await self._defer(delivery, command, self.settings.defer_seconds, "paused")
+        wait = self.controls.paused_wait(
+            command.account, command.type, spec.vendor, self.settings.defer_seconds
+        )
+        if wait is not None:
+            await self._defer(delivery, command, wait, "paused")
             return
         run = _Run(command, spec, fingerprint(command.type, command.payload), started)
         await self._claim_and_run(delivery, run)

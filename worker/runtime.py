@@ -28,16 +28,18 @@ from worker import file_budget, topology, tracing
 from worker.accounts import Accounts, build_clients, resolve
 from worker.amqp import Channel, Connection, ConnectionLost
 from worker.breaker import BreakerState, CircuitBreaker
-from worker.config import Settings
+from worker.config import Settings, check_environment
 from worker.controls import Controls
 from worker.dispatcher import Delivery, Dispatcher, DispatchSettings
 from worker.http import build_app, serve
 from worker.logging import get_logger
+from worker.membership import LOCAL_BACKENDS, Membership, check_unshared_store
 from worker.metrics import BROKER_CONNECTED, BROKER_RECONNECTS, IN_FLIGHT
 from worker.outbox import Outbox
 from worker.registry import Registry, WebhookContext
 from worker.retry import RetryPolicy
 from worker.store import Stores, open_stores
+from worker.store import redis as redis_store
 
 log = get_logger("switchboard.runtime")
 
@@ -61,6 +63,9 @@ class Runtime:
         self.ready = False
         self.breakers: dict[str, CircuitBreaker] = {}
         self.outbox = Outbox(lambda: self.publish_channel)
+        self.membership: Membership | None = None
+        self._store_check_pending = False
+        self._backend = ""
         self._topology = topology.build(
             {vendor: registry.types_of(vendor) for vendor in registry.vendors},
             delivery_limit=settings.delivery_limit,
@@ -68,13 +73,19 @@ class Runtime:
 
     # -- lifecycle --------------------------------------------------------------
     async def run(self) -> int:
+        check_environment(self.registry)
         tracing.setup()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         stores = await open_stores(
-            self.settings.store_url.get_secret_value(), retention_seconds=self.settings.retention_days * 86400
+            self.settings.store_url.get_secret_value(),
+            retention_seconds=self.settings.retention_days * 86400,
+            postgres_pool_size=self.settings.postgres_pool_size,
+            postgres_statement_cache_size=self.settings.postgres_statement_cache_size,
         )
+        if stores.backend == "redis":
+            await redis_store.warn_if_keeps_nothing(self.settings.store_url.get_secret_value())
         redis_url = self.settings.shared_redis_url()
         redis_client = (
             aioredis.Redis.from_pool(
@@ -88,8 +99,16 @@ class Runtime:
         connector = aiohttp.TCPConnector(limit=max(100, self.settings.max_in_flight * 2), ttl_dns_cache=300)
         session = aiohttp.ClientSession(connector=connector)
         clients = build_clients(accounts, self.registry, session, self.settings, redis_client)
-        controls = Controls(stores.controls)
+        controls = Controls(stores.controls, max_wait_seconds=self.settings.pause_max_defer_seconds)
         await controls.refresh()
+        if stores.controls is not None:
+            self.membership = Membership(stores.controls, accounts.vendors if self.consume else [])
+            await self.membership.heartbeat()
+            self._store_check_pending = (
+                self.consume and stores.backend in LOCAL_BACKENDS and not self.settings.allow_unshared_store
+            )
+        heartbeat = asyncio.create_task(self.membership.run()) if self.membership else None
+        self._backend = stores.backend
         self.dispatcher = self._dispatcher(clients, stores, accounts, controls)
         http = await serve(
             self._http_app(accounts, stores), self.settings.metrics_host, self.settings.metrics_port
@@ -109,6 +128,10 @@ class Runtime:
         finally:
             pruning.cancel()
             refreshing.cancel()
+            if heartbeat is not None:
+                heartbeat.cancel()
+            if self.membership is not None:
+                await self.membership.leave()
             await self._close_connection()
             await http.cleanup()
             for client in clients.values():
@@ -240,6 +263,11 @@ class Runtime:
         connection.on_lost = lambda reason: lost.set()
         setup = await connection.channel()
         await topology.declare(setup, self._topology)
+        if self._store_check_pending and self.membership is not None:
+            # Once, before this worker consumes: its own consumer must not count against it.
+            queues = {vendor: topology.vendor_queue(vendor) for vendor in vendors}
+            await check_unshared_store(setup, self.membership, queues, self._backend)
+            self._store_check_pending = False
         await setup.close()
         publish = await connection.channel()
         await publish.enable_confirms()

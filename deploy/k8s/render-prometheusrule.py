@@ -19,6 +19,8 @@ metadata:
   labels:
     app.kubernetes.io/name: switchboard
     app.kubernetes.io/component: worker
+    # kube-prometheus-stack's Prometheus selects rules by its Helm release name (README, "Operating").
+    release: kube-prometheus-stack
 spec:
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from functools import cache
@@ -146,14 +147,20 @@ class TestWorkerDeployment:
         assert len(names) > 8
         assert unknown(names) == []
 
-    def test_replicas_share_a_redis_store(self, overlay: tuple[dict[str, Any], ...]) -> None:
-        """The example sets a redis:// store: with per-pod sqlite, idempotency would not hold across replicas."""
+    def test_replicas_share_a_postgres_store(self, overlay: tuple[dict[str, Any], ...]) -> None:
+        """The example sets a postgresql:// store: shared by replicas, and opt-outs survive restarts."""
         import base64
 
         secret = next(
             d for d in overlay if d["kind"] == "Secret" and "SWITCHBOARD_STORE_URL" in d.get("data", {})
         )
-        assert base64.b64decode(secret["data"]["SWITCHBOARD_STORE_URL"]).startswith(b"redis")
+        assert base64.b64decode(secret["data"]["SWITCHBOARD_STORE_URL"]).startswith(b"postgresql://")
+
+    def test_postgres_connections_fit_the_default_budget(self, base: tuple[dict[str, Any], ...]) -> None:
+        """At KEDA's maximum replica count, pods x pool stays within PostgreSQL's default 100 connections."""
+        pool = int(config(base)["SWITCHBOARD_POSTGRES_POOL_SIZE"])
+        replicas = one(base, "ScaledObject")["spec"]["maxReplicaCount"]
+        assert replicas * pool <= 100 - 10  # room for superuser_reserved_connections and operators
 
     def test_no_fixed_replica_count(self, base: tuple[dict[str, Any], ...]) -> None:
         """KEDA owns the replica count; a fixed one would be reset on every apply."""
@@ -211,6 +218,45 @@ class TestAroundTheDeployment:
         assert {e["port"] for e in monitor["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
         assert all(e["path"] == "/metrics" for e in monitor["endpoints"])
         assert service["metadata"]["labels"][monitor["jobLabel"]] == "switchboard-worker"
+
+    def test_rabbitmq_queue_metrics_are_scraped_for_the_rules(self, base: tuple[dict[str, Any], ...]) -> None:
+        """A PodMonitor scrapes every RabbitMQ pod's /metrics/detailed with the families the rules read."""
+        monitor = one(base, "PodMonitor")["spec"]
+        [endpoint] = monitor["podMetricsEndpoints"]
+        assert endpoint["path"] == "/metrics/detailed"
+        assert endpoint["params"] == {
+            "vhost": ["switchboard"],
+            "family": ["queue_coarse_metrics", "queue_consumer_count"],
+        }
+        assert endpoint["port"] == "prometheus"
+        assert monitor["selector"]["matchLabels"] == {"app.kubernetes.io/component": "rabbitmq"}
+        rules = (DEPLOY / "prometheus" / "alerts.yml").read_text()
+        for metric in ("rabbitmq_detailed_queue_messages_ready", "rabbitmq_detailed_queue_consumers"):
+            assert metric in rules  # both families are read, so both are scraped
+
+    def test_monitoring_objects_carry_the_kube_prometheus_stack_label(
+        self, base: tuple[dict[str, Any], ...]
+    ) -> None:
+        """ServiceMonitor, PodMonitor and PrometheusRule carry release=kube-prometheus-stack."""
+        kinds = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+        monitoring = [doc for doc in base if doc["kind"] in kinds]
+        assert {doc["kind"] for doc in monitoring} == kinds
+        for doc in monitoring:
+            assert doc["metadata"]["labels"]["release"] == "kube-prometheus-stack", doc["kind"]
+
+    def test_release_label_can_be_overridden_by_an_overlay(self, tmp_path: Any) -> None:
+        """The patch documented in the example overlay relabels every monitoring object, and nothing else."""
+        (tmp_path / "kustomization.yaml").write_text(
+            f"resources:\n  - {os.path.relpath(BASE, tmp_path)}\n"
+            "patches:\n"
+            "  - target:\n      group: monitoring.coreos.com\n"
+            "    patch: |-\n"
+            "      - op: replace\n        path: /metadata/labels/release\n        value: prom\n"
+        )
+        docs = build(str(tmp_path))
+        releases = {doc["kind"]: doc["metadata"].get("labels", {}).get("release") for doc in docs}
+        assert releases["ServiceMonitor"] == releases["PodMonitor"] == releases["PrometheusRule"] == "prom"
+        assert releases["Deployment"] is None
 
     def test_prometheus_rule_is_alerts_yml(self, base: tuple[dict[str, Any], ...]) -> None:
         """The PrometheusRule carries exactly the groups of deploy/prometheus/alerts.yml."""

@@ -86,13 +86,16 @@ def test_validate_script_passes() -> None:
     assert "FAIL" not in done.stdout
 
 
+RUNBOOK_URL = "https://github.com/switchboard-sms/switchboard/blob/main/docs/runbook.md"
+
+
 def test_every_alert_has_a_runbook_section() -> None:
-    """Each alert's runbook annotation points at a heading of docs/runbook.md with the alert's name."""
+    """Each alert's runbook_url is an absolute URL to a heading of docs/runbook.md with the alert's name."""
     headings = {line.lstrip("#").strip() for line in RUNBOOK.read_text().splitlines() if line.startswith("#")}
     rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
     alerts = [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
     assert alerts
     for rule in alerts:
-        assert rule["annotations"]["runbook"] == f"docs/runbook.md#{rule['alert'].lower()}"
+        assert rule["annotations"]["runbook_url"] == f"{RUNBOOK_URL}#{rule['alert'].lower()}"
         assert rule["alert"] in headings, f"docs/runbook.md has no section for {rule['alert']}"
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}

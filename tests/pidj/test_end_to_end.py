@@ -216,6 +216,12 @@ def test_opted_out_number_is_never_sent_to(tap: EventTap, sim: PidjSimulator, wo
 
 def test_builtin_sandbox_takes_the_acceptance_text(broker: None) -> None:
     """`switchboard run --sandbox` with no Pidj credentials sends the runtime's acceptance payload."""
-    with WorkerProcess({"SWITCHBOARD_VENDORS": "pidj", "SWITCHBOARD_SANDBOX": "true"}), EventTap() as tap:
+    # The module's worker (its own SQLite store) still consumes switchboard.pidj: a second store is intended.
+    env = {
+        "SWITCHBOARD_VENDORS": "pidj",
+        "SWITCHBOARD_SANDBOX": "true",
+        "SWITCHBOARD_ALLOW_UNSHARED_STORE": "true",
+    }
+    with WorkerProcess(env), EventTap() as tap:
         payload = {"to_number": "+18885553333", "from_number": "+18885552222", "text_body": "hi"}
         assert succeeded(tap, "send_text", payload)["message"] == "Text sent."

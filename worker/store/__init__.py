@@ -31,7 +31,13 @@ def sqlite_path(url: str) -> str:
     return rest[1:] if rest.startswith("/") else rest
 
 
-async def open_stores(url: str, *, retention_seconds: float) -> Stores:
+async def open_stores(
+    url: str,
+    *,
+    retention_seconds: float,
+    postgres_pool_size: int | None = None,
+    postgres_statement_cache_size: int | None = None,
+) -> Stores:
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
         from worker.store import sqlite
@@ -65,7 +71,15 @@ async def open_stores(url: str, *, retention_seconds: float) -> Stores:
     if scheme in ("postgresql", "postgres"):
         from worker.store import postgres
 
-        db = await postgres.connect(url)
+        db = await postgres.connect(
+            url,
+            max_size=postgres_pool_size or postgres.POOL_MAX_SIZE,
+            statement_cache_size=(
+                postgres.STATEMENT_CACHE_SIZE
+                if postgres_statement_cache_size is None
+                else postgres_statement_cache_size
+            ),
+        )
         return Stores(
             postgres.PostgresIdempotencyStore(db, retention_seconds),
             postgres.PostgresSuppressionList(db),

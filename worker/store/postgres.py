@@ -42,6 +42,9 @@ from worker.store.base import Claim, ClaimStatus
 from worker.store.migrations.postgres import migrate
 
 POOL_MAX_SIZE = 20
+"""Connections per process at most, unless ``SWITCHBOARD_POSTGRES_POOL_SIZE`` says otherwise."""
+STATEMENT_CACHE_SIZE = 100
+"""asyncpg's default; 0 behind PgBouncer in transaction mode (before 1.21, or without max_prepared_statements)."""
 CONNECT_TIMEOUT_SECONDS = 3.0
 COMMAND_TIMEOUT_SECONDS = 10.0
 OUTAGE_WAIT_SECONDS = 10.0
@@ -414,12 +417,19 @@ async def _reset(conn: Any) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def connect(url: str, *, min_size: int = 1, max_size: int = POOL_MAX_SIZE) -> Database:
+async def connect(
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = POOL_MAX_SIZE,
+    statement_cache_size: int = STATEMENT_CACHE_SIZE,
+) -> Database:
     """Open a pool on ``postgresql://...`` and migrate the schema."""
     pool = await asyncpg.create_pool(
         url,
-        min_size=min_size,
+        min_size=min(min_size, max_size),
         max_size=max_size,
+        statement_cache_size=statement_cache_size,
         timeout=CONNECT_TIMEOUT_SECONDS,
         command_timeout=COMMAND_TIMEOUT_SECONDS,
         max_inactive_connection_lifetime=300.0,

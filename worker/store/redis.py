@@ -13,9 +13,12 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
+from worker.logging import get_logger
 from worker.store.base import Claim, ClaimStatus
+
+log = get_logger("switchboard.store.redis")
 
 _CLAIM = """
 local r = redis.call('HMGET', KEYS[1], 'fp', 'status', 'attempts', 'first', 'started', 'lease', 'state', 'event')
@@ -307,10 +310,16 @@ class RedisControlStore:
 
     async def controls(self, now: float) -> dict[str, dict[str, Any]]:
         live: dict[str, dict[str, Any]] = {}
+        expired = []
         for key, raw in (await self.client.hgetall(self.KEY)).items():
             entry = orjson.loads(raw)
             if entry["expires_at"] > now:
                 live[_text(key)] = entry["value"]
+            else:
+                expired.append(key)
+        if expired:
+            # Entries of workers that died without leaving would otherwise stay in the hash forever.
+            await self.client.hdel(self.KEY, *expired)
         return live
 
     async def peek(self, account: str, command_id: str) -> dict[str, Any] | None:
@@ -325,3 +334,34 @@ class RedisControlStore:
             "attempt_started_at": _float(record.get("started")),
             "event": orjson.loads(record["event"]) if record.get("event") else None,
         }
+
+
+async def keeps_nothing_on_disk(client: aioredis.Redis) -> bool | None:
+    """True when neither RDB snapshots (``save``) nor the AOF (``appendonly``) are on; None if unknown.
+
+    Managed Redis often disables or renames ``CONFIG``: that is no error, only unknown.
+    """
+    try:
+        save = await client.config_get("save")
+        appendonly = await client.config_get("appendonly")
+    except RedisError:
+        return None
+    if "save" not in save or "appendonly" not in appendonly:
+        return None
+    return not str(save["save"]).strip() and str(appendonly["appendonly"]).lower() != "yes"
+
+
+async def warn_if_keeps_nothing(url: str) -> None:
+    """Warn at start when this Redis loses everything on a restart (opt-outs included)."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        volatile = await keeps_nothing_on_disk(client)
+    finally:
+        await client.aclose()
+    if volatile:
+        log.warning(
+            "the Redis store keeps nothing on disk (save is empty, appendonly is no): a Redis restart"
+            " forgets idempotency records and opt-outs; turn on appendonly or use a PostgreSQL store",
+        )
+    elif volatile is None:
+        log.info("could not read the Redis persistence settings (CONFIG unavailable); not checked")

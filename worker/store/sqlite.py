@@ -255,6 +255,8 @@ class SQLiteIdempotencyStore:
         def op(conn: sqlite3.Connection) -> int:
             removed = conn.execute("DELETE FROM commands WHERE expires_at < ?", (now,)).rowcount
             removed += conn.execute("DELETE FROM seen WHERE expires_at < ?", (now,)).rowcount
+            # Expired controls, such as entries of workers that died without leaving.
+            removed += conn.execute("DELETE FROM controls WHERE expires_at < ?", (now,)).rowcount
             return removed
 
         return await self.conn.write(op)
