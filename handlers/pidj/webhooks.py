@@ -72,6 +72,10 @@ from aiohttp import web
 from worker.metrics import WEBHOOK_OPT_OUTS_WITHOUT_NUMBER, WEBHOOKS_RECEIVED
 from worker.registry import WebhookContext
 
+# The series exists at 0 from start-up: increase() cannot see a counter's first
+# sample, so an alert on it would miss the first opt-out that suppressed nobody.
+WEBHOOK_OPT_OUTS_WITHOUT_NUMBER.labels("pidj")
+
 MAX_BODY_BYTES = 256 * 1024
 DEDUPE_TTL_SECONDS = 15 * 60.0
 """Long enough for Pidj's retries of one delivery, short enough that a person texting
