@@ -104,12 +104,40 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     webhooks: bool = Field(False, description="Serve inbound vendor webhooks on the metrics port.")
+    webhook_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of a listener of its own for webhooks (on METRICS_HOST), so a flood of webhook "
+        "clients cannot starve /healthz, /readyz and /metrics; unset = webhooks share the metrics port.",
+    )
+    http_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A request's line and headers must arrive within this, or the connection closes.",
+    )
+    http_read_timeout_seconds: float = Field(
+        15.0, gt=0, description="A request body must arrive within this, or the request is answered 408."
+    )
+    http_idle_timeout_seconds: float = Field(
+        30.0, gt=0, description="A keep-alive connection with no request for this long is closed."
+    )
+    http_max_connections: int = Field(
+        256, ge=1, description="Open connections per HTTP listener; more are closed at once."
+    )
+    reply_to_allow: str = Field(
+        "",
+        description="Comma-separated queue names accepted as reply_to besides amq.gen-* and amq.rabbitmq.reply-to.",
+    )
 
     def shared_redis_url(self) -> str | None:
         if self.redis_url is not None:
             return self.redis_url.get_secret_value()
         store = self.store_url.get_secret_value()
         return store if store.startswith(("redis://", "rediss://")) else None
+
+    def reply_to_names(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.reply_to_allow.split(",") if name.strip())
 
     def vendor_names(self) -> set[str] | None:
         names = {name.strip() for name in self.vendors.split(",") if name.strip()}
