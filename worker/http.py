@@ -10,7 +10,9 @@ listener defends itself (:class:`Limits`):
   or between keep-alive requests) is closed;
 - a header timeout: once a request starts, its line and headers must arrive
   in full within it (the "one header line every 10 s" slow client);
-- a read timeout: the body must arrive within it, or 408.
+- a read timeout: once the app has a request, its body must arrive in full
+  within it, or the client gets 408 and the connection is closed (checked at
+  the connection, so handlers that stream the body keep doing so).
 
 Webhooks can be served on a listener of their own (``SWITCHBOARD_WEBHOOK_PORT``):
 then a flood of webhook clients fills only that listener's cap, and the probes
@@ -26,10 +28,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 MAX_BODY_BYTES = 1024 * 1024
+_TIMEOUT_TEXT = b"request body not received in time\n"
+_REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_TIMEOUT_TEXT), _TIMEOUT_TEXT)
+)
+"""Written straight to the transport: the handler may still be waiting on the body."""
 ACCEPT_BACKLOG = 32
 """Also how many connections asyncio accepts in one go: a small burst cannot run the
 process out of descriptors before the cap closes the extra ones (asyncio then stops
@@ -67,6 +75,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.state = "idle"
         self.timer: asyncio.TimerHandle | None = None
+        self.body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -101,19 +110,38 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._disarm_body()
         if self.transport is not None:
             self.listener.connections.pop(self.transport, None)
         if self.inner is not None:
             self.inner.connection_lost(exc)
             self.inner = None
 
-    def request_started(self) -> None:
+    def request_started(self, body: StreamReader | None) -> None:
         self.state = "busy"
         self._disarm()
+        if body is not None and not body.is_eof():
+            self.body_timer = asyncio.get_running_loop().call_later(
+                self.listener.limits.read_timeout_seconds, self._body_expired, body
+            )
 
     def request_done(self) -> None:
+        self._disarm_body()
         self.state = "idle"
         self._arm(self.listener.limits.idle_timeout_seconds)
+
+    def _disarm_body(self) -> None:
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
+
+    def _body_expired(self, body: StreamReader) -> None:
+        self.body_timer = None
+        if self.transport is None or body.is_eof() or self.transport.is_closing():
+            return
+        self.listener.timed_out += 1
+        self.transport.write(_REQUEST_TIMEOUT)
+        self.transport.close()
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
@@ -179,8 +207,7 @@ _SERVED = web.AppKey("switchboard_served", _Served)
 
 
 def _guard(served: _Served) -> Any:
-    """Middleware: tells the connection a request is in the app, and bounds the body read."""
-    limits = served.limits
+    """Middleware: tells the connection a request is in the app (and when it is done)."""
 
     @web.middleware
     async def guard(
@@ -193,14 +220,8 @@ def _guard(served: _Served) -> Any:
             else None
         )
         if connection is not None:
-            connection.request_started()
+            connection.request_started(request.content if request.body_exists else None)
         try:
-            if request.body_exists:
-                try:
-                    async with asyncio.timeout(limits.read_timeout_seconds):
-                        await request.read()  # cached: the handler's own read() returns it
-                except TimeoutError:
-                    raise web.HTTPRequestTimeout(text="request body not received in time") from None
             return await handler(request)
         finally:
             if connection is not None:

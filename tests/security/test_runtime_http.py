@@ -28,8 +28,17 @@ async def _echo(request: web.Request) -> web.Response:
     return web.Response(body=await request.read())
 
 
+async def _stream(request: web.Request) -> web.Response:
+    """Reads the body in chunks, as the Pidj webhook handler does."""
+    chunks = []
+    while chunk := await request.content.read(4):
+        chunks.append(chunk)
+    return web.Response(body=b"".join(chunks))
+
+
 def _webhooks() -> dict[str, web.Application]:
     app = web.Application()
+    app.router.add_post("/stream/{account}", _stream)
     app.router.add_post("/{account}", _echo)
     return {"test": app}
 
@@ -95,6 +104,18 @@ async def test_a_body_that_does_not_arrive_is_answered_408(listener: Listener) -
     finally:
         writer.close()
     assert status_line.split()[1] == b"408"
+
+
+async def test_a_handler_streaming_the_body_gets_all_of_it(listener: Listener) -> None:
+    """The read timeout leaves the body to the handler: one that streams it reads every byte."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(b"POST /webhooks/test/stream/a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789")
+    try:
+        async with asyncio.timeout(2.0):
+            response = await reader.readuntil(b"0123456789")
+    finally:
+        writer.close()
+    assert response.split()[1] == b"200"
 
 
 async def test_connections_over_the_cap_are_refused(listener: Listener) -> None:
