@@ -4,9 +4,11 @@ and its trace context reaches the events even with tracing off."""
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Iterator
 
+import orjson
 import pika
 import pytest
 
@@ -142,3 +144,29 @@ def test_a_malformed_traceparent_is_not_carried(worker: WorkerProcess) -> None:
         command_id = publish_command("send_text", SEND, meta={"traceparent": "not a trace <script>"})
         headers = _event_properties(tap, command_id).headers or {}
     assert "traceparent" not in headers
+
+
+def test_direct_reply_to_still_gets_the_event(worker: WorkerProcess) -> None:
+    """A command sent with direct reply-to (amq.rabbitmq.reply-to) gets its event back on it."""
+    connection = connect()
+    channel = connection.channel()
+    replies: list[bytes] = []
+    channel.basic_consume("amq.rabbitmq.reply-to", lambda *args: replies.append(args[3]), auto_ack=True)
+    command_id, body = command_body("send_text", SEND)
+    try:
+        channel.basic_publish(
+            "switchboard.commands",
+            "send_text",
+            body,
+            pika.BasicProperties(
+                content_type="application/json", message_id=command_id, reply_to="amq.rabbitmq.reply-to"
+            ),
+        )
+        deadline = time.monotonic() + 20
+        while not replies and time.monotonic() < deadline:
+            connection.process_data_events(time_limit=0.2)
+    finally:
+        connection.close()
+    assert replies, "no reply on direct reply-to"
+    event = orjson.loads(replies[0])
+    assert (event["command_id"], event["status"]) == (command_id, "succeeded")
