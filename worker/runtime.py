@@ -174,7 +174,7 @@ class Runtime:
         """The probes and /metrics; webhooks on their own port when SWITCHBOARD_WEBHOOK_PORT is set."""
         s, limits = self.settings, self._http_limits()
         webhook_apps = self._webhook_apps(accounts, stores)
-        if s.webhook_port is None or not webhook_apps:
+        if s.webhook_port is None or s.webhook_port == s.metrics_port != 0 or not webhook_apps:
             if webhook_apps:
                 log.warning(
                     "webhooks share the metrics port; set SWITCHBOARD_WEBHOOK_PORT so a flood of "
