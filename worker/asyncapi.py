@@ -79,6 +79,11 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
     "not_json": ("rejected", "The body is not JSON (or nested too deeply to parse)."),
     "invalid_envelope": ("rejected", "JSON, but not the command envelope (`details.path`)."),
     "message_id_mismatch": ("rejected", "The AMQP message_id is set and differs from the command `id`."),
+    "reply_to_not_allowed": (
+        "rejected",
+        "`reply_to` names a queue that is neither server-named (`amq.gen-*`), direct reply-to "
+        "(`amq.rabbitmq.reply-to`) nor on SWITCHBOARD_REPLY_TO_ALLOW; nothing is sent there (`details.reply_to`).",
+    ),
     "unknown_type": (
         "rejected",
         "No handler for `type`; the event's routing key is `<type>.rejected` (`invalid.rejected` when unreadable).",

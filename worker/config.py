@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +41,8 @@ from worker.quiet_hours import SendingWindow, WindowError
 from worker.registry import Registry
 
 ENV_PREFIX = "SWITCHBOARD_"
+PLACEHOLDER_MARK = "CHANGE-ME"
+"""The placeholder of deploy/k8s/overlays/example: a secret holding it was never set for real."""
 RUNTIME_ACCOUNT_FIELDS = ("rate_limit_per_second", "sending_window", "timezone")
 """Account fields the runtime reads itself; the rest belong to the vendor's model."""
 TOOLING_PREFIXES = ("SWITCHBOARD_TEST_", "SWITCHBOARD_BENCH_", "SWITCHBOARD_DRILL_")
@@ -136,12 +140,40 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest wait of a paused command between two looks (grows from DEFER_SECONDS).",
     )
+    webhook_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of a listener of its own for webhooks (on METRICS_HOST), so a flood of webhook "
+        "clients cannot starve /healthz, /readyz and /metrics; unset = webhooks share the metrics port.",
+    )
+    http_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A request's line and headers must arrive within this, or the connection closes.",
+    )
+    http_read_timeout_seconds: float = Field(
+        15.0, gt=0, description="A request body must arrive within this, or the request is answered 408."
+    )
+    http_idle_timeout_seconds: float = Field(
+        30.0, gt=0, description="A keep-alive connection with no request for this long is closed."
+    )
+    http_max_connections: int = Field(
+        256, ge=1, description="Open connections per HTTP listener; more are closed at once."
+    )
+    reply_to_allow: str = Field(
+        "",
+        description="Comma-separated queue names accepted as reply_to besides amq.gen-* and amq.rabbitmq.reply-to.",
+    )
 
     def shared_redis_url(self) -> str | None:
         if self.redis_url is not None:
             return self.redis_url.get_secret_value()
         store = self.store_url.get_secret_value()
         return store if store.startswith(("redis://", "rediss://")) else None
+
+    def reply_to_names(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.reply_to_allow.split(",") if name.strip())
 
     def vendor_names(self) -> set[str] | None:
         names = {name.strip() for name in self.vendors.split(",") if name.strip()}
@@ -260,29 +292,61 @@ def build_account(
         model = spec.account_model.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(_lines(exc, prefix=f"{vendor} account {alias!r}: ")) from None
+    placeholders = [
+        f"{vendor} account {alias!r}: {name} is the example overlay's placeholder ({PLACEHOLDER_MARK}...); "
+        "set the real secret"
+        for name, value in model
+        if isinstance(value, SecretStr) and PLACEHOLDER_MARK in value.get_secret_value()
+    ]
+    if placeholders:
+        # A copied overlay would otherwise run with a webhook secret anyone can read in this repository.
+        raise ConfigError(placeholders)
     return Account(
         vendor=vendor, alias=alias, settings=model, rate_limit_per_second=limit, sending_window=window
     )
 
 
 def redacted(settings: Settings) -> dict[str, Any]:
-    """The effective settings with secrets hidden (``switchboard config show``)."""
+    """The effective settings with secrets hidden (``switchboard config show``).
+
+    Every URL (secret or not) loses its user-info password and any secret-looking
+    query parameter (``?password=``, ``sslpassword``, ``token``, ...); any other
+    secret is replaced whole.
+    """
     shown: dict[str, Any] = {}
     for name, value in settings.model_dump().items():
         if isinstance(value, SecretStr):
-            shown[name] = _redact_url(value.get_secret_value()) if name.endswith("_url") else "**********"
+            secret = value.get_secret_value()
+            shown[name] = _redact_url(secret) if "://" in secret else "**********"
         elif isinstance(value, Path):
             shown[name] = str(value)
+        elif isinstance(value, str) and "://" in value:
+            shown[name] = _redact_url(value)
         else:
             shown[name] = value
     return shown
 
 
+_MASK = "****"
+_SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
+
+
 def _redact_url(url: str) -> str:
-    """Hide the password of ``scheme://user:password@host``."""
+    """Hide the password of ``scheme://user:password@host`` and of ``?password=...`` parameters."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
         return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:****@{host}"
+    # The query is split off first: a password may hold '/', '#' or '@', a query rarely does.
+    location, question, query = rest.partition("?")
+    credentials, at, host = location.rpartition("@")
+    if at:
+        user, colon, _ = credentials.partition(":")
+        location = f"{user}:{_MASK}@{host}" if colon else f"{credentials}@{host}"
+    if question:
+        query = "&".join(_redact_parameter(part) for part in query.split("&"))
+    return f"{scheme}://{location}{question}{query}"
+
+
+def _redact_parameter(part: str) -> str:
+    key, equals, _ = part.partition("=")
+    return f"{key}={_MASK}" if equals and _SECRET_QUERY_KEY.search(unquote(key)) else part

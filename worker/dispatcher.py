@@ -33,7 +33,7 @@ from worker import deadline, events, results, tracing
 from worker.amqp import AMQPError, Channel
 from worker.breaker import CircuitBreaker
 from worker.controls import Controls
-from worker.envelope import Command, Rejection, decode
+from worker.envelope import Command, Rejection, decode, reply_to_allowed
 from worker.errors import (
     CommandRejected,
     InvalidPayload,
@@ -54,6 +54,7 @@ from worker.metrics import (
     HANDLER_DURATION,
     PROGRESS_EVENTS,
     RETRIES,
+    type_label,
 )
 from worker.outbox import H_ATTEMPT, H_FIRST_SEEN, H_NOT_BEFORE, H_REASON, Outbox
 from worker.quiet_hours import SendingWindow
@@ -93,6 +94,8 @@ class DispatchSettings:
     policy: RetryPolicy
     max_result_bytes: int = 256 * 1024
     """Largest succeeded event; past it the result's largest list is truncated (worker/results.py)."""
+    reply_to_allow: frozenset[str] = frozenset()
+    """Queue names accepted as ``reply_to`` besides server-named and direct reply-to ones."""
 
 
 @dataclass
@@ -163,6 +166,7 @@ class Dispatcher:
             delivery.routing_key,
             self.validators,
             max_bytes=self.settings.max_message_bytes,
+            reply_to_allow=self.settings.reply_to_allow,
         )
         if not tracing.state.enabled:
             await self._route(delivery, decoded, started)
@@ -182,7 +186,7 @@ class Dispatcher:
 
     async def _route(self, delivery: Delivery, decoded: Command | Rejection, started: float) -> None:
         if isinstance(decoded, Rejection):
-            COMMANDS_RECEIVED.labels(decoded.type).inc()
+            COMMANDS_RECEIVED.labels(type_label(decoded.type, self.registry.commands)).inc()
             structlog.contextvars.bind_contextvars(
                 command_id=decoded.command_id, type=decoded.type, attempt=0
             )
@@ -511,6 +515,7 @@ class Dispatcher:
             routing_key=events.routing_key(event),
             event_id=event["event_id"],
             command_id=command.id,
+            headers=None if tracing.state.enabled else tracing.passthrough(command.headers, command.meta),
         )
         PROGRESS_EVENTS.labels(command.type, status).inc()
 
@@ -582,7 +587,7 @@ class Dispatcher:
         if stored is not body:
             event = orjson.loads(stored)
             body = stored
-        await self._publish_terminal(delivery, event, body, command.properties.reply_to)
+        await self._publish_terminal(delivery, event, body, self._reply_to(delivery))
 
     async def _store_outcome(self, command: Command, fp: str, body: bytes) -> bytes:
         """Store the terminal event, retrying briefly: the vendor already acted."""
@@ -635,7 +640,7 @@ class Dispatcher:
             started,
             error=rejection.error,
         )
-        await self._publish_terminal(delivery, event, events.encode(event), delivery.properties.reply_to)
+        await self._publish_terminal(delivery, event, events.encode(event), self._reply_to(delivery))
 
     async def _publish_stored(self, delivery: Delivery, command: Command, stored: bytes) -> None:
         event = orjson.loads(stored)
@@ -646,7 +651,8 @@ class Dispatcher:
                 routing_key=events.routing_key(event),
                 event_id=event["event_id"],
                 command_id=command.id,
-                reply_to=command.properties.reply_to,
+                reply_to=self._reply_to(delivery),
+                headers=self._trace_headers(delivery, event.get("meta")),
             )
         ]
         if event["status"] != "succeeded" and event.get("error") is not None:
@@ -666,6 +672,18 @@ class Dispatcher:
         await asyncio.gather(*publishing)
         delivery.channel.ack(delivery.delivery_tag)
 
+    def _reply_to(self, delivery: Delivery) -> str | None:
+        """The command's ``reply_to`` when it may be published to; never a queue the envelope check refused."""
+        reply_to: str | None = delivery.properties.reply_to
+        return reply_to if reply_to_allowed(reply_to, self.settings.reply_to_allow) else None
+
+    @staticmethod
+    def _trace_headers(delivery: Delivery, meta: Any) -> dict[str, Any] | None:
+        """Tracing off: the publisher's traceparent rides on the event (tracing on: the publish span injects it)."""
+        if tracing.state.enabled:
+            return None
+        return tracing.passthrough(delivery.properties.headers, meta if isinstance(meta, dict) else None)
+
     async def _publish_terminal(
         self, delivery: Delivery, event: dict[str, Any], body: bytes, reply_to: str | None
     ) -> None:
@@ -677,6 +695,7 @@ class Dispatcher:
                 event_id=event["event_id"],
                 command_id=event["command_id"],
                 reply_to=reply_to,
+                headers=self._trace_headers(delivery, event.get("meta")),
             )
         ]
         error = event.get("error")
@@ -691,7 +710,7 @@ class Dispatcher:
                     event_id=event["event_id"],
                 )
             )
-            DEAD_LETTERS.labels(command_type, status).inc()
+            DEAD_LETTERS.labels(type_label(command_type, self.registry.commands), status).inc()
         if len(publishing) == 1:
             await publishing[0]  # the common case: no gather future to build
         else:
@@ -699,9 +718,10 @@ class Dispatcher:
         delivery.channel.ack(delivery.delivery_tag)
         if tracing.state.enabled:
             tracing.record_outcome(trace.get_current_span(), status, None if error is None else error["code"])
-        COMMANDS_FINISHED.labels(command_type, status).inc()
+        label = type_label(command_type, self.registry.commands)
+        COMMANDS_FINISHED.labels(label, status).inc()
         if error is not None:
-            COMMAND_ERRORS.labels(command_type, error["code"]).inc()
+            COMMAND_ERRORS.labels(label, error["code"]).inc()
         log.info(
             "command finished",
             status=status,

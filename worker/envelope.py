@@ -9,6 +9,7 @@ Checks run cheapest first and each failure has its own code:
 ``not_json``                body is not JSON (or nested too deeply to parse)
 ``invalid_envelope``        JSON, but not the command envelope (``details.path``)
 ``message_id_mismatch``     AMQP message_id set and different from ``id``
+``reply_to_not_allowed``    ``reply_to`` names a queue that is not a reply queue
 ``unknown_type``            no handler for ``type``
 ``routing_key_mismatch``    published with a routing key other than its type
 ``unknown_account``         ``account`` is not configured for the vendor
@@ -19,6 +20,7 @@ Checks run cheapest first and each failure has its own code:
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +31,13 @@ from worker.errors import CommandRejected
 from worker.validation import Validators
 
 _TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+REPLY_QUEUE_PREFIXES = ("amq.gen-", "amq.rabbitmq.reply-to")
+"""Server-named queues and direct reply-to: only their declarer reads them.
+
+Any other name could be a shared queue (``switchboard.dead``, another
+service's work queue): publishing there through the default exchange would
+let a publisher write where its own permissions do not reach.
+"""
 JSON_CONTENT_TYPES = frozenset({"application/json", "text/json", "application/vnd.switchboard.command+json"})
 
 
@@ -70,6 +79,7 @@ def decode(
     validators: Validators,
     *,
     max_bytes: int,
+    reply_to_allow: Collection[str] = (),
 ) -> Command | Rejection:
     """Decode and check the envelope; never raises for bad input."""
     if len(body) > max_bytes:
@@ -110,7 +120,12 @@ def decode(
             _reject("not_json", f"body is not JSON: {exc.msg} at position {exc.pos}"),
             command_id=_string_id(properties.message_id),
         )
-    return _check_envelope(document, body, properties, routing_key, validators)
+    return _check_envelope(document, body, properties, routing_key, validators, reply_to_allow)
+
+
+def reply_to_allowed(reply_to: str | None, allow: Collection[str] = ()) -> bool:
+    """True when there is no ``reply_to``, or it names a reply queue (or one on the allow-list)."""
+    return not reply_to or reply_to.startswith(REPLY_QUEUE_PREFIXES) or reply_to in allow
 
 
 def _check_envelope(
@@ -119,6 +134,7 @@ def _check_envelope(
     properties: pika.spec.BasicProperties,
     routing_key: str,
     validators: Validators,
+    reply_to_allow: Collection[str] = (),
 ) -> Command | Rejection:
     readable = _readable_parts(document, properties)
     errors = validators.envelope.errors(document)
@@ -134,6 +150,16 @@ def _check_envelope(
     if properties.message_id is not None and properties.message_id != document["id"]:
         return Rejection(
             _reject("message_id_mismatch", "AMQP message_id must equal the command id", path="/id"),
+            **readable,
+        )
+    if not reply_to_allowed(properties.reply_to, reply_to_allow):
+        return Rejection(
+            _reject(
+                "reply_to_not_allowed",
+                "reply_to must be a server-named queue (amq.gen-*), direct reply-to "
+                "(amq.rabbitmq.reply-to) or a queue on SWITCHBOARD_REPLY_TO_ALLOW",
+                reply_to=str(properties.reply_to)[:255],
+            ),
             **readable,
         )
     command_type = document["type"]

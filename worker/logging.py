@@ -1,4 +1,7 @@
-"""structlog setup: JSON lines off a TTY, console on a TTY, phone numbers masked.
+"""structlog setup: JSON lines off a TTY, console on a TTY, phone numbers masked, all on stdout.
+
+Libraries that log through the standard library (pika, aiohttp, asyncio, and
+``warnings``) go through the same processors, so every line is JSON and masked.
 
 Context about the command being processed (``command_id``, ``type``,
 ``attempt``, ``vendor``) is bound through contextvars by the dispatcher, so
@@ -11,6 +14,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
+from types import TracebackType
 from typing import Any
 
 import orjson
@@ -65,36 +69,57 @@ def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default or str).decode()
 
 
+def _log_uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    logging.getLogger("switchboard").critical("uncaught exception", exc_info=(kind, value, tb))
+
+
 def configure(level: str = "INFO", fmt: str = "auto") -> None:
-    """Configure structlog (and stdlib logging of libraries) once at start-up."""
-    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    """Configure structlog, and route every stdlib logger (pika, aiohttp, asyncio, warnings) through it.
+
+    One pipeline, one stream: a line from a library is rendered by the same
+    processors as ours (timestamp, level, phone masking, JSON off a TTY), so
+    nothing reaches the log collector as plain text and nothing escapes masking.
+    """
+    stream = sys.stdout  # docs/runbook.md: every line, ours and every library's, on stdout
+    use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.dev.ConsoleRenderer(colors=stream.isatty())
         if use_console
         else structlog.processors.JSONRenderer(serializer=_orjson_dumps)
     )
     numeric_level = logging.getLevelName(level.upper())
     if not isinstance(numeric_level, int):
         numeric_level = logging.INFO
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, mask_processor, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
             mask_processor,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
     )
-    # pika and aiohttp log through the stdlib; keep their noise at WARNING.
-    logging.basicConfig(
-        level=max(numeric_level, logging.WARNING),
-        stream=sys.stderr,
-        format="%(name)s %(levelname)s %(message)s",
-    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    # pika and aiohttp are chatty below WARNING; their warnings and errors are what matter.
+    root.setLevel(max(numeric_level, logging.WARNING))
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
 
 
 def get_logger(name: str | None = None) -> structlog.typing.FilteringBoundLogger:

@@ -2,14 +2,32 @@
 
 Labels stay bounded: ``vendor``, ``type``, ``status``, ``endpoint`` (a route
 template such as ``/user/{id}``), ``code`` (an error code). Never a phone
-number, a command id or a host name.
+number, a command id or a host name. A ``type`` label is always a registered
+command type, ``invalid`` (unreadable) or ``unknown`` (anything else): a
+publisher inventing types must not be able to create series (see
+:func:`type_label`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 from worker import __version__
+
+UNKNOWN_TYPE = "unknown"
+"""The one ``type`` label value for every command type no handler is registered for."""
+INVALID_TYPE = "invalid"
+"""The ``type`` label of a message whose type could not be read at all."""
+
+
+def type_label(command_type: str, known: Container[str]) -> str:
+    """``command_type`` when registered (or ``invalid``), else ``unknown``: labels from a bounded set."""
+    if command_type in known or command_type == INVALID_TYPE:
+        return command_type
+    return UNKNOWN_TYPE
+
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -18,7 +36,7 @@ BUILD_INFO.info({"version": __version__})
 
 COMMANDS_RECEIVED = Counter(
     "switchboard_commands_received_total",
-    "Command messages taken from the broker, by command type ('invalid' when unreadable).",
+    "Command messages taken from the broker, by command type ('invalid' when unreadable, 'unknown' when not registered).",
     ["type"],
 )
 COMMANDS_FINISHED = Counter(

@@ -31,7 +31,7 @@ from worker.breaker import BreakerState, CircuitBreaker
 from worker.config import Settings, check_environment
 from worker.controls import Controls
 from worker.dispatcher import Delivery, Dispatcher, DispatchSettings
-from worker.http import build_app, serve
+from worker.http import Limits, Listener, build_app, build_webhook_app, serve
 from worker.logging import get_logger
 from worker.membership import LOCAL_BACKENDS, Membership, check_unshared_store
 from worker.metrics import BROKER_CONNECTED, BROKER_RECONNECTS, IN_FLIGHT
@@ -110,9 +110,7 @@ class Runtime:
         heartbeat = asyncio.create_task(self.membership.run()) if self.membership else None
         self._backend = stores.backend
         self.dispatcher = self._dispatcher(clients, stores, accounts, controls)
-        http = await serve(
-            self._http_app(accounts, stores), self.settings.metrics_host, self.settings.metrics_port
-        )
+        http = await self._serve_http(accounts, stores)
         pruning = asyncio.create_task(self._prune(stores))
         refreshing = asyncio.create_task(controls.run())
         log.info(
@@ -133,7 +131,8 @@ class Runtime:
             if self.membership is not None:
                 await self.membership.leave()
             await self._close_connection()
-            await http.cleanup()
+            for listener in http:
+                await listener.cleanup()
             for client in clients.values():
                 await client.close()
             await session.close()
@@ -174,6 +173,7 @@ class Runtime:
                 defer_seconds=s.defer_seconds,
                 poison_redeliveries=max(1, s.delivery_limit - 2),
                 max_result_bytes=s.max_result_bytes,
+                reply_to_allow=s.reply_to_names(),
                 policy=RetryPolicy(
                     s.max_attempts, s.max_age_seconds, s.retry_base_seconds, s.retry_max_seconds
                 ),
@@ -186,7 +186,40 @@ class Runtime:
             },
         )
 
-    def _http_app(self, accounts: Accounts, stores: Stores) -> Any:
+    def _http_limits(self) -> Limits:
+        s = self.settings
+        return Limits(
+            header_timeout_seconds=s.http_header_timeout_seconds,
+            read_timeout_seconds=s.http_read_timeout_seconds,
+            idle_timeout_seconds=s.http_idle_timeout_seconds,
+            max_connections=s.http_max_connections,
+        )
+
+    async def _serve_http(self, accounts: Accounts, stores: Stores) -> list[Listener]:
+        """The probes and /metrics; webhooks on their own port when SWITCHBOARD_WEBHOOK_PORT is set."""
+        s, limits = self.settings, self._http_limits()
+        webhook_apps = self._webhook_apps(accounts, stores)
+        if s.webhook_port is None or s.webhook_port == s.metrics_port != 0 or not webhook_apps:
+            if webhook_apps:
+                log.warning(
+                    "webhooks share the metrics port; set SWITCHBOARD_WEBHOOK_PORT so a flood of "
+                    "webhook clients cannot starve the probes"
+                )
+            return [
+                await serve(
+                    build_app(lambda: self.ready, webhook_apps, limits), s.metrics_host, s.metrics_port
+                )
+            ]
+        probes = await serve(build_app(lambda: self.ready, None, limits), s.metrics_host, s.metrics_port)
+        try:
+            hooks = await serve(build_webhook_app(webhook_apps, limits), s.metrics_host, s.webhook_port)
+        except BaseException:
+            await probes.cleanup()
+            raise
+        log.info("webhooks served on their own port", webhook_port=s.webhook_port)
+        return [probes, hooks]
+
+    def _webhook_apps(self, accounts: Accounts, stores: Stores) -> dict[str, Any]:
         apps = {}
         if self.webhooks:
             for vendor in accounts.vendors:
@@ -202,7 +235,7 @@ class Runtime:
                             publish_timeout_seconds=self.settings.webhook_publish_timeout_seconds,
                         )
                     )
-        return build_app(lambda: self.ready, apps)
+        return apps
 
     async def publish_event(self, routing_key: str, event: dict[str, Any]) -> None:
         """For webhooks: publish an event and return once the broker confirmed."""

@@ -4,7 +4,9 @@ Configured by the standard ``OTEL_*`` variables. With
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``)
 set, spans are exported over OTLP/HTTP in batches; otherwise no SDK is
 installed, :data:`state.enabled` stays False and the hot path skips tracing
-entirely (no context extraction, no span objects).
+entirely (no span objects). The publisher's ``traceparent`` is still passed
+through to the command's events (:func:`passthrough`), so subscribers can
+join the publisher's trace even when this worker records none.
 
 Span names and attributes follow the messaging and HTTP semantic conventions.
 No phone number, message text or credential is ever put in an attribute: only
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -73,6 +76,33 @@ def extract(headers: Mapping[str, Any] | None, meta: Mapping[str, Any] | None) -
             if isinstance(value, str):
                 carrier[key] = value
     return propagate.extract(carrier)
+
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
+_TRACESTATE_MAX = 512
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return value if isinstance(value, str) else None
+
+
+def passthrough(headers: Mapping[str, Any] | None, meta: Mapping[str, Any] | None) -> dict[str, str]:
+    """With tracing off: the publisher's W3C context (AMQP headers first, then ``meta``), unchanged.
+
+    Only a well-formed ``traceparent`` is carried (and its ``tracestate``, bounded):
+    an event header must not become a channel for arbitrary publisher bytes.
+    """
+    for source in (headers or {}, meta or {}):
+        traceparent = _text(source.get("traceparent"))
+        if traceparent is not None and _TRACEPARENT.match(traceparent.strip()):
+            carried = {"traceparent": traceparent.strip()}
+            tracestate = _text(source.get("tracestate"))
+            if tracestate and len(tracestate) <= _TRACESTATE_MAX and tracestate.isprintable():
+                carried["tracestate"] = tracestate
+            return carried
+    return {}
 
 
 def inject(headers: dict[str, Any]) -> None:
