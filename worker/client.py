@@ -59,7 +59,7 @@ import keyword
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final
@@ -71,6 +71,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
 import schemas
+from worker.brokers import broker_urls
 from worker.errors import CommandRejected, InvalidPayload
 
 # kombu ships a py.typed marker but most of its API is unannotated: strict mypy
@@ -123,7 +124,8 @@ class Switchboard:
     """A publisher of Switchboard commands over one AMQP connection.
 
     Parameters:
-        url: ``amqp://user:password@host:port/vhost``.
+        url: ``amqp://user:password@host:port/vhost``; for a cluster, a list of
+            URLs or one string of comma-separated addresses (see :mod:`worker.brokers`).
         validate: check envelope and payload against the schemas before publishing.
         payload_schemas: command type -> payload schema; default: the installed
             ``schemas`` package (tests pass their own).
@@ -133,7 +135,7 @@ class Switchboard:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         validate: bool = True,
         payload_schemas: Mapping[str, dict[str, Any]] | None = None,
@@ -141,7 +143,14 @@ class Switchboard:
         confirm_timeout: float = 10.0,
         exchange: str = COMMANDS_EXCHANGE,
     ) -> None:
-        self._conn: Any = _kombu.Connection(url, transport_options={"confirm_publish": True})
+        # Several nodes (a list, or SWITCHBOARD_AMQP_URL's comma-separated form): kombu
+        # fails over between them, in random order so publishers spread over the cluster.
+        urls = broker_urls(url) if isinstance(url, str) else [u for each in url for u in broker_urls(each)]
+        self._conn: Any = _kombu.Connection(
+            urls if len(urls) > 1 else urls[0],
+            failover_strategy="shuffle",
+            transport_options={"confirm_publish": True},
+        )
         self._validator = _Validator(payload_schemas) if validate else None
         self._retry_policy = dict(DEFAULT_RETRY_POLICY if retry_policy is None else retry_policy)
         self._confirm_timeout = confirm_timeout
