@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 BASE = Path(os.environ.get("SWITCHBOARD_CLUSTER_DIR", "/tmp/switchboard-cluster"))
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
@@ -222,6 +223,39 @@ def members(node: Node) -> list[str]:
     return sorted(part.strip(" []'\n") for part in out.split(",") if part.strip(" []'\n"))
 
 
+def any_running() -> Node:
+    for node in NODES:
+        if running(node):
+            return node
+    raise RuntimeError("no cluster node is running")
+
+
+def wait_for_members(count: int, timeout: float = 120.0) -> None:
+    """Until some running node sees ``count`` nodes running in the cluster."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            if len(members(any_running())) >= count:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the cluster did not get back to {count} running nodes in {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+def leader_of(queue: str, vhost: str = VHOST) -> Node:
+    """The node that leads a quorum queue now."""
+    out = ctl(any_running(), "list_queues", "-p", vhost, "name", "leader", timeout=60)
+    for line in out.splitlines():
+        name, _, leader = line.partition("\t")
+        if name == queue:
+            return next(n for n in NODES if n.name == leader.strip())
+    raise RuntimeError(f"no queue {queue} in vhost {vhost}")
+
+
+def vhost_of(url: str) -> str:
+    return unquote(urlsplit(url.split(",")[0]).path.lstrip("/")) or "/"
+
+
 def setup_vhost(vhost: str = VHOST) -> None:
     first = NODES[0]
     ctl(first, "add_vhost", vhost, check=False)
@@ -262,15 +296,20 @@ def stop(*, keep_data: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def running_cluster(*, keep: bool = False) -> Iterator[str]:
-    """The cluster for a test or a drill; stopped afterwards unless ``keep`` (or it already ran)."""
+def running_cluster(*, vhost: str | None = None, keep: bool = False) -> Iterator[str]:
+    """The cluster for a test or a drill, with a vhost of its own (default: one per process);
+    stopped afterwards unless ``keep`` or it was already running (then only the vhost goes)."""
+    vhost = vhost or f"switchboard-cluster-{os.getpid()}"
     was_running = all(running(n) for n in NODES)
-    url = start()
+    start()
+    setup_vhost(vhost)
     try:
-        yield url
+        yield amqp_url(vhost)
     finally:
         if not keep and not was_running:
             stop()
+        elif all(running(n) for n in NODES):
+            ctl(NODES[0], "delete_vhost", vhost, check=False)
 
 
 def available() -> str | None:
