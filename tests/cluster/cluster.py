@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -300,16 +301,20 @@ def running_cluster(*, vhost: str | None = None, keep: bool = False) -> Iterator
     """The cluster for a test or a drill, with a vhost of its own (default: one per process);
     stopped afterwards unless ``keep`` or it was already running (then only the vhost goes)."""
     vhost = vhost or f"switchboard-cluster-{os.getpid()}"
-    was_running = all(running(n) for n in NODES)
-    start()
-    setup_vhost(vhost)
-    try:
-        yield amqp_url(vhost)
-    finally:
-        if not keep and not was_running:
-            stop()
-        elif all(running(n) for n in NODES):
-            ctl(NODES[0], "delete_vhost", vhost, check=False)
+    BASE.parent.mkdir(parents=True, exist_ok=True)
+    # One cluster per machine: a second test run or drill waits for the first to finish.
+    with open(BASE.parent / "switchboard-cluster.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        was_running = all(running(n) for n in NODES)
+        start()
+        setup_vhost(vhost)
+        try:
+            yield amqp_url(vhost)
+        finally:
+            if not keep and not was_running:
+                stop()
+            elif all(running(n) for n in NODES):
+                ctl(NODES[0], "delete_vhost", vhost, check=False)
 
 
 def available() -> str | None:

@@ -85,3 +85,13 @@ def test_an_old_dead_letter_queue_on_4_gets_the_policy_to_apply() -> None:
     dead = next(q for q in topology.for_broker(_layout(), "4.1.0").queues if q.name == topology.DEAD_QUEUE)
     warning = topology.existing_queue_warning(dead, "inequivalent arg 'x-delivery-limit'")
     assert "set_policy switchboard-dead '^switchboard\\.dead$' '{\"delivery-limit\":-1}'" in warning
+
+
+def test_a_bad_address_list_is_a_config_error_at_start() -> None:
+    """A list whose first entry is not a URL stops the worker with one line naming the setting."""
+    from worker.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"SWITCHBOARD_AMQP_URL": "rabbit-0:5672,amqp://u:secret@rabbit-1/"})
+    assert caught.value.lines[0].startswith("SWITCHBOARD_AMQP_URL: ")
+    assert "secret" not in str(caught.value)
