@@ -4,9 +4,9 @@ Each dead letter is the original message plus ``x-switchboard-*`` headers that
 say why it is there (status, error, the event's id, the original routing key).
 Listing takes messages without acking and gives them back with ``basic.nack``
 (requeue), which puts them back in order and, on RabbitMQ 4.3+, does not count
-as a failed delivery; ``switchboard.dead`` has no delivery limit on any version,
-so looking can never drop a dead letter. Replay republishes the original to ``switchboard.commands``:
-with the same id the idempotency store decides (a command that already failed
+as a failed delivery; ``switchboard.dead`` has no delivery limit on any
+version, so looking can never drop a dead letter. Replay republishes the
+original to ``switchboard.commands``: with the same id the idempotency store decides (a command that already failed
 gets its stored event again); ``--new-id`` runs it again on purpose.
 """
 
