@@ -42,10 +42,13 @@ bench: $(STAMP)
 	.ci/services rabbitmq redis postgres
 	$(BIN)/python -m bench $(if $(QUICK),--quick) --store $(or $(STORES),sqlite,redis,postgres) $(BENCH_ARGS)
 
-## make drill [COMMANDS=10000 WORKERS=3]: the long crash drill, with a summary table.
+## make drill [COMMANDS=10000 WORKERS=3] [CLUSTER=1]: the long crash drill, with a summary table.
+## CLUSTER=1: on a local three-node RabbitMQ cluster (started and stopped by the drill), with a
+## leader stop and a node kill instead of the broker restart.
 drill: $(STAMP)
 	.ci/services rabbitmq redis
-	$(BIN)/python -m tests.drills.crash --commands $(or $(COMMANDS),10000) --workers $(or $(WORKERS),3)
+	$(BIN)/python -m tests.drills.crash --commands $(or $(COMMANDS),10000) --workers $(or $(WORKERS),3) \
+		$(if $(CLUSTER),--cluster --store $(or $(STORE),sqlite))
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

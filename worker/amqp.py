@@ -23,7 +23,7 @@ import pika.frame
 import pika.spec
 from pika.adapters.asyncio_connection import AsyncioConnection
 
-from worker import amqp_tuning
+from worker import amqp_tuning, brokers
 
 amqp_tuning.apply()
 
@@ -45,11 +45,36 @@ class PublishNacked(AMQPError):
 class Connection:
     """One AMQP connection; ``on_lost`` is called once if it closes unasked."""
 
-    def __init__(self, raw: AsyncioConnection) -> None:
+    def __init__(self, raw: AsyncioConnection, url: str = "") -> None:
         self.raw = raw
+        self.url = url
+        """The broker URL this connection went to (one of a cluster's)."""
         self.on_lost: Callable[[BaseException], None] | None = None
         self._closing = False
         self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    async def connect_any(
+        cls,
+        setting: str,
+        *,
+        name: str = "switchboard",
+        last: str | None = None,
+        per_node_seconds: float = 10.0,
+    ) -> Connection:
+        """Connect to the first node that answers of ``SWITCHBOARD_AMQP_URL`` (one or a list).
+
+        Nodes are tried in random order, ``last`` (the node just lost) last.
+        Errors name each node by ``host:port`` only: the URL holds the password.
+        """
+        failures = []
+        for url in brokers.connection_order(brokers.broker_urls(setting), last=last):
+            try:
+                return await asyncio.wait_for(cls.connect(url, name=name), per_node_seconds)
+            except (TimeoutError, ConnectionLost, OSError) as exc:
+                reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+                failures.append(f"{brokers.address(url)} ({reason})")
+        raise ConnectionLost("no broker answered: " + ", ".join(failures))
 
     @classmethod
     async def connect(cls, url: str, *, name: str = "switchboard") -> Connection:
@@ -85,7 +110,7 @@ class Connection:
                 with contextlib.suppress(Exception):
                     raw.close()
             raise
-        connection = cls(raw)
+        connection = cls(raw, url)
         holder.append(connection)
         return connection
 
@@ -98,6 +123,17 @@ class Connection:
     @property
     def is_open(self) -> bool:
         return bool(self.raw.is_open)
+
+    @property
+    def address(self) -> str:
+        return brokers.address(self.url) if self.url else "?"
+
+    @property
+    def server_version(self) -> str:
+        """The broker's version from its connection.start (``"3.10.8"``, ``"4.1.0"``)."""
+        properties: dict[str, Any] = getattr(self.raw, "server_properties", None) or {}
+        version = properties.get("version", b"")
+        return version.decode() if isinstance(version, bytes) else str(version)
 
     async def channel(self) -> Channel:
         loop = asyncio.get_running_loop()

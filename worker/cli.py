@@ -109,14 +109,23 @@ def topology_declare(as_json: bool) -> None:
         {v: registry.types_of(v) for v in registry.vendors}, delivery_limit=settings.delivery_limit
     )
 
-    async def declare() -> None:
-        connection = await Connection.connect(settings.amqp_url.get_secret_value(), name="switchboard-cli")
+    async def declare() -> list[str]:
+        connection = await Connection.connect_any(
+            settings.amqp_url.get_secret_value(), name="switchboard-cli"
+        )
         try:
-            await topo.declare(await connection.channel(), layout)
+
+            async def reopen() -> Any:
+                return await connection.channel()
+
+            return await topo.declare(
+                await connection.channel(), topo.for_broker(layout, connection.server_version), reopen
+            )
         finally:
             await connection.close()
 
-    asyncio.run(declare())
+    for warning in asyncio.run(declare()):
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         _print_json(
             {"exchanges": [e.name for e in layout.exchanges], "queues": [q.name for q in layout.queues]}

@@ -55,11 +55,12 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+import itertools
 import keyword
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final
@@ -67,10 +68,12 @@ from typing import Any, Final
 import jsonschema_rs
 import kombu
 import orjson
+from amqp.exceptions import MessageNacked  # type: ignore[import-untyped]  # py-amqp: kombu's transport
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
 import schemas
+from worker.brokers import broker_urls
 from worker.errors import CommandRejected, InvalidPayload
 
 # kombu ships a py.typed marker but most of its API is unannotated: strict mypy
@@ -123,7 +126,8 @@ class Switchboard:
     """A publisher of Switchboard commands over one AMQP connection.
 
     Parameters:
-        url: ``amqp://user:password@host:port/vhost``.
+        url: ``amqp://user:password@host:port/vhost``; for a cluster, a list of
+            URLs or one string of comma-separated addresses (see :mod:`worker.brokers`).
         validate: check envelope and payload against the schemas before publishing.
         payload_schemas: command type -> payload schema; default: the installed
             ``schemas`` package (tests pass their own).
@@ -133,7 +137,7 @@ class Switchboard:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         validate: bool = True,
         payload_schemas: Mapping[str, dict[str, Any]] | None = None,
@@ -141,7 +145,14 @@ class Switchboard:
         confirm_timeout: float = 10.0,
         exchange: str = COMMANDS_EXCHANGE,
     ) -> None:
-        self._conn: Any = _kombu.Connection(url, transport_options={"confirm_publish": True})
+        # Several nodes (a list, or SWITCHBOARD_AMQP_URL's comma-separated form): kombu
+        # fails over between them, in random order so publishers spread over the cluster.
+        urls = broker_urls(url) if isinstance(url, str) else [u for each in url for u in broker_urls(each)]
+        self._conn: Any = _kombu.Connection(
+            urls if len(urls) > 1 else urls[0],
+            failover_strategy="shuffle",
+            transport_options={"confirm_publish": True},
+        )
         self._validator = _Validator(payload_schemas) if validate else None
         self._retry_policy = dict(DEFAULT_RETRY_POLICY if retry_policy is None else retry_policy)
         self._confirm_timeout = confirm_timeout
@@ -264,26 +275,37 @@ class Switchboard:
             properties["correlation_id"] = command_id
         self._returned.discard(command_id)
         with _publish_span(self._exchange, envelope["type"], command_id) as headers:
-            try:
-                self._producer.publish(
-                    orjson.dumps(envelope),
-                    exchange=self._exchange,
-                    routing_key=envelope["type"],
-                    content_type="application/json",
-                    content_encoding="utf-8",
-                    delivery_mode=2,
-                    mandatory=True,
-                    retry=True,
-                    retry_policy=self._retry_policy,
-                    declare=[],
-                    confirm_timeout=self._confirm_timeout,
-                    headers=headers or None,
-                    **properties,
-                )
-            except Exception as exc:  # kombu raises library errors of many kinds; the caller needs one
-                raise PublishError(
-                    f"command {command_id} was not published: {exc!r}", command_id=command_id
-                ) from exc
+            for nacks in itertools.count():
+                try:
+                    self._producer.publish(
+                        orjson.dumps(envelope),
+                        exchange=self._exchange,
+                        routing_key=envelope["type"],
+                        content_type="application/json",
+                        content_encoding="utf-8",
+                        delivery_mode=2,
+                        mandatory=True,
+                        retry=True,
+                        retry_policy=self._retry_policy,
+                        declare=[],
+                        confirm_timeout=self._confirm_timeout,
+                        headers=headers or None,
+                        **properties,
+                    )
+                    break
+                except MessageNacked as exc:
+                    # A quorum queue electing a new leader (a cluster node just went) nacks
+                    # for a moment; the same id again is safe: the worker runs each id once.
+                    if nacks >= self._retry_policy.get("max_retries", 0):
+                        raise PublishError(
+                            f"command {command_id} was not published: the broker nacked it {nacks + 1}x",
+                            command_id=command_id,
+                        ) from exc
+                    time.sleep(self._nack_pause(nacks))
+                except Exception as exc:  # kombu raises library errors of many kinds; the caller needs one
+                    raise PublishError(
+                        f"command {command_id} was not published: {exc!r}", command_id=command_id
+                    ) from exc
         if command_id in self._returned:
             self._returned.discard(command_id)
             raise PublishError(
@@ -291,6 +313,12 @@ class Switchboard:
                 f"{self._exchange!r} for routing key {envelope['type']!r} (is the topology declared?)",
                 command_id=command_id,
             )
+
+    def _nack_pause(self, nacks: int) -> float:
+        """Seconds before publishing a nacked command again (the retry policy's back-off)."""
+        policy = self._retry_policy
+        pause = policy.get("interval_start", 0.2) + nacks * policy.get("interval_step", 1.0)
+        return float(min(pause, policy.get("interval_max", 5.0)))
 
     def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
         """Broker returned a mandatory message: remember it; ``_publish`` raises after the confirm."""

@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.brokers import BrokerURLError, broker_urls
 from worker.quiet_hours import SendingWindow, WindowError
 from worker.registry import Registry
 
@@ -165,6 +166,16 @@ class Settings(BaseSettings):
         "",
         description="Comma-separated queue names accepted as reply_to besides amq.gen-* and amq.rabbitmq.reply-to.",
     )
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _broker_addresses(cls, value: SecretStr) -> SecretStr:
+        """One URL or a cluster's comma-separated nodes (worker/brokers.py); checked at start."""
+        try:
+            broker_urls(value.get_secret_value())
+        except BrokerURLError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     def shared_redis_url(self) -> str | None:
         if self.redis_url is not None:

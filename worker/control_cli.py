@@ -19,6 +19,7 @@ import orjson
 import pika
 
 from worker import events, topology
+from worker.brokers import blocking_connection
 from worker.config import load_settings
 from worker.controls import ALL_ACCOUNTS, FOREVER, cancel_key, pause_key
 from worker.store import Stores, open_stores
@@ -42,7 +43,7 @@ def _publish_control(action: str, details: dict[str, Any]) -> None:
         **details,
     }
     try:
-        connection = pika.BlockingConnection(pika.URLParameters(load_settings().amqp_url.get_secret_value()))
+        connection = blocking_connection(load_settings().amqp_url.get_secret_value())
     except pika.exceptions.AMQPError as exc:
         click.echo(f"warning: control event not published ({exc.__class__.__name__})", err=True)
         return

@@ -2,9 +2,11 @@
 
 Each dead letter is the original message plus ``x-switchboard-*`` headers that
 say why it is there (status, error, the event's id, the original routing key).
-Listing takes messages without acking and closes the channel, which puts them
-back in order. Replay republishes the original to ``switchboard.commands``:
-with the same id the idempotency store decides (a command that already failed
+Listing takes messages without acking and gives them back with ``basic.nack``
+(requeue), which puts them back in order and, on RabbitMQ 4.3+, does not count
+as a failed delivery; ``switchboard.dead`` has no delivery limit on any
+version, so looking can never drop a dead letter. Replay republishes the
+original to ``switchboard.commands``: with the same id the idempotency store decides (a command that already failed
 gets its stored event again); ``--new-id`` runs it again on purpose.
 """
 
@@ -22,6 +24,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from worker import topology
+from worker.brokers import blocking_connection
 from worker.config import load_settings
 from worker.outbox import (
     H_DEAD_AT,
@@ -75,12 +78,24 @@ def _broker_routing_key(headers: dict[str, Any]) -> str | None:
 @contextmanager
 def _channel() -> Iterator[BlockingChannel]:
     settings = load_settings()
-    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
+    connection = blocking_connection(settings.amqp_url.get_secret_value())
     try:
         yield connection.channel()
     finally:
         if connection.is_open:
             connection.close()
+
+
+def _give_back(channel: BlockingChannel) -> None:
+    """Return every letter taken and not acked, explicitly, before the channel closes.
+
+    ``basic.nack`` with requeue: RabbitMQ 4.3+ does not count it as a failed
+    delivery (``basic.reject`` and a closed channel may be), so looking at dead
+    letters never moves them toward a delivery limit. ``switchboard.dead`` has
+    no limit anyway (:func:`worker.topology.for_broker`).
+    """
+    if channel.is_open:
+        channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
 
 
 def _take(channel: BlockingChannel, limit: int) -> list[DeadLetter]:
@@ -120,6 +135,7 @@ def dlq_list(limit: int, as_json: bool) -> None:
     """List dead letters (oldest first) without removing them."""
     with _channel() as channel:
         letters = _take(channel, limit)
+        _give_back(channel)
     _emit([letter.summary() for letter in letters], as_json)
     if not as_json:
         click.echo(f"{len(letters)} dead letter(s) shown", err=True)
@@ -132,6 +148,7 @@ def dlq_show(message_id: str, limit: int) -> None:
     """Show one dead letter (by command id or event id): reason, headers and body."""
     with _channel() as channel:
         found = [letter for letter in _take(channel, limit) if _matches(letter, (message_id,))]
+        _give_back(channel)
     if not found:
         raise click.ClickException(f"no dead letter with id {message_id!r}")
     for letter in found:
@@ -165,6 +182,7 @@ def dlq_replay(
         if not letters:
             raise click.ClickException("nothing to replay")
         if dry_run:
+            _give_back(channel)
             _emit([letter.summary() for letter in letters], False)
             click.echo(f"would replay {len(letters)} message(s)", err=True)
             return
@@ -176,6 +194,7 @@ def dlq_replay(
             channel.basic_publish(topology.COMMANDS_EXCHANGE, routing_key, body, properties)
             channel.basic_ack(letter.delivery_tag)
             click.echo(f"replayed {letter.properties.message_id} -> {properties.message_id} ({routing_key})")
+        _give_back(channel)
     click.echo(f"replayed {len(letters)} message(s)", err=True)
 
 

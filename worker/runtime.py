@@ -66,6 +66,7 @@ class Runtime:
         self.membership: Membership | None = None
         self._store_check_pending = False
         self._backend = ""
+        self._last_url: str | None = None
         self._topology = topology.build(
             {vendor: registry.types_of(vendor) for vendor in registry.vendors},
             delivery_limit=settings.delivery_limit,
@@ -289,19 +290,35 @@ class Runtime:
                 self.publish_channel = None
 
     async def _connect(self, vendors: list[str], lost: asyncio.Event) -> None:
+        # One address or a cluster's: random order, the node just lost tried last.
         connection = await asyncio.wait_for(
-            Connection.connect(self.settings.amqp_url.get_secret_value(), name="switchboard-worker"), 30
+            Connection.connect_any(
+                self.settings.amqp_url.get_secret_value(), name="switchboard-worker", last=self._last_url
+            ),
+            60,
         )
         self.connection = connection
+        self._last_url = connection.url
         connection.on_lost = lambda reason: lost.set()
-        setup = await connection.channel()
-        await topology.declare(setup, self._topology)
+        log.info("connected to a broker node", node=connection.address, version=connection.server_version)
+        channels: list[Channel] = [await connection.channel()]
+
+        async def reopen() -> Channel:
+            channels.append(await connection.channel())
+            return channels[-1]
+
+        warnings = await topology.declare(
+            channels[0], topology.for_broker(self._topology, connection.server_version), reopen
+        )
+        for warning in warnings:
+            log.warning("queue arguments not applied", detail=warning)
         if self._store_check_pending and self.membership is not None:
             # Once, before this worker consumes: its own consumer must not count against it.
             queues = {vendor: topology.vendor_queue(vendor) for vendor in vendors}
-            await check_unshared_store(setup, self.membership, queues, self._backend)
+            await check_unshared_store(channels[-1], self.membership, queues, self._backend)
             self._store_check_pending = False
-        await setup.close()
+        for setup in channels:
+            await setup.close()
         publish = await connection.channel()
         await publish.enable_confirms()
         self.publish_channel = publish

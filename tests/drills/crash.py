@@ -14,6 +14,14 @@ every queue empty.
 prints a summary table and exits 1 when a check fails. It uses the test vhost
 (``tests.support.amqp.AMQP_URL``); ``SWITCHBOARD_DRILL_RABBITMQCTL`` may point
 the broker restart at another node.
+
+    python -m tests.drills.crash --cluster --commands 10000 --workers 3
+
+runs it on the local three-node cluster (:mod:`tests.cluster.cluster`, started
+and stopped around the drill) instead: the workers get every node's address,
+and instead of one broker restart the node leading ``switchboard.pidj`` is
+stopped and started again (at a third of the publishing), then another node is
+SIGKILLed and started again (at two thirds), while workers are SIGKILLed as usual.
 """
 
 from __future__ import annotations
@@ -26,10 +34,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +47,8 @@ import redis
 from tests.drills.broker import EventCollector, Publisher, queue_depths, restart_broker_app, wait_for_broker
 from tests.drills.simulator import DrillSimulator, FaultMix
 from tests.drills.summary import Observations, Published, Summary, analyze
-from tests.support.amqp import AMQP_URL, command_body, drain_queue, ensure_vhost
+from tests.support import amqp
+from tests.support.amqp import command_body, drain_queue, ensure_vhost
 from tests.support.worker import SWITCHBOARD, WorkerProcess
 from worker import topology
 
@@ -76,6 +86,8 @@ class DrillConfig:
     max_in_flight: int = 64
     quiet_timeout: float = 60.0
     """How long to wait, after the last terminal event, for every queue to empty."""
+    cluster: bool = False
+    """On the local cluster (the caller points tests.support.amqp at it): node stop + node kill, no app restart."""
 
 
 def phone_number(index: int) -> str:
@@ -136,13 +148,15 @@ def worker_env(simulator: DrillSimulator, config: DrillConfig, store_url: str) -
         "SWITCHBOARD_MAX_ATTEMPTS": "8",
         "SWITCHBOARD_MAX_IN_FLIGHT": str(config.max_in_flight),
         "SWITCHBOARD_SHUTDOWN_GRACE_SECONDS": "10",
+        "SWITCHBOARD_AMQP_URL": amqp.AMQP_URL,
     }
 
 
-def prepare_broker() -> None:
-    """The test vhost with Switchboard's topology, its queues empty."""
-    ensure_vhost()
-    env = {**os.environ, "SWITCHBOARD_AMQP_URL": AMQP_URL}
+def prepare_broker(*, cluster: bool = False) -> None:
+    """The test vhost with Switchboard's topology, its queues empty (the cluster's vhost is made by its script)."""
+    if not cluster:
+        ensure_vhost()
+    env = {**os.environ, "SWITCHBOARD_AMQP_URL": amqp.AMQP_URL}
     subprocess.run(
         [str(SWITCHBOARD), "topology", "declare"], check=True, capture_output=True, timeout=60, env=env
     )
@@ -235,7 +249,7 @@ def run_drill(config: DrillConfig, progress: Progress = lambda _: None) -> Summa
     rng = random.Random(config.seed)
     run = uuid.UUID(int=rng.getrandbits(128)).hex[:8] if config.seed is not None else uuid.uuid4().hex[:8]
     summary = Summary(workers=config.workers)
-    prepare_broker()
+    prepare_broker(cluster=config.cluster)
     simulator = DrillSimulator(seed=config.seed)
     for fault in config.faults.faults():
         simulator.add_fault(fault)
@@ -278,6 +292,18 @@ def run_drill(config: DrillConfig, progress: Progress = lambda _: None) -> Summa
     return analyze(summary, seen)
 
 
+def run_cluster_drill(config: DrillConfig, progress: Progress = lambda _: None) -> Summary:
+    """``run_drill`` on the local three-node cluster, started for it and stopped after."""
+    from tests.cluster import cluster
+
+    if problem := cluster.available():
+        raise SystemExit(f"cannot start the local cluster: {problem}")
+    started = time.monotonic()
+    with cluster.running_cluster() as url, amqp.use_broker(url):
+        progress(f"cluster up in {time.monotonic() - started:.1f}s: {url.split('@')[-1]}")
+        return run_drill(replace(config, cluster=True), progress)
+
+
 def _chaos(
     config: DrillConfig,
     summary: Summary,
@@ -292,8 +318,15 @@ def _chaos(
     start = time.monotonic()
     next_kill = start + (config.kill_every or float("inf"))
     next_burst = start + (config.faults.burst_every or float("inf"))
-    restart_at = start + publish_seconds / 2 + 1.3 if config.restart_broker else float("inf")
+    restart_at = (
+        start + publish_seconds / 2 + 1.3 if config.restart_broker and not config.cluster else float("inf")
+    )
+    nodes = (
+        NodeChaos(summary, publish_seconds, progress) if config.cluster and config.restart_broker else None
+    )
     publisher.start()
+    if nodes is not None:
+        nodes.start()
     # The broker restart can take most of the publishing window: keep going until the
     # promised number of kills happened, so the drill always hurts as much as it says.
     while publisher.is_alive() or (config.kill_every and summary.kills < config.min_kills):
@@ -313,11 +346,66 @@ def _chaos(
             next_kill = max(next_kill, time.monotonic() + 1)
         time.sleep(0.05)
     publisher.join()
+    if nodes is not None:
+        nodes.join()
+        if nodes.error is not None:
+            summary.notes.append(f"the cluster chaos failed: {nodes.error!r}")
+        summary.readyz_came_back = wait_until(lambda: _all_ready(summary, workers), timeout=60, every=0.5)
+        if not summary.readyz_came_back:
+            summary.notes.append("the workers' /readyz did not all recover within 60 s of the node restarts")
     if publisher.error is not None:
         summary.notes.append(f"the publisher failed: {publisher.error!r}")
     progress(
         f"{time.monotonic() - start:6.1f}s  published all {publisher.published} ({publisher.republished} sent again)"
     )
+
+
+def _all_ready(summary: Summary, workers: Workers) -> bool:
+    summary.crashed.extend(workers.replace_crashed())
+    return all(workers.ready())
+
+
+class NodeChaos(threading.Thread):
+    """On the cluster: stop the node leading switchboard.pidj and start it again (at 1/3 of the
+    publishing), then SIGKILL another node and start it again (at 2/3), beside the worker kills."""
+
+    def __init__(self, summary: Summary, publish_seconds: float, progress: Progress) -> None:
+        super().__init__(name="drill-nodes", daemon=True)
+        self.summary = summary
+        self.publish_seconds = publish_seconds
+        self.progress = progress
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # reported by the drill, not lost in a thread
+            self.error = exc
+
+    def _run(self) -> None:
+        from tests.cluster import cluster
+
+        start = time.monotonic()
+        time.sleep(max(0.0, self.publish_seconds / 3))
+        leader = cluster.leader_of(topology.vendor_queue("pidj"), cluster.vhost_of(amqp.AMQP_URL))
+        self.progress(f"{time.monotonic() - start:6.1f}s  stopping {leader.name}, leader of switchboard.pidj")
+        cluster.stop_node(leader)
+        self.summary.cluster_events.append(f"stopped leader {leader.name}")
+        time.sleep(3)
+        cluster.start_node(leader)
+        cluster.wait_for_members(len(cluster.NODES))
+        self.summary.broker_restarts += 1
+        self.progress(f"{time.monotonic() - start:6.1f}s  {leader.name} is back in the cluster")
+        time.sleep(max(0.0, start + 2 * self.publish_seconds / 3 - time.monotonic()))
+        victim = next(n for n in cluster.NODES if n != leader)
+        self.progress(f"{time.monotonic() - start:6.1f}s  SIGKILL {victim.name}")
+        cluster.kill_node(victim)
+        self.summary.node_kills += 1
+        self.summary.cluster_events.append(f"killed {victim.name}")
+        time.sleep(3)
+        cluster.start_node(victim)
+        cluster.wait_for_members(len(cluster.NODES))
+        self.progress(f"{time.monotonic() - start:6.1f}s  {victim.name} is back in the cluster")
 
 
 def _restart_broker(summary: Summary, workers: Workers, progress: Progress) -> None:
@@ -403,6 +491,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--settle-timeout", type=float, default=300.0)
     parser.add_argument("--log-dir", type=Path, default=None, help="keep every worker's log here")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="on the local three-node cluster (started and stopped here): a leader stop and a node kill",
+    )
     args = parser.parse_args(argv)
     if args.log_dir is not None:
         args.log_dir.mkdir(parents=True, exist_ok=True)
@@ -416,8 +509,10 @@ def main(argv: list[str] | None = None) -> int:
         settle_timeout=args.settle_timeout,
         seed=args.seed,
         log_dir=args.log_dir,
+        cluster=args.cluster,
     )
-    summary = run_drill(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    progress: Progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    summary = run_cluster_drill(config, progress) if args.cluster else run_drill(config, progress=progress)
     print(summary.table())
     return 1 if summary.problems() else 0
 

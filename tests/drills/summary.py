@@ -62,6 +62,9 @@ class Summary:
     workers: int = 0
     kills: int = 0
     broker_restarts: int = 0
+    node_kills: int = 0
+    """Cluster drill: broker nodes SIGKILLed (and started again)."""
+    cluster_events: list[str] = field(default_factory=list)
     readyz_went_down: bool | None = None
     readyz_came_back: bool | None = None
     seconds: float = 0.0
@@ -122,6 +125,11 @@ class Summary:
             (
                 "workers / kills (SIGKILL) / broker restarts",
                 f"{self.workers} / {self.kills} / {self.broker_restarts}",
+            ),
+            *(
+                [("cluster: leader stops / node kills", f"{self.broker_restarts} / {self.node_kills}")]
+                if self.cluster_events
+                else []
             ),
             (
                 "/readyz down during restart / back after",

@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 import pika
 
+from worker.brokers import blocking_connection
+
 # Tests use a vhost of their own, so a worker someone runs by hand (or `make bench`)
 # on the same broker never takes a test's messages.
 # One vhost per test process, so parallel runs (CI, a colleague, a drill) never mix either.
@@ -41,7 +43,19 @@ TERMINAL = frozenset({"succeeded", "failed", "rejected"})
 
 
 def connect() -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    """A connection to the test broker: one node, or any node of a cluster (comma-separated URL)."""
+    return blocking_connection(AMQP_URL)
+
+
+@contextmanager
+def use_broker(url: str) -> Iterator[None]:
+    """Point these helpers (and drills) at another broker, e.g. the local cluster, for a while."""
+    global AMQP_URL
+    before, AMQP_URL = AMQP_URL, url
+    try:
+        yield
+    finally:
+        AMQP_URL = before
 
 
 def publish_raw(

@@ -1,0 +1,118 @@
+"""One broker node lost: the worker, the client and `switchboard publish` carry on with the others."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from handlers.pidj.sandbox import PidjSimulator
+from tests.cluster import cluster
+from tests.support import amqp
+from tests.support.amqp import EventTap
+from tests.support.worker import SWITCHBOARD, WorkerProcess
+from worker import topology
+from worker.client import Switchboard
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+
+TEXT = {"to_number": "+18885553333", "from_number": "+18885552222", "text_body": "cluster"}
+
+
+def nodes_of_worker(worker: WorkerProcess) -> list[str]:
+    """host:port of every node the worker connected to, in order (from its JSON log)."""
+    found = []
+    for line in worker.logs().splitlines():
+        if '"connected to a broker node"' in line:
+            found.append(json.loads(line)["node"])
+    return found
+
+
+def node_at(address: str) -> cluster.Node:
+    return next(n for n in cluster.NODES if address.endswith(f":{n.amqp_port}"))
+
+
+@pytest.fixture(scope="module")
+def on_cluster(cluster_url: str) -> Iterator[str]:
+    """The test helpers point at the cluster, with Switchboard's topology declared there."""
+    with amqp.use_broker(cluster_url):
+        env = {**os.environ, "SWITCHBOARD_AMQP_URL": cluster_url}
+        subprocess.run([str(SWITCHBOARD), "topology", "declare"], check=True, timeout=60, env=env)
+        yield cluster_url
+
+
+@pytest.fixture(scope="module")
+def worker(on_cluster: str) -> Iterator[WorkerProcess]:
+    simulator = PidjSimulator()
+    with simulator.running_in_thread():
+        env = {
+            "SWITCHBOARD_AMQP_URL": on_cluster,
+            "SWITCHBOARD_VENDORS": "pidj",
+            "SWITCHBOARD_PIDJ_BASE_URL": simulator.api_url,
+            "SWITCHBOARD_PIDJ_ACCOUNT_KEY": simulator.account_key,
+            "SWITCHBOARD_PIDJ_TOKEN": simulator.token,
+        }
+        with WorkerProcess(env) as process:
+            yield process
+
+
+@pytest.fixture(scope="module")
+def lost_node(worker: WorkerProcess) -> Iterator[cluster.Node]:
+    """The node the worker is connected to, SIGKILLed; started again (and rejoined) afterwards."""
+    node = node_at(nodes_of_worker(worker)[-1])
+    cluster.kill_node(node)
+    try:
+        yield node
+    finally:
+        cluster.start_node(node)
+        cluster.wait_for_members(len(cluster.NODES))
+
+
+def test_quorum_queues_have_three_replicas(on_cluster: str) -> None:
+    """Every Switchboard queue on a three-node cluster has a member on each node."""
+    out = cluster.ctl(cluster.NODES[0], "list_queues", "-p", cluster.vhost_of(on_cluster), "name", "members")
+    members = {
+        name: value for name, _, value in (line.partition("\t") for line in out.splitlines()[1:]) if name
+    }
+    names = [q.name for q in topology.build({"pidj": ["send_text"]}).queues]
+    for name in names:
+        assert members.get(name, "").count("@localhost") == 3, (name, members.get(name))
+
+
+def test_worker_moves_to_another_node_and_keeps_working(
+    worker: WorkerProcess, lost_node: cluster.Node
+) -> None:
+    """After its node is killed the worker connects to another node and a new command gets its event."""
+    with EventTap() as tap, Switchboard(worker.env["SWITCHBOARD_AMQP_URL"], validate=False) as client:
+        # Our client: it publishes again while a quorum queue re-elects its leader (the broker nacks).
+        command_id = client.send("send_text", TEXT)
+        event = tap.wait_for(command_id, timeout=60)
+    assert event["status"] == "succeeded", event
+    moved_to = node_at(nodes_of_worker(worker)[-1])
+    assert moved_to != lost_node
+    assert worker.get("/readyz")[0] == 200
+
+
+def test_client_publishes_through_a_live_node(on_cluster: str, lost_node: cluster.Node) -> None:
+    """With one node down, the client given every node confirms each command (it fails over)."""
+    for attempt in range(6):
+        with Switchboard(on_cluster, validate=False) as client:
+            assert client.send("send_text", TEXT, id=f"cluster-client-{os.getpid()}-{attempt}")
+
+
+def test_publish_cli_uses_a_live_node(on_cluster: str, lost_node: cluster.Node) -> None:
+    """`switchboard publish` with the cluster's addresses succeeds while one node is down."""
+    env = {**os.environ, "SWITCHBOARD_AMQP_URL": on_cluster}
+    for _ in range(4):
+        result = subprocess.run(
+            [str(SWITCHBOARD), "publish", "send_text", "--payload", json.dumps(TEXT)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "guest:guest" not in result.stderr
