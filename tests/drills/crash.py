@@ -76,6 +76,8 @@ class DrillConfig:
     max_in_flight: int = 64
     quiet_timeout: float = 60.0
     """How long to wait, after the last terminal event, for every queue to empty."""
+    lease_seconds: float | None = None
+    """SWITCHBOARD_LEASE_SECONDS for the workers; None = the worker's default, as users run it."""
 
 
 def phone_number(index: int) -> str:
@@ -124,8 +126,9 @@ def worker_env(simulator: DrillSimulator, config: DrillConfig, store_url: str) -
         "SWITCHBOARD_PIDJ_ACCOUNT_KEY": account["account_key"],
         "SWITCHBOARD_PIDJ_TOKEN": account["token"],
         "SWITCHBOARD_STORE_URL": store_url,
-        # A dead worker's claim expires after 5 s; a live one always finishes within 3 s.
-        "SWITCHBOARD_LEASE_SECONDS": "5",
+        # The lease is the worker's default unless the drill is told otherwise: how long a
+        # killed worker's commands stay blocked is part of what the drill measures.
+        **({} if config.lease_seconds is None else {"SWITCHBOARD_LEASE_SECONDS": str(config.lease_seconds)}),
         "SWITCHBOARD_HANDLER_TIMEOUT_SECONDS": "3",
         # Below the simulator's slow delay: those answers are ambiguous timeouts.
         "SWITCHBOARD_VENDOR_TIMEOUT_SECONDS": str(max(0.2, config.faults.slow_delay - 0.5)),
@@ -252,7 +255,8 @@ def run_drill(config: DrillConfig, progress: Progress = lambda _: None) -> Summa
                 progress(
                     f"run {run}: {len(commands)} commands, {len(messages)} messages, {config.workers} workers, store {store_url}"
                 )
-                _chaos(config, summary, workers, simulator, Publisher(messages, config.rate), rng, progress)
+                publisher = Publisher(messages, config.rate)
+                _chaos(config, summary, workers, simulator, publisher, rng, progress)
                 settle_started = time.monotonic()
                 _settle(config, summary, workers, collector, commands, progress)
                 summary.settle_seconds = time.monotonic() - settle_started
@@ -269,6 +273,7 @@ def run_drill(config: DrillConfig, progress: Progress = lambda _: None) -> Summa
                 faults=simulator.faults_by_command(),
                 dead_letters=[],
                 leftovers=queue_depths(WORK_QUEUES),
+                published_at=publisher.sent_at,
             )
             seen.dead_letters = drain_queue(topology.DEAD_QUEUE)
     finally:
@@ -403,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--settle-timeout", type=float, default=300.0)
     parser.add_argument("--log-dir", type=Path, default=None, help="keep every worker's log here")
+    parser.add_argument(
+        "--lease-seconds", type=float, default=None, help="SWITCHBOARD_LEASE_SECONDS (default: the worker's)"
+    )
     args = parser.parse_args(argv)
     if args.log_dir is not None:
         args.log_dir.mkdir(parents=True, exist_ok=True)
@@ -416,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         settle_timeout=args.settle_timeout,
         seed=args.seed,
         log_dir=args.log_dir,
+        lease_seconds=args.lease_seconds,
     )
     summary = run_drill(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(summary.table())
