@@ -58,7 +58,7 @@ from worker.outbox import H_ATTEMPT, H_FIRST_SEEN, H_NOT_BEFORE, H_REASON, Outbo
 from worker.quiet_hours import SendingWindow
 from worker.registry import CommandContext, CommandSpec, Continue, Registry
 from worker.retry import Retry, RetryPolicy, decide
-from worker.store import ClaimStatus, Stores
+from worker.store import ClaimStatus, Lease, Stores
 from worker.validation import Validators
 
 log = structlog.get_logger("switchboard.dispatcher")
@@ -90,6 +90,12 @@ class DispatchSettings:
     defer_seconds: float
     poison_redeliveries: int
     policy: RetryPolicy
+    live_lease_seconds: float = 0.0
+    """Short lease renewed while a command runs (see :meth:`Dispatcher.renew_leases`); 0 = ``lease_seconds``."""
+
+    @property
+    def claim_lease_seconds(self) -> float:
+        return self.live_lease_seconds or self.lease_seconds
 
 
 @dataclass
@@ -137,6 +143,33 @@ class Dispatcher:
         )
         self.rng = random.Random()
         self._loggers: dict[str, Any] = {}
+        self._held: dict[tuple[str, str], Lease] = {}
+        """Attempts this worker runs now, by (account, command id): their leases are renewed together."""
+        self.on_success: Callable[[str], None] | None = None
+        """Called with the vendor after a call that did not fail transiently (the runtime ramps prefetch)."""
+
+    async def renew_leases(self) -> None:
+        """Keep the short leases of every command in flight alive, in one store call per round.
+
+        A worker that dies stops renewing, so its commands are free ``live_lease_seconds``
+        after it died instead of ``lease_seconds``; a live one never loses a lease to a slow call.
+        """
+        lease_seconds = self.settings.live_lease_seconds
+        while True:
+            await asyncio.sleep(lease_seconds / 3)
+            held = list(self._held.values())
+            if not held:
+                continue
+            try:
+                renewed = await self.stores.idempotency.renew(held, time.time(), lease_seconds)
+            except Exception:
+                log.warning("renewing leases failed; retrying next round", leases=len(held), exc_info=True)
+                continue
+            for lease, ok in zip(held, renewed, strict=True):
+                # Not renewed and still ours: the lease lapsed (a stall longer than the lease)
+                # and another worker took the command over. Finished ones are gone from _held.
+                if not ok and self._held.get((lease.account, lease.command_id)) is lease:
+                    log.warning("lease lost while running a command", command_id=lease.command_id)
 
     async def handle(self, delivery: Delivery) -> None:
         """Process one delivery to its end; never raises for bad input."""
@@ -238,7 +271,7 @@ class Dispatcher:
         now = time.time()
         store = self.stores.idempotency
         claim = await store.claim(
-            command.account, command.id, run.fingerprint, now, self.settings.lease_seconds
+            command.account, command.id, run.fingerprint, now, self.settings.claim_lease_seconds
         )
         if claim.status is ClaimStatus.CONFLICT:
             error = CommandRejected(
@@ -261,6 +294,7 @@ class Dispatcher:
             wait = min(self.settings.defer_seconds, max(1.0, (claim.lease_until or now) - now))
             await self._defer(delivery, command, wait, "claimed_elsewhere")
             return
+        reconcile = False
         if claim.status is ClaimStatus.EXPIRED:
             continuation = claim.state is not None
             if not (spec.safe_to_repeat or continuation or spec.reconcile):
@@ -270,17 +304,23 @@ class Dispatcher:
                 return
             assert claim.lease_until is not None
             claim = await store.take_over(
-                command.account, command.id, claim.lease_until, now, self.settings.lease_seconds
+                command.account, command.id, claim.lease_until, now, self.settings.claim_lease_seconds
             )
             if claim.status is not ClaimStatus.ACQUIRED:
                 await self._defer(delivery, command, self.settings.defer_seconds, "claimed_elsewhere")
                 return
-            if not (spec.safe_to_repeat or continuation):
-                run.attempts = claim.attempts
+            reconcile = not (spec.safe_to_repeat or continuation)
+        key = (command.account, command.id)
+        if self.settings.live_lease_seconds:
+            self._held[key] = Lease(command.account, command.id, claim.attempt_started_at or now)
+        try:
+            run.attempts = claim.attempts
+            if reconcile:
                 await self._reconcile_then_run(delivery, run, claim.first_attempt_at or now, claim.state)
-                return
-        run.attempts = claim.attempts
-        await self._run(delivery, run, claim.first_attempt_at or now, claim.state)
+            else:
+                await self._run(delivery, run, claim.first_attempt_at or now, claim.state)
+        finally:
+            self._held.pop(key, None)
 
     @staticmethod
     def _outcome_unknown(attempt_started_at: float | None) -> OutcomeUnknown:
@@ -344,7 +384,7 @@ class Dispatcher:
         if await self._outside_window(delivery, run, state):
             return
         breaker = self.breakers.get(spec.vendor)
-        if breaker is not None and not breaker.allow():
+        if breaker is not None and not await breaker.admit():
             await self.stores.idempotency.release(command.account, command.id, state, waiting=True)
             await self._defer(delivery, command, max(1.0, breaker.remaining_cooldown()), "circuit_open")
             return
@@ -361,6 +401,8 @@ class Dispatcher:
         outcome = await self._call(spec, command.payload, ctx)
         HANDLER_DURATION.labels(command.type).observe(time.perf_counter() - timer)
         self._feed_breaker(breaker, outcome)
+        if self.on_success is not None and not isinstance(outcome, TransientError):
+            self.on_success(spec.vendor)
         if isinstance(outcome, TransientError):
             await self._after_transient(delivery, run, outcome, first_at, state)
         elif isinstance(outcome, Continue):
