@@ -385,7 +385,7 @@ class Dispatcher:
             return
         breaker = self.breakers.get(spec.vendor)
         if breaker is not None and not await breaker.admit():
-            await self.stores.idempotency.release(command.account, command.id, state, waiting=True)
+            await self._release(command, state, waiting=True)
             await self._defer(delivery, command, max(1.0, breaker.remaining_cooldown()), "circuit_open")
             return
         if delivery.redeliveries >= self.settings.poison_redeliveries:
@@ -420,7 +420,7 @@ class Dispatcher:
         opening = window.next_opening(spec.recipient(command.payload), now)
         if opening is None:
             return False
-        await self.stores.idempotency.release(command.account, command.id, state, waiting=True)
+        await self._release(command, state, waiting=True)
         await self._publish_interim(
             run,
             "deferred",
@@ -495,14 +495,14 @@ class Dispatcher:
                 error=error.message,
                 delay_seconds=round(decision.delay_seconds, 2),
             )
-            await self.stores.idempotency.release(command.account, command.id, state)
+            await self._release(command, state)
             await self._send_back(delivery, command, decision.delay_seconds, "retry", attempts=run.attempts)
             return
         await self._finish(delivery, run, decision, attempts=run.attempts)
 
     async def _continue(self, delivery: Delivery, run: _Run, step: Continue) -> None:
         command = run.command
-        await self.stores.idempotency.release(command.account, command.id, step.state, waiting=True)
+        await self._release(command, step.state, waiting=True)
         if step.progress is not None:
             await self._publish_interim(run, "progress", step.progress)
         await self._send_back(delivery, command, step.after_seconds, "continuation", attempts=run.attempts)
@@ -589,8 +589,16 @@ class Dispatcher:
             body = stored
         await self._publish_terminal(delivery, event, body, command.properties.reply_to)
 
+    async def _release(
+        self, command: Command, state: dict[str, Any] | None, *, waiting: bool = False
+    ) -> None:
+        """Give the claim back (a retry or continuation is scheduled); its lease is no longer renewed."""
+        self._held.pop((command.account, command.id), None)
+        await self.stores.idempotency.release(command.account, command.id, state, waiting=waiting)
+
     async def _store_outcome(self, command: Command, fp: str, body: bytes) -> bytes:
         """Store the terminal event, retrying briefly: the vendor already acted."""
+        self._held.pop((command.account, command.id), None)  # done: nothing left to renew
         for attempt in range(5):
             try:
                 return await self.stores.idempotency.complete(
