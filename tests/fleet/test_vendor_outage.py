@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import ExitStack
 
@@ -16,8 +17,8 @@ from tests.support.worker import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
-OUTAGE_SECONDS = 20.0
-"""The README states the bound for 60 s as well: only the probe term grows with the outage."""
+OUTAGE_SECONDS = float(os.environ.get("FLEET_OUTAGE_SECONDS", "20"))
+"""20 s keeps the test short; FLEET_OUTAGE_SECONDS=60 runs the issue's 60 s (only the probe term of the bound grows)."""
 COOLDOWN_SECONDS = 5.0
 FAILURES = 5
 MAX_IN_FLIGHT = 32
