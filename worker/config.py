@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(1024 * 1024, ge=1024)
     handler_timeout_seconds: float = Field(60.0, gt=0)
     lease_seconds: float = Field(120.0, gt=0)
+    live_lease_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="Lease on a command being run, renewed every third of it while the worker lives:"
+        " a killed worker's commands are free this long after it died. 0 = the fixed LEASE_SECONDS.",
+    )
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     retention_days: float = Field(7.0, gt=0)
 
@@ -102,6 +108,14 @@ class Settings(BaseSettings):
         20, ge=1, description="Consecutive transient vendor failures that open the breaker."
     )
     breaker_cooldown_seconds: float = Field(30.0, gt=0)
+    breaker_sync_seconds: float = Field(
+        1.0, gt=0, description="How often a worker reads the fleet's breakers from the store."
+    )
+    prefetch_start: int = Field(
+        8,
+        ge=1,
+        description="Prefetch a worker starts with per vendor queue; doubles per successful batch up to MAX_IN_FLIGHT.",
+    )
 
     vendor_timeout_seconds: float = Field(15.0, gt=0)
     file_memory_budget_bytes: int = Field(

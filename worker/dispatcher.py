@@ -60,7 +60,7 @@ from worker.outbox import H_ATTEMPT, H_FIRST_SEEN, H_NOT_BEFORE, H_REASON, Outbo
 from worker.quiet_hours import SendingWindow
 from worker.registry import CommandContext, CommandSpec, Continue, Registry
 from worker.retry import Retry, RetryPolicy, decide
-from worker.store import Claim, ClaimStatus, Stores
+from worker.store import Claim, ClaimStatus, Lease, Stores
 from worker.validation import Validators
 
 log = structlog.get_logger("switchboard.dispatcher")
@@ -96,6 +96,12 @@ class DispatchSettings:
     """Largest succeeded event; past it the result's largest list is truncated (worker/results.py)."""
     reply_to_allow: frozenset[str] = frozenset()
     """Queue names accepted as ``reply_to`` besides server-named and direct reply-to ones."""
+    live_lease_seconds: float = 0.0
+    """Short lease renewed while a command runs (see :meth:`Dispatcher.renew_leases`); 0 = ``lease_seconds``."""
+
+    @property
+    def claim_lease_seconds(self) -> float:
+        return self.live_lease_seconds or self.lease_seconds
 
 
 @dataclass
@@ -143,6 +149,33 @@ class Dispatcher:
         )
         self.rng = random.Random()
         self._loggers: dict[str, Any] = {}
+        self._held: dict[tuple[str, str], Lease] = {}
+        """Attempts this worker runs now, by (account, command id): their leases are renewed together."""
+        self.on_success: Callable[[str], None] | None = None
+        """Called with the vendor after a call that did not fail transiently (the runtime ramps prefetch)."""
+
+    async def renew_leases(self) -> None:
+        """Keep the short leases of every command in flight alive, in one store call per round.
+
+        A worker that dies stops renewing, so its commands are free ``live_lease_seconds``
+        after it died instead of ``lease_seconds``; a live one never loses a lease to a slow call.
+        """
+        lease_seconds = self.settings.live_lease_seconds
+        while True:
+            await asyncio.sleep(lease_seconds / 3)
+            held = list(self._held.values())
+            if not held:
+                continue
+            try:
+                renewed = await self.stores.idempotency.renew(held, time.time(), lease_seconds)
+            except Exception:
+                log.warning("renewing leases failed; retrying next round", leases=len(held), exc_info=True)
+                continue
+            for lease, ok in zip(held, renewed, strict=True):
+                # Not renewed and still ours: the lease lapsed (a stall longer than the lease)
+                # and another worker took the command over. Finished ones are gone from _held.
+                if not ok and self._held.get((lease.account, lease.command_id)) is lease:
+                    log.warning("lease lost while running a command", command_id=lease.command_id)
 
     async def handle(self, delivery: Delivery) -> None:
         """Process one delivery to its end; never raises for bad input."""
@@ -248,7 +281,7 @@ class Dispatcher:
         now = time.time()
         store = self.stores.idempotency
         claim = await store.claim(
-            command.account, command.id, run.fingerprint, now, self.settings.lease_seconds
+            command.account, command.id, run.fingerprint, now, self.settings.claim_lease_seconds
         )
         if claim.status is ClaimStatus.DONE and spec.result_expires_after_seconds is not None:
             claim = await self._unless_expired(run, claim, now)
@@ -273,6 +306,7 @@ class Dispatcher:
             wait = min(self.settings.defer_seconds, max(1.0, (claim.lease_until or now) - now))
             await self._defer(delivery, command, wait, "claimed_elsewhere")
             return
+        reconcile = False
         if claim.status is ClaimStatus.EXPIRED:
             continuation = claim.state is not None
             if not (spec.safe_to_repeat or continuation or spec.reconcile):
@@ -282,17 +316,23 @@ class Dispatcher:
                 return
             assert claim.lease_until is not None
             claim = await store.take_over(
-                command.account, command.id, claim.lease_until, now, self.settings.lease_seconds
+                command.account, command.id, claim.lease_until, now, self.settings.claim_lease_seconds
             )
             if claim.status is not ClaimStatus.ACQUIRED:
                 await self._defer(delivery, command, self.settings.defer_seconds, "claimed_elsewhere")
                 return
-            if not (spec.safe_to_repeat or continuation):
-                run.attempts = claim.attempts
+            reconcile = not (spec.safe_to_repeat or continuation)
+        key = (command.account, command.id)
+        if self.settings.live_lease_seconds:
+            self._held[key] = Lease(command.account, command.id, claim.attempt_started_at or now)
+        try:
+            run.attempts = claim.attempts
+            if reconcile:
                 await self._reconcile_then_run(delivery, run, claim.first_attempt_at or now, claim.state)
-                return
-        run.attempts = claim.attempts
-        await self._run(delivery, run, claim.first_attempt_at or now, claim.state)
+            else:
+                await self._run(delivery, run, claim.first_attempt_at or now, claim.state)
+        finally:
+            self._held.pop(key, None)
 
     async def _unless_expired(self, run: _Run, claim: Claim, now: float) -> Claim:
         """A stored result past its expiry: run again when safe (a fresh result), else flag it."""
@@ -305,7 +345,7 @@ class Dispatcher:
             log.info("the stored result has expired; running the command again for a fresh one")
             await self.stores.idempotency.forget(command.account, command.id)
             return await self.stores.idempotency.claim(
-                command.account, command.id, run.fingerprint, now, self.settings.lease_seconds
+                command.account, command.id, run.fingerprint, now, self.settings.claim_lease_seconds
             )
         stored["result_expired"] = True
         return dataclasses.replace(claim, event=orjson.dumps(stored))
@@ -372,8 +412,8 @@ class Dispatcher:
         if await self._outside_window(delivery, run, state):
             return
         breaker = self.breakers.get(spec.vendor)
-        if breaker is not None and not breaker.allow():
-            await self.stores.idempotency.release(command.account, command.id, state, waiting=True)
+        if breaker is not None and not await breaker.admit():
+            await self._release(command, state, waiting=True)
             await self._defer(delivery, command, max(1.0, breaker.remaining_cooldown()), "circuit_open")
             return
         if delivery.redeliveries >= self.settings.poison_redeliveries:
@@ -389,6 +429,8 @@ class Dispatcher:
         outcome = await self._call(spec, command.payload, ctx)
         HANDLER_DURATION.labels(command.type).observe(time.perf_counter() - timer)
         self._feed_breaker(breaker, outcome)
+        if self.on_success is not None and not isinstance(outcome, TransientError):
+            self.on_success(spec.vendor)
         if isinstance(outcome, TransientError):
             await self._after_transient(delivery, run, outcome, first_at, state)
         elif isinstance(outcome, Continue):
@@ -406,7 +448,7 @@ class Dispatcher:
         opening = window.next_opening(spec.recipient(command.payload), now)
         if opening is None:
             return False
-        await self.stores.idempotency.release(command.account, command.id, state, waiting=True)
+        await self._release(command, state, waiting=True)
         await self._publish_interim(
             run,
             "deferred",
@@ -485,14 +527,14 @@ class Dispatcher:
                 error=error.message,
                 delay_seconds=round(decision.delay_seconds, 2),
             )
-            await self.stores.idempotency.release(command.account, command.id, state)
+            await self._release(command, state)
             await self._send_back(delivery, command, decision.delay_seconds, "retry", attempts=run.attempts)
             return
         await self._finish(delivery, run, decision, attempts=run.attempts)
 
     async def _continue(self, delivery: Delivery, run: _Run, step: Continue) -> None:
         command = run.command
-        await self.stores.idempotency.release(command.account, command.id, step.state, waiting=True)
+        await self._release(command, step.state, waiting=True)
         if step.progress is not None:
             await self._publish_interim(run, "progress", step.progress)
         await self._send_back(delivery, command, step.after_seconds, "continuation", attempts=run.attempts)
@@ -589,8 +631,16 @@ class Dispatcher:
             body = stored
         await self._publish_terminal(delivery, event, body, self._reply_to(delivery))
 
+    async def _release(
+        self, command: Command, state: dict[str, Any] | None, *, waiting: bool = False
+    ) -> None:
+        """Give the claim back (a retry or continuation is scheduled); its lease is no longer renewed."""
+        self._held.pop((command.account, command.id), None)
+        await self.stores.idempotency.release(command.account, command.id, state, waiting=waiting)
+
     async def _store_outcome(self, command: Command, fp: str, body: bytes) -> bytes:
         """Store the terminal event, retrying briefly: the vendor already acted."""
+        self._held.pop((command.account, command.id), None)  # done: nothing left to renew
         for attempt in range(5):
             try:
                 return await self.stores.idempotency.complete(

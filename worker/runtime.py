@@ -62,6 +62,11 @@ class Runtime:
         self.tasks: set[asyncio.Task[None]] = set()
         self.ready = False
         self.breakers: dict[str, CircuitBreaker] = {}
+        self.prefetch: dict[str, int] = {}
+        """Per vendor queue: the prefetch now (a new consumer starts small and doubles up to max_in_flight)."""
+        self._ramp_successes: dict[str, int] = {}
+        self._pausing: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self.outbox = Outbox(lambda: self.publish_channel)
         self.membership: Membership | None = None
         self._store_check_pending = False
@@ -114,6 +119,12 @@ class Runtime:
         http = await self._serve_http(accounts, stores)
         pruning = asyncio.create_task(self._prune(stores))
         refreshing = asyncio.create_task(controls.run())
+        # A worker that starts during an outage starts in the fleet's state: read it before consuming.
+        await self._sync_breakers()
+        syncing = asyncio.create_task(self._sync_breakers_forever())
+        renewing = (
+            asyncio.create_task(self.dispatcher.renew_leases()) if self.settings.live_lease_seconds else None
+        )
         log.info(
             "worker started",
             vendors=accounts.vendors,
@@ -131,6 +142,9 @@ class Runtime:
                 heartbeat.cancel()
             if self.membership is not None:
                 await self.membership.leave()
+            syncing.cancel()
+            if renewing is not None:
+                renewing.cancel()
             await self._close_connection()
             for listener in http:
                 await listener.cleanup()
@@ -160,8 +174,9 @@ class Runtime:
                 failure_threshold=s.breaker_failures,
                 cooldown_seconds=s.breaker_cooldown_seconds,
                 on_change=self._breaker_changed,
+                shared=stores.breakers,
             )
-        return Dispatcher(
+        dispatcher = Dispatcher(
             self.registry,
             clients,
             stores,
@@ -178,6 +193,7 @@ class Runtime:
                 policy=RetryPolicy(
                     s.max_attempts, s.max_age_seconds, s.retry_base_seconds, s.retry_max_seconds
                 ),
+                live_lease_seconds=s.live_lease_seconds,
             ),
             controls=controls,
             windows={
@@ -186,6 +202,8 @@ class Runtime:
                 if account.sending_window is not None
             },
         )
+        dispatcher.on_success = self._vendor_succeeded
+        return dispatcher
 
     def _http_limits(self) -> Limits:
         s = self.settings
@@ -246,6 +264,18 @@ class Runtime:
             event_id=str(event.get("event_id", "")),
             command_id=None,
         )
+
+    async def _sync_breakers(self) -> None:
+        for breaker in self.breakers.values():
+            try:
+                await breaker.sync()
+            except Exception:
+                log.warning("reading the fleet's breaker failed", vendor=breaker.vendor, exc_info=True)
+
+    async def _sync_breakers_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.breaker_sync_seconds)
+            await self._sync_breakers()
 
     async def _prune(self, stores: Stores) -> None:
         while True:
@@ -325,9 +355,57 @@ class Runtime:
         if not self.consume:
             return
         for vendor in vendors:
-            if self.breakers[vendor].state != BreakerState.OPEN:
-                await self._subscribe(vendor, topology.vendor_queue(vendor), self.settings.max_in_flight)
+            if self.breakers[vendor].blocked():
+                self._pause(vendor)  # it subscribes when the cool-down is over
+            else:
+                await self._subscribe_vendor(vendor)
         await self._subscribe("unrouted", topology.UNROUTED_QUEUE, UNROUTED_PREFETCH)
+
+    async def _subscribe_vendor(self, vendor: str) -> None:
+        """Consume a vendor queue with a small prefetch first (see :meth:`_vendor_succeeded`)."""
+        self.prefetch[vendor] = min(self.settings.prefetch_start, self.settings.max_in_flight)
+        self._ramp_successes[vendor] = 0
+        await self._subscribe(vendor, topology.vendor_queue(vendor), self.prefetch[vendor])
+
+    def _vendor_succeeded(self, vendor: str) -> None:
+        """Double the prefetch after each batch of that many calls that did not fail transiently.
+
+        A new worker (or one back from an open breaker) thus takes 8, 16, 32 ... commands, not
+        max_in_flight at once, at a vendor that may still be failing.
+        """
+        prefetch = self.prefetch.get(vendor)
+        if prefetch is None or prefetch >= self.settings.max_in_flight:
+            return
+        self._ramp_successes[vendor] += 1
+        if self._ramp_successes[vendor] < prefetch:
+            return
+        self._ramp_successes[vendor] = 0
+        self.prefetch[vendor] = min(prefetch * 2, self.settings.max_in_flight)
+        task = asyncio.get_running_loop().create_task(self._resubscribe(vendor))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _resubscribe(self, vendor: str) -> None:
+        """A new prefetch: RabbitMQ applies a per-consumer prefetch to new consumers only (quorum
+        queues have no channel-wide one), so consume again on the same channel. Unacked
+        deliveries stay on the channel and are acked there as usual."""
+        entry = self.consumers.get(vendor)
+        if entry is None:
+            return
+        channel, tag = entry
+        try:
+            await channel.qos(self.prefetch[vendor])
+            await channel.cancel(tag)
+            if self.consumers.get(vendor) != entry:
+                return  # paused or reconnected meanwhile
+            new_tag = await channel.consume(
+                topology.vendor_queue(vendor),
+                self._on_message(vendor, topology.vendor_queue(vendor), channel),
+            )
+            self.consumers[vendor] = (channel, new_tag)
+            log.info("prefetch raised", vendor=vendor, prefetch=self.prefetch[vendor])
+        except ConnectionLost:
+            pass  # the connection loop subscribes again
 
     async def _subscribe(self, vendor: str, queue: str, prefetch: int) -> None:
         assert self.connection is not None
@@ -371,14 +449,25 @@ class Runtime:
     def _breaker_changed(self, vendor: str, state: BreakerState) -> None:
         log.warning("circuit breaker changed", vendor=vendor, state=state.name.lower())
         if state == BreakerState.OPEN:
-            asyncio.get_running_loop().create_task(self._pause_vendor(vendor))
+            self._pause(vendor)
+
+    def _pause(self, vendor: str) -> None:
+        """One pause per vendor at a time: a running one re-reads the cool-down as it moves."""
+        running = self._pausing.get(vendor)
+        if running is None or running.done():
+            self._pausing[vendor] = asyncio.get_running_loop().create_task(self._pause_vendor(vendor))
 
     async def _pause_vendor(self, vendor: str) -> None:
         """Stop taking this vendor's commands for the cool-down, then probe."""
         await self._unsubscribe(vendor)
         breaker = self.breakers[vendor]
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), breaker.remaining_cooldown())
+        # The fleet may move the end (a failed probe elsewhere) or close it (a probe succeeded).
+        while breaker.blocked() and not self.stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    self.stopping.wait(),
+                    min(breaker.remaining_cooldown(), self.settings.breaker_sync_seconds),
+                )
         if (
             self.stopping.is_set()
             or vendor in self.consumers
@@ -387,7 +476,7 @@ class Runtime:
         ):
             return
         with contextlib.suppress(ConnectionLost):
-            await self._subscribe(vendor, topology.vendor_queue(vendor), self.settings.max_in_flight)
+            await self._subscribe_vendor(vendor)
 
     async def _drain(self) -> None:
         for vendor in list(self.consumers):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from functools import cache
@@ -185,7 +186,7 @@ class TestAroundTheDeployment:
         scaled = one(base, "ScaledObject")["spec"]
         assert scaled["scaleTargetRef"]["name"] == one(base, "Deployment")["metadata"]["name"]
         assert scaled["minReplicaCount"] >= 2, "one pod restarting must not stop consumption"
-        triggers = scaled["triggers"]
+        triggers = [t for t in scaled["triggers"] if t["type"] == "rabbitmq"]
         assert {t["metadata"]["queueName"] for t in triggers} == {
             topology.vendor_queue(v) for v in registry.vendors
         }
@@ -197,6 +198,32 @@ class TestAroundTheDeployment:
             assert trigger["metadata"]["value"] == config(base)["SWITCHBOARD_MAX_IN_FLIGHT"]
             assert trigger["metadata"]["vhostName"] == "switchboard"
             assert trigger["authenticationRef"]["name"] in auth_names
+
+    def test_no_scale_out_for_a_vendor_whose_breaker_is_open(self, base: tuple[dict[str, Any], ...]) -> None:
+        """The scaling formula counts each vendor's queue only while that vendor's breaker metric is 0."""
+        scaled = one(base, "ScaledObject")["spec"]
+        modifiers = scaled["advanced"]["scalingModifiers"]
+        assert modifiers["target"] == config(base)["SWITCHBOARD_MAX_IN_FLIGHT"]
+        assert modifiers["metricType"] == "AverageValue"
+        by_name = {t["name"]: t for t in scaled["triggers"]}
+        formula = modifiers["formula"]
+        for vendor in registry.vendors:
+            queue, breaker = by_name[f"{vendor}_queue"], by_name[f"{vendor}_breaker"]
+            assert queue["metadata"]["queueName"] == topology.vendor_queue(vendor)
+            assert breaker["type"] == "prometheus"
+            assert (
+                breaker["metadata"]["query"] == f'max(switchboard_circuit_breaker_state{{vendor="{vendor}"}})'
+            )
+            assert breaker["metadata"]["ignoreNullValues"] == "true"
+            assert f"({vendor}_breaker > 0 ? 0 : {vendor}_queue)" in formula
+        # Evaluate it, expr-lang's ternary rewritten to Python's, for closed breakers and one open.
+        python = re.sub(r"\((\w+) > 0 \? (\w+) : (\w+)\)", r"(\2 if \1 > 0 else \3)", formula)
+        values = {f"{v}_queue": 1000 for v in registry.vendors} | {
+            f"{v}_breaker": 0 for v in registry.vendors
+        }
+        assert eval(python, {}, values) == 1000 * len(registry.vendors)
+        values["pidj_breaker"] = 2
+        assert eval(python, {}, values) == 1000 * (len(registry.vendors) - 1)
 
     def test_trigger_authentication_secret_exists_in_the_overlay(
         self, overlay: tuple[dict[str, Any], ...]

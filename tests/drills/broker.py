@@ -84,6 +84,8 @@ class Publisher(threading.Thread):
         self.republished = 0
         """Messages sent again because the broker went away before confirming them."""
         self.error: BaseException | None = None
+        self.sent_at: dict[str, float] = {}
+        """Message id -> Unix time its first copy was confirmed (where publish-to-outcome latency starts)."""
 
     def run(self) -> None:
         try:
@@ -118,6 +120,7 @@ class Publisher(threading.Thread):
                         self.republished += 1
                     connection = None
                     time.sleep(RECONNECT_SECONDS)
+            self.sent_at.setdefault(message_id, time.time())
             self.published += 1
         if connection is not None and connection.is_open:
             connection.close()

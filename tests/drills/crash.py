@@ -88,6 +88,8 @@ class DrillConfig:
     """How long to wait, after the last terminal event, for every queue to empty."""
     cluster: bool = False
     """On the local cluster (the caller points tests.support.amqp at it): node stop + node kill, no app restart."""
+    lease_seconds: float | None = None
+    """SWITCHBOARD_LEASE_SECONDS for the workers; None = the worker's default, as users run it."""
 
 
 def phone_number(index: int) -> str:
@@ -136,8 +138,9 @@ def worker_env(simulator: DrillSimulator, config: DrillConfig, store_url: str) -
         "SWITCHBOARD_PIDJ_ACCOUNT_KEY": account["account_key"],
         "SWITCHBOARD_PIDJ_TOKEN": account["token"],
         "SWITCHBOARD_STORE_URL": store_url,
-        # A dead worker's claim expires after 5 s; a live one always finishes within 3 s.
-        "SWITCHBOARD_LEASE_SECONDS": "5",
+        # The lease is the worker's default unless the drill is told otherwise: how long a
+        # killed worker's commands stay blocked is part of what the drill measures.
+        **({} if config.lease_seconds is None else {"SWITCHBOARD_LEASE_SECONDS": str(config.lease_seconds)}),
         "SWITCHBOARD_HANDLER_TIMEOUT_SECONDS": "3",
         # Below the simulator's slow delay: those answers are ambiguous timeouts.
         "SWITCHBOARD_VENDOR_TIMEOUT_SECONDS": str(max(0.2, config.faults.slow_delay - 0.5)),
@@ -266,7 +269,8 @@ def run_drill(config: DrillConfig, progress: Progress = lambda _: None) -> Summa
                 progress(
                     f"run {run}: {len(commands)} commands, {len(messages)} messages, {config.workers} workers, store {store_url}"
                 )
-                _chaos(config, summary, workers, simulator, Publisher(messages, config.rate), rng, progress)
+                publisher = Publisher(messages, config.rate)
+                _chaos(config, summary, workers, simulator, publisher, rng, progress)
                 settle_started = time.monotonic()
                 _settle(config, summary, workers, collector, commands, progress)
                 summary.settle_seconds = time.monotonic() - settle_started
@@ -283,6 +287,7 @@ def run_drill(config: DrillConfig, progress: Progress = lambda _: None) -> Summa
                 faults=simulator.faults_by_command(),
                 dead_letters=[],
                 leftovers=queue_depths(WORK_QUEUES),
+                published_at=publisher.sent_at,
             )
             seen.dead_letters = drain_queue(topology.DEAD_QUEUE)
     finally:
@@ -496,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="on the local three-node cluster (started and stopped here): a leader stop and a node kill",
     )
+    parser.add_argument(
+        "--lease-seconds", type=float, default=None, help="SWITCHBOARD_LEASE_SECONDS (default: the worker's)"
+    )
     args = parser.parse_args(argv)
     if args.log_dir is not None:
         args.log_dir.mkdir(parents=True, exist_ok=True)
@@ -510,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         log_dir=args.log_dir,
         cluster=args.cluster,
+        lease_seconds=args.lease_seconds,
     )
     progress: Progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     summary = run_cluster_drill(config, progress) if args.cluster else run_drill(config, progress=progress)

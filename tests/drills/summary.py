@@ -7,9 +7,11 @@ the dead-letter queue.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -53,6 +55,8 @@ class Observations:
     dead_letters: list[tuple[pika.BasicProperties, bytes]]
     leftovers: dict[str, int]
     in_flight_at_end: float = 0.0
+    published_at: dict[str, float] = field(default_factory=dict)
+    """Command id -> Unix time its first copy was confirmed by the broker."""
 
 
 @dataclass
@@ -93,6 +97,15 @@ class Summary:
     """Workers that exited without being killed (each was restarted so the drill could go on)."""
     notes: list[str] = field(default_factory=list)
     """Problems found outside the analysis (publisher error, readiness, time-outs)."""
+    latencies: list[float] = field(default_factory=list)
+    """Seconds from a command's first publish to its terminal event (``occurred_at``), sorted."""
+
+    def latency(self, quantile: float) -> float:
+        """Nearest-rank percentile of publish-to-terminal-event seconds (0 when none were measured)."""
+        if not self.latencies:
+            return 0.0
+        rank = max(1, math.ceil(quantile * len(self.latencies)))
+        return self.latencies[min(rank, len(self.latencies)) - 1]
 
     def problems(self) -> list[str]:
         found = list(self.notes) + self.crashed
@@ -138,6 +151,10 @@ class Summary:
             (
                 "time: total / waiting for the last outcomes",
                 f"{self.seconds:.1f}s / {self.settle_seconds:.1f}s",
+            ),
+            (
+                "publish to terminal event: p50 / p99 / max",
+                f"{self.latency(0.5):.1f}s / {self.latency(0.99):.1f}s / {self.latency(1.0):.1f}s",
             ),
             ("commands by type", _counts(self.by_type)),
             ("faults injected", _counts(self.faults_injected)),
@@ -187,7 +204,18 @@ def analyze(summary: Summary, seen: Observations) -> Summary:
         _check_command(summary, command_id, published, terminal.get(command_id), seen)
     copies = Counter(str(e.get("command_id")) for e in seen.events if e.get("status") in TERMINAL)
     _check_dead_letters(summary, terminal, seen.dead_letters, copies)
+    summary.latencies = sorted(
+        _seconds_since(seen.published_at[command_id], event)
+        for command_id, event in terminal.items()
+        if command_id in seen.published_at
+    )
     return summary
+
+
+def _seconds_since(published_at: float, event: dict[str, Any]) -> float:
+    """From the first publish to the event's ``occurred_at`` (same machine, same clock)."""
+    occurred = datetime.fromisoformat(str(event["occurred_at"]).replace("Z", "+00:00")).timestamp()
+    return max(0.0, occurred - published_at)
 
 
 def _terminal_events(

@@ -35,6 +35,7 @@ POSTGRES_TABLES = (
     "switchboard_suppressions",
     "switchboard_seen",
     "switchboard_controls",
+    "switchboard_breakers",
 )
 
 BACKENDS = [

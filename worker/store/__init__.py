@@ -5,11 +5,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from worker.store.base import Claim, ClaimStatus, ControlStore, Deduper, IdempotencyStore, SuppressionList
+from worker.store.base import (
+    BreakerRecord,
+    BreakerStore,
+    Claim,
+    ClaimStatus,
+    ControlStore,
+    Deduper,
+    IdempotencyStore,
+    Lease,
+    SuppressionList,
+)
 
 REDIS_POOL_SIZE = 64
 
-__all__ = ["Claim", "ClaimStatus", "Deduper", "IdempotencyStore", "Stores", "SuppressionList", "open_stores"]
+__all__ = [
+    "BreakerRecord",
+    "BreakerStore",
+    "Claim",
+    "ClaimStatus",
+    "Deduper",
+    "IdempotencyStore",
+    "Lease",
+    "Stores",
+    "SuppressionList",
+    "open_stores",
+]
 
 
 @dataclass(frozen=True)
@@ -20,6 +41,8 @@ class Stores:
     backend: str
     controls: ControlStore | None = None
     """Operator controls (pause, cancel); every backend but a future one without them."""
+    breakers: BreakerStore | None = None
+    """Circuit breakers shared by the fleet (None: each worker keeps its own)."""
 
     async def close(self) -> None:
         await self.idempotency.close()
@@ -49,6 +72,7 @@ async def open_stores(
             sqlite.SQLiteDeduper(conn),
             "sqlite",
             sqlite.SQLiteControlStore(conn),
+            sqlite.SQLiteBreakerStore(conn),
         )
     if scheme in ("redis", "rediss", "unix"):
         import redis.asyncio as aioredis
@@ -67,6 +91,7 @@ async def open_stores(
             redis_store.RedisDeduper(client),
             "redis",
             redis_store.RedisControlStore(client),
+            redis_store.RedisBreakerStore(client),
         )
     if scheme in ("postgresql", "postgres"):
         from worker.store import postgres
@@ -86,6 +111,7 @@ async def open_stores(
             postgres.PostgresDeduper(db),
             "postgresql",
             postgres.PostgresControlStore(db),
+            postgres.PostgresBreakerStore(db),
         )
     raise ValueError(
         f"SWITCHBOARD_STORE_URL: unsupported store {scheme!r}"

@@ -41,6 +41,15 @@ class Claim:
     event: bytes | None = None
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A running attempt this worker holds: renewed while its handler runs."""
+
+    account: str
+    command_id: str
+    attempt_started_at: float
+
+
 class IdempotencyStore(Protocol):
     """Keyed by (account, command id); times are Unix seconds."""
 
@@ -74,6 +83,14 @@ class IdempotencyStore(Protocol):
 
     async def forget(self, account: str, command_id: str) -> bool:
         """Drop a record (operator replay with the same id after a fix)."""
+        ...
+
+    async def renew(self, leases: list[Lease], now: float, lease_seconds: float) -> list[bool]:
+        """Extend to ``now + lease_seconds`` the leases of attempts still running, in one round trip.
+
+        An attempt is known by the ``attempt_started_at`` its claim returned, so a lease
+        another worker took over is never extended; ``False`` = that lease is no longer ours.
+        """
         ...
 
     async def prune(self, now: float) -> int:
@@ -130,4 +147,37 @@ class ControlStore(Protocol):
     async def peek(self, account: str, command_id: str) -> dict[str, Any] | None:
         """What the store knows of a command: ``status`` (running, pending, waiting, done),
         ``attempts``, ``first_attempt_at``, ``attempt_started_at`` and, when done, ``event``."""
+        ...
+
+
+@dataclass(frozen=True)
+class BreakerRecord:
+    """A vendor's circuit breaker as the fleet sees it; times are Unix seconds."""
+
+    open_until: float
+    """The cool-down ends then; after it one worker may probe."""
+    probe_until: float = 0.0
+    """A worker holds the probe until then (0: nobody); if it dies, the next probe waits for this."""
+
+
+class BreakerStore(Protocol):
+    """Circuit breakers shared by every worker, by key (the vendor): an outage is found once for the fleet."""
+
+    async def breaker(self, key: str) -> BreakerRecord | None:
+        """The open breaker, or None when it is closed."""
+        ...
+
+    async def trip(self, key: str, open_until: float) -> None:
+        """Open (or open again) until ``open_until``; any probe lease ends."""
+        ...
+
+    async def take_probe(self, key: str, now: float, probe_until: float) -> tuple[bool, BreakerRecord | None]:
+        """Atomically take the one probe: granted only when the cool-down is over and nobody holds it.
+
+        Returns (granted, the record as it is now); a None record means the breaker is closed.
+        """
+        ...
+
+    async def reset(self, key: str) -> None:
+        """Close the breaker for the fleet (a probe succeeded)."""
         ...

@@ -38,7 +38,7 @@ from typing import Any, Generic, TypeVar
 import asyncpg
 import orjson
 
-from worker.store.base import Claim, ClaimStatus
+from worker.store.base import BreakerRecord, Claim, ClaimStatus, Lease
 from worker.store.migrations.postgres import migrate
 
 POOL_MAX_SIZE = 20
@@ -593,6 +593,20 @@ class PostgresIdempotencyStore:
         )
         return _count(status) == 1
 
+    async def renew(self, leases: list[Lease], now: float, lease_seconds: float) -> list[bool]:
+        if not leases:
+            return []
+        rows = await self.db.call(
+            "fetch",
+            _RENEW,
+            [lease.account for lease in leases],
+            [lease.command_id for lease in leases],
+            [lease.attempt_started_at for lease in leases],
+            now + lease_seconds,
+        )
+        renewed = {(row["account"], row["command_id"]) for row in rows}
+        return [(lease.account, lease.command_id) in renewed for lease in leases]
+
     async def prune(self, now: float) -> int:
         removed = 0
         for statement in (_PRUNE_COMMANDS, _PRUNE_SEEN, _PRUNE_CONTROLS):
@@ -608,6 +622,25 @@ class PostgresIdempotencyStore:
         await self._completes.wait_sent()
         await self.db.close()
 
+
+_RENEW = """
+UPDATE switchboard_commands AS c SET lease_until = $4
+FROM unnest($1::text[], $2::text[], $3::double precision[]) AS i (account, command_id, started)
+WHERE c.account = i.account AND c.command_id = i.command_id AND c.status = 'running'
+  AND c.attempt_started_at = i.started
+RETURNING c.account, c.command_id
+"""
+
+_TAKE_PROBE = """
+WITH taken AS (
+    UPDATE switchboard_breakers SET probe_until = $3
+    WHERE key = $1 AND open_until <= $2 AND probe_until <= $2
+    RETURNING open_until, probe_until
+)
+SELECT true AS granted, open_until, probe_until FROM taken
+UNION ALL
+SELECT false, open_until, probe_until FROM switchboard_breakers WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM taken)
+"""
 
 _ADD_SUPPRESSION = """
 INSERT INTO switchboard_suppressions (account, number, reason, source, created_at) VALUES ($1, $2, $3, $4, $5)
@@ -726,3 +759,34 @@ class PostgresControlStore:
             "attempt_started_at": row["attempt_started_at"],
             "event": None if row["event"] is None else orjson.loads(row["event"]),
         }
+
+
+class PostgresBreakerStore:
+    """Breakers shared by the fleet: one row per open breaker."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def breaker(self, key: str) -> BreakerRecord | None:
+        row = await self.db.call(
+            "fetchrow", "SELECT open_until, probe_until FROM switchboard_breakers WHERE key = $1", key
+        )
+        return None if row is None else BreakerRecord(row["open_until"], row["probe_until"])
+
+    async def trip(self, key: str, open_until: float) -> None:
+        await self.db.call(
+            "execute",
+            "INSERT INTO switchboard_breakers (key, open_until, probe_until) VALUES ($1, $2, 0)"
+            " ON CONFLICT (key) DO UPDATE SET open_until = excluded.open_until, probe_until = 0",
+            key,
+            open_until,
+        )
+
+    async def take_probe(self, key: str, now: float, probe_until: float) -> tuple[bool, BreakerRecord | None]:
+        row = await self.db.call("fetchrow", _TAKE_PROBE, key, now, probe_until)
+        if row is None:
+            return False, None
+        return bool(row["granted"]), BreakerRecord(row["open_until"], row["probe_until"])
+
+    async def reset(self, key: str) -> None:
+        await self.db.call("execute", "DELETE FROM switchboard_breakers WHERE key = $1", key)

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from worker.logging import get_logger
-from worker.store.base import Claim, ClaimStatus
+from worker.store.base import BreakerRecord, Claim, ClaimStatus, Lease
 
 log = get_logger("switchboard.store.redis")
 
@@ -66,6 +66,24 @@ if not redis.call('HGET', KEYS[1], 'fp') then
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return ARGV[2]
+"""
+
+_RENEW = """
+local r = redis.call('HMGET', KEYS[1], 'status', 'started')
+if r[1] ~= 'running' or r[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'lease', ARGV[2])
+return 1
+"""
+
+_TAKE_PROBE = """
+local r = redis.call('HMGET', KEYS[1], 'open', 'probe')
+if not r[1] then return {0, false, false} end
+local now = tonumber(ARGV[1])
+if tonumber(r[1]) <= now and tonumber(r[2]) <= now then
+  redis.call('HSET', KEYS[1], 'probe', ARGV[2])
+  return {1, r[1], ARGV[2]}
+end
+return {0, r[1], r[2]}
 """
 
 _SUPPRESS = """
@@ -195,6 +213,7 @@ class RedisIdempotencyStore:
         self._take_over = client.register_script(_TAKE_OVER)
         self._release = client.register_script(_RELEASE)
         self._complete = client.register_script(_COMPLETE)
+        self._renew = client.register_script(_RENEW)
 
     async def claim(
         self, account: str, command_id: str, fingerprint: str, now: float, lease_seconds: float
@@ -237,6 +256,21 @@ class RedisIdempotencyStore:
 
     async def forget(self, account: str, command_id: str) -> bool:
         return bool(await self.client.delete(_key(account, command_id)))
+
+    async def renew(self, leases: list[Lease], now: float, lease_seconds: float) -> list[bool]:
+        until = repr(now + lease_seconds)
+        # One script per lease, all in one pipeline (one round trip for the whole batch).
+        replies = await asyncio.gather(
+            *(
+                self.pipeliner.script(
+                    self._renew,
+                    [_key(lease.account, lease.command_id)],
+                    [repr(lease.attempt_started_at), until],
+                )
+                for lease in leases
+            )
+        )
+        return [reply == 1 for reply in replies]
 
     async def prune(self, now: float) -> int:
         return 0  # keys expire by themselves
@@ -365,3 +399,32 @@ async def warn_if_keeps_nothing(url: str) -> None:
         )
     elif volatile is None:
         log.info("could not read the Redis persistence settings (CONFIG unavailable); not checked")
+
+
+class RedisBreakerStore:
+    """A hash ``sb:breaker:<vendor>`` (fields ``open``, ``probe``) per open breaker."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._take_probe = client.register_script(_TAKE_PROBE)
+
+    @staticmethod
+    def _key(key: str) -> str:
+        return f"sb:breaker:{key}"
+
+    async def breaker(self, key: str) -> BreakerRecord | None:
+        opened, probe = await self.client.hmget(self._key(key), ["open", "probe"])
+        return None if opened is None else BreakerRecord(float(opened), float(probe or 0))
+
+    async def trip(self, key: str, open_until: float) -> None:
+        await self.client.hset(self._key(key), mapping={"open": repr(open_until), "probe": "0"})
+
+    async def take_probe(self, key: str, now: float, probe_until: float) -> tuple[bool, BreakerRecord | None]:
+        granted, opened, probe = await self._take_probe(
+            keys=[self._key(key)], args=[repr(now), repr(probe_until)]
+        )
+        record = None if opened is None else BreakerRecord(float(opened), float(probe or 0))
+        return granted == 1, record
+
+    async def reset(self, key: str) -> None:
+        await self.client.delete(self._key(key))

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from worker.store.base import Claim, ClaimStatus
+from worker.store.base import BreakerRecord, Claim, ClaimStatus, Lease
 
 T = TypeVar("T")
 
@@ -56,6 +56,11 @@ CREATE TABLE IF NOT EXISTS controls (
 CREATE TABLE IF NOT EXISTS seen (
     key TEXT PRIMARY KEY,
     expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS breakers (
+    key TEXT PRIMARY KEY,            -- the vendor
+    open_until REAL NOT NULL,
+    probe_until REAL NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -251,6 +256,20 @@ class SQLiteIdempotencyStore:
 
         return await self.conn.write(op)
 
+    async def renew(self, leases: list[Lease], now: float, lease_seconds: float) -> list[bool]:
+        def op(conn: sqlite3.Connection) -> list[bool]:
+            return [
+                conn.execute(
+                    "UPDATE commands SET lease_until = ? WHERE account = ? AND command_id = ?"
+                    " AND status = 'running' AND attempt_started_at = ?",
+                    (now + lease_seconds, lease.account, lease.command_id, lease.attempt_started_at),
+                ).rowcount
+                == 1
+                for lease in leases
+            ]
+
+        return await self.conn.write(op) if leases else []
+
     async def prune(self, now: float) -> int:
         def op(conn: sqlite3.Connection) -> int:
             removed = conn.execute("DELETE FROM commands WHERE expires_at < ?", (now,)).rowcount
@@ -378,3 +397,47 @@ class SQLiteControlStore:
             "attempt_started_at": started,
             "event": None if event is None else orjson.loads(event),
         }
+
+
+class SQLiteBreakerStore:
+    """Breakers shared by the workers on this host (one file)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    async def breaker(self, key: str) -> BreakerRecord | None:
+        row = self.conn.execute(
+            "SELECT open_until, probe_until FROM breakers WHERE key = ?", (key,)
+        ).fetchone()
+        return None if row is None else BreakerRecord(row[0], row[1])
+
+    async def trip(self, key: str, open_until: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO breakers (key, open_until, probe_until) VALUES (?, ?, 0)",
+                (key, open_until),
+            )
+
+        await self.conn.write(op)
+
+    async def take_probe(self, key: str, now: float, probe_until: float) -> tuple[bool, BreakerRecord | None]:
+        def op(conn: sqlite3.Connection) -> tuple[bool, BreakerRecord | None]:
+            granted = (
+                conn.execute(
+                    "UPDATE breakers SET probe_until = ? WHERE key = ? AND open_until <= ? AND probe_until <= ?",
+                    (probe_until, key, now, now),
+                ).rowcount
+                == 1
+            )
+            row = conn.execute(
+                "SELECT open_until, probe_until FROM breakers WHERE key = ?", (key,)
+            ).fetchone()
+            return granted, None if row is None else BreakerRecord(row[0], row[1])
+
+        return await self.conn.write(op)
+
+    async def reset(self, key: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM breakers WHERE key = ?", (key,))
+
+        await self.conn.write(op)

@@ -75,6 +75,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX switchboard_controls_expiry ON switchboard_controls (expires_at);
         """,
     ),
+    Migration(
+        3,
+        "circuit breakers shared by the fleet",
+        """
+        -- IF NOT EXISTS: a database shared with builds that predate this migration may have
+        -- dropped the migrations table but kept this one (test databases do).
+        CREATE TABLE IF NOT EXISTS switchboard_breakers (
+            key text PRIMARY KEY,                        -- the vendor
+            open_until double precision NOT NULL,        -- the cool-down ends then
+            probe_until double precision NOT NULL        -- a worker holds the one probe until then (0: none)
+        );
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
