@@ -143,6 +143,22 @@ async def test_create_job_single_template_without_is_default(
     assert len(sim.effects("job_created")) == 1
 
 
+@pytest.mark.parametrize("is_default", [False, True])
+async def test_create_job_single_template_with_is_default_given(
+    sim: PeerlySimulator, client: PeerlyClient, is_default: bool
+) -> None:
+    """A lone template is the default whatever is_default says ("defaults to false"): accepted, job created."""
+    payload = {
+        "account_id": "12345678",
+        "name": "One template",
+        "did_state": "NY",
+        "templates": [{"title": "Hello", "text": "Hi {first_name}", "is_default": is_default}],
+    }
+    result = await create_job(check_create_job(payload), make_ctx(client))
+    assert result["template_count"] == 1
+    assert len(sim.effects("job_created")) == 1
+
+
 async def test_simulator_appends_a_list_assigned_twice(sim: PeerlySimulator, client: PeerlyClient) -> None:
     """As documented ("appends"), a second assign of the same list lists it twice; the result says so."""
     job_id, list_id = sim.add_job(), sim.add_active_list()
