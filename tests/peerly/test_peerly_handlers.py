@@ -79,6 +79,10 @@ async def test_create_job(sim: PeerlySimulator, client: PeerlyClient) -> None:
     sent = sim.jobs[_created_job_id(sim)].body
     assert sent["did_state"] == "FL" and sent["templates"][0]["advanced"]["media"]["media_type"] == "VIDEO"
     assert len(sim.effects("job_created")) == 1
+    answer = next(r for r in sim.requests if r.path == "/api/1to1/jobs").answered
+    assert answer == 201
+    assert sim.jobs[_created_job_id(sim)].answer().keys() == {"agents", "name", "status", "templates"}
+    assert result["agents"] == []  # the document shows agents only as []: no entry shape is invented
 
 
 async def test_create_job_uses_account_setting(sim: PeerlySimulator, client: PeerlyClient) -> None:
