@@ -272,7 +272,7 @@ async def _assign_next(
                 raise _assign_unknown(state["list_id"], done, job, exc.message) from exc
             raise
         if sum(1 for item in lists if str(item) == str(state["list_id"])) > 1:
-            # A step re-run after a crash mid-assign: Peerly appended the list again.
+            # The job already had this list (another command, or by hand): Peerly appended it again.
             ctx.log.error(
                 "peerly job lists this phone list twice; remove the extra entry in Peerly", job_id=job
             )
