@@ -113,6 +113,7 @@ class _Run:
     fingerprint: str
     started: float
     attempts: int = 0
+    resumed: bool = False
 
 
 def fingerprint(command_type: str, payload: dict[str, Any]) -> str:
@@ -322,6 +323,7 @@ class Dispatcher:
                 await self._defer(delivery, command, self.settings.defer_seconds, "claimed_elsewhere")
                 return
             reconcile = not (spec.safe_to_repeat or continuation)
+            run.resumed = True
         key = (command.account, command.id)
         if self.settings.live_lease_seconds:
             self._held[key] = Lease(command.account, command.id, claim.attempt_started_at or now)
@@ -396,6 +398,7 @@ class Dispatcher:
             first_attempt_at=datetime.fromtimestamp(first_at, UTC),
             suppressions=self.stores.suppressions,
             state=state,
+            resumed=run.resumed,
         )
 
     async def _run(

@@ -35,7 +35,8 @@ class Continue:
     ``progress`` when given, and redelivers the command through a broker delay
     queue after ``after_seconds``; no worker slot is held meanwhile. The next
     call sees ``ctx.state == state``. Continuation steps must be safe to
-    repeat (polls), whatever the command's first step is.
+    repeat (polls), whatever the command's first step is, or check
+    ``ctx.resumed`` before doing something unsafe again.
     """
 
     state: dict[str, Any]
@@ -57,6 +58,9 @@ class CommandContext(Generic[ClientT]):
     first_attempt_at: datetime
     suppressions: SuppressionList
     state: dict[str, Any] | None = None
+    resumed: bool = False
+    """True when an earlier run of this very step stopped part-way (its worker
+    died and the lease expired): whatever that run sent may have taken effect."""
 
 
 Handler = Callable[[Payload, CommandContext[Any]], Awaitable[Result | Continue]]

@@ -3,10 +3,10 @@
 Readings of the document (kept here, easy to change when Peerly answers):
 
 - "only one template is allowed and will be used as the default" but the
-  example sends four: a single template needs no ``is_default`` (it is the
-  default; the field "defaults to false", so only an explicit ``false`` is
-  refused); several are accepted when exactly one has ``is_default: true``
-  (checked before sending).
+  example sends four: a single template is the default whatever its
+  ``is_default`` says (the field "defaults to false", so leaving it out and
+  sending ``false`` are the same); several are accepted when exactly one has
+  ``is_default: true`` (checked before sending).
 - Template media is ``templates[].advanced.media`` in the table and
   ``templates[].media`` in the example: both are accepted and sent as given.
 - The documented ``201`` of create-job shows no job id (only ``agents``,

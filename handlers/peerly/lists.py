@@ -15,12 +15,17 @@
    ``list_processing_timeout``. A state naming a failure (ERROR, FAILED,
    INVALID, REJECTED, DELETED; the document lists none, so this is our
    reading) -> ``list_processing_failed``.
-3. Once ACTIVE with a ``list_id``: one ``assignlist`` per step for each job of
-   ``assign_to_jobs`` (the state remembers which are done, so a repeated step
-   never assigns twice), then the result. A step re-run after a crash in the
-   middle of an assign (the state could not record it) may append the list
-   again: Peerly's answer shows it twice, and the result's
-   ``duplicate_appended_jobs`` names such jobs.
+3. Once ACTIVE with a ``list_id`` (recorded by a step of its own, so a step
+   that assigns never also polls): one ``assignlist`` per step for each job
+   of ``assign_to_jobs`` (the state remembers which are done), then the
+   result. ``assignlist`` appends, so an assign that may have acted is never
+   sent again: an assign step re-run after its worker died mid-step
+   (``ctx.resumed``), and an assign that failed after Peerly may have acted
+   (timeout, 5xx other than 503, dropped answer), end the command
+   ``outcome_unknown`` with ``list_id``, ``assigned_jobs`` and
+   ``unknown_job``. One refused before acting (429, 503, no connection) is
+   retried. A job whose answer lists the list twice is still reported in the
+   result's ``duplicate_appended_jobs``.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from handlers.peerly.files import STREAM_HOLD_BYTES, csv_from_rows, open_referen
 from handlers.peerly.jobs import assign
 from handlers.peerly.validation import check_upload_list, invalid_rows_report, normalise_rows
 from worker import file_budget
-from worker.errors import InvalidPayload, PermanentError, TransientError
+from worker.errors import InvalidPayload, OutcomeUnknown, PermanentError, TransientError
 from worker.registry import CommandContext, Continue, Result, registry
 
 ACTIVE = "ACTIVE"
@@ -146,6 +151,12 @@ async def upload_list(payload: dict[str, Any], ctx: CommandContext[PeerlyClient]
         step = await _poll(ctx, state)
         if step is not None:
             return step
+        if payload.get("assign_to_jobs"):
+            # ACTIVE is recorded before any assign: a step re-run after a crash
+            # then knows whether it was polling (safe) or assigning (not).
+            changed = bool(state.pop("state_changed", False))
+            progress = _progress(state) if changed else None
+            return Continue(state=state, after_seconds=ASSIGN_STEP_SECONDS, progress=progress)
     return await _assign_next(payload, ctx, state)
 
 
@@ -248,14 +259,20 @@ async def _assign_next(
     pending = [job for job in payload.get("assign_to_jobs", []) if job not in done]
     if pending:
         job = pending[0]
+        if ctx.resumed:
+            raise _assign_unknown(state["list_id"], done, job, "the worker stopped in the middle of it")
         try:
             where = f"/payload/assign_to_jobs/{payload['assign_to_jobs'].index(job)}"
             lists = await assign(ctx.client, job, state["list_id"], where)
         except PermanentError as exc:
             exc.details.update({"list_id": state["list_id"], "assigned_jobs": done, "failed_job": job})
             raise
+        except TransientError as exc:
+            if exc.maybe_applied:
+                raise _assign_unknown(state["list_id"], done, job, exc.message) from exc
+            raise
         if sum(1 for item in lists if str(item) == str(state["list_id"])) > 1:
-            # A step re-run after a crash mid-assign: Peerly appended the list again.
+            # The job already had this list (another command, or by hand): Peerly appended it again.
             ctx.log.error(
                 "peerly job lists this phone list twice; remove the extra entry in Peerly", job_id=job
             )
@@ -272,6 +289,15 @@ async def _assign_next(
         "assigned_jobs": done,
         "duplicate_appended_jobs": duplicates,
     }
+
+
+def _assign_unknown(list_id: int, done: list[str], job: str, why: str) -> OutcomeUnknown:
+    """An assign that may have appended the list: not sent again (a second append texts twice)."""
+    return OutcomeUnknown(
+        f"assigning the list to a job may or may not have taken effect ({why}); not sent again, "
+        "because Peerly appends a list assigned twice: check the job in Peerly's app",
+        details={"list_id": list_id, "assigned_jobs": done, "unknown_job": job},
+    )
 
 
 def _check_deadline(ctx: CommandContext[PeerlyClient], list_state: str, token: str) -> float:

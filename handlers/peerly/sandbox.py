@@ -77,9 +77,13 @@ class SimJob:
     phone_lists: list[int] = field(default_factory=list)
 
     def answer(self) -> dict[str, Any]:
-        """The documented 201 of create-job: no id, no phone_lists."""
+        """The documented 201 of create-job: no id, no phone_lists.
+
+        ``agents`` is ``[]`` as in the document's examples: the shape of an
+        entry is never shown, so none is invented here.
+        """
         return {
-            "agents": [{"agent_id": a} for a in self.body.get("agent_ids", [])],
+            "agents": [],
             "name": self.body["name"],
             "status": self.body.get("status", "active"),
             "templates": self.body["templates"],

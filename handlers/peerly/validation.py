@@ -179,14 +179,11 @@ def check_create_job(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _check_default_template(templates: list[dict[str, Any]]) -> None:
     # "Only one template is allowed and will be used as the default": a lone
-    # template is the default without saying so. With several (as the
-    # document's own example sends), exactly one must say is_default true.
+    # template is the default whatever it says (is_default "defaults to
+    # false", so an explicit false is the same as leaving it out). With
+    # several (as the document's own example sends), exactly one must say
+    # is_default true.
     if len(templates) == 1:
-        if templates[0].get("is_default") is False:
-            raise InvalidPayload(
-                "a job's only template is its default: is_default may not be false",
-                path="/payload/templates/0/is_default",
-            )
         return
     defaults = [i for i, t in enumerate(templates) if t.get("is_default") is True]
     if len(defaults) != 1:

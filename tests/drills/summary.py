@@ -24,6 +24,7 @@ UNSAFE_TYPES = frozenset(
     {
         "send_text",
         "create_job",
+        "assign_list",
         "upload_list",
         "create_media",
         "create_user",

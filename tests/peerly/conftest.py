@@ -87,6 +87,7 @@ def make_ctx(
     state: dict[str, Any] | None = None,
     first_attempt_at: datetime.datetime | None = None,
     attempt: int = 1,
+    resumed: bool = False,
 ) -> CommandContext[PeerlyClient]:
     """A CommandContext as the runtime builds one, by hand."""
     return CommandContext(
@@ -100,6 +101,7 @@ def make_ctx(
         first_attempt_at=first_attempt_at or datetime.datetime.now(datetime.UTC),
         suppressions=MemorySuppressions(),
         state=state,
+        resumed=resumed,
     )
 
 

@@ -23,6 +23,7 @@ from tests.peerly.conftest import P2P_UPLOAD, ClientFactory, make_ctx
 from tests.peerly.test_peerly_validation import UPLOAD_TABLE
 from worker.errors import (
     InvalidPayload,
+    OutcomeUnknown,
     PermanentError,
     RateLimited,
     VendorRejected,
@@ -78,6 +79,10 @@ async def test_create_job(sim: PeerlySimulator, client: PeerlyClient) -> None:
     sent = sim.jobs[_created_job_id(sim)].body
     assert sent["did_state"] == "FL" and sent["templates"][0]["advanced"]["media"]["media_type"] == "VIDEO"
     assert len(sim.effects("job_created")) == 1
+    answer = next(r for r in sim.requests if r.path == "/api/1to1/jobs").answered
+    assert answer == 201
+    assert sim.jobs[_created_job_id(sim)].answer().keys() == {"agents", "name", "status", "templates"}
+    assert result["agents"] == []  # the document shows agents only as []: no entry shape is invented
 
 
 async def test_create_job_uses_account_setting(sim: PeerlySimulator, client: PeerlyClient) -> None:
@@ -136,6 +141,22 @@ async def test_create_job_single_template_without_is_default(
         "name": "One template",
         "did_state": "NY",
         "templates": [{"title": "Hello", "text": "Hi {first_name}"}],
+    }
+    result = await create_job(check_create_job(payload), make_ctx(client))
+    assert result["template_count"] == 1
+    assert len(sim.effects("job_created")) == 1
+
+
+@pytest.mark.parametrize("is_default", [False, True])
+async def test_create_job_single_template_with_is_default_given(
+    sim: PeerlySimulator, client: PeerlyClient, is_default: bool
+) -> None:
+    """A lone template is the default whatever is_default says ("defaults to false"): accepted, job created."""
+    payload = {
+        "account_id": "12345678",
+        "name": "One template",
+        "did_state": "NY",
+        "templates": [{"title": "Hello", "text": "Hi {first_name}", "is_default": is_default}],
     }
     result = await create_job(check_create_job(payload), make_ctx(client))
     assert result["template_count"] == 1
@@ -262,22 +283,61 @@ async def test_upload_assignment_failure_names_what_was_done(
 
 
 async def test_upload_continuation_never_uploads_again(sim: PeerlySimulator, client: PeerlyClient) -> None:
-    """Repeating a continuation step (same state) polls or assigns again but never re-uploads."""
+    """Repeating a continuation step (same state) polls again but never re-uploads or re-assigns."""
     job = sim.add_job()
     payload = {**copy.deepcopy(P2P_UPLOAD), "assign_to_jobs": [job]}
     first = await upload_list(payload, make_ctx(client))
     assert isinstance(first, Continue)
     await asyncio.sleep(sim.list_active_after)
-    done_state = None
-    for _ in range(2):
-        result = await upload_list(payload, make_ctx(client, state=copy.deepcopy(first.state)))
-        assert isinstance(result, dict)
-        done_state = result
+    for _ in range(2):  # the poll that sees ACTIVE records it in a step of its own: nothing assigned yet
+        active = await upload_list(payload, make_ctx(client, state=copy.deepcopy(first.state)))
+        assert isinstance(active, Continue) and active.state["list_id"] is not None
+    assert sim.effects("list_assigned") == []
+    done = await upload_list(payload, make_ctx(client, state=copy.deepcopy(active.state)))
+    assert isinstance(done, dict) and done["assigned_jobs"] == [job]
+    assert done["duplicate_appended_jobs"] == []
+    # The assign step again, as after its worker died mid-call: not sent a second time.
+    with pytest.raises(OutcomeUnknown) as caught:
+        await upload_list(payload, make_ctx(client, state=copy.deepcopy(active.state), resumed=True))
+    assert caught.value.details == {"list_id": done["list_id"], "assigned_jobs": [], "unknown_job": job}
     assert len(sim.effects("list_uploaded")) == 1
-    assert done_state is not None and done_state["assigned_jobs"] == [job]
-    # The second run of the assign step stands for a crash after Peerly acted: it is reported.
-    assert done_state["duplicate_appended_jobs"] == [job]
-    assert sim.job_lists(job) == [done_state["list_id"]] * 2
+    assert sim.job_lists(job) == [done["list_id"]]
+
+
+async def test_upload_assign_that_may_have_acted_is_not_retried(
+    sim: PeerlySimulator, client: PeerlyClient
+) -> None:
+    """An assign answered 500 after Peerly appended ends outcome_unknown (a retry would text the list twice)."""
+    jobs = [sim.add_job("A"), sim.add_job("B")]
+    payload = {**copy.deepcopy(P2P_UPLOAD), "assign_to_jobs": jobs}
+    sim.add_fault(
+        Fault(kind="status", status=500, path_prefix=f"/api/1to1/jobs/{jobs[1]}/", after_processing=True)
+    )
+    with pytest.raises(OutcomeUnknown) as caught:
+        await run_upload(payload, client)
+    assert caught.value.details["assigned_jobs"] == [jobs[0]]
+    assert caught.value.details["unknown_job"] == jobs[1]
+    assert len(sim.effects("list_assigned")) == 2 and sim.repeated_effects() == {}
+
+
+async def test_upload_assign_refused_before_acting_is_retried(
+    sim: PeerlySimulator, client: PeerlyClient
+) -> None:
+    """An assign answered 503 (not applied) raises a retryable error; the same step again assigns once."""
+    job = sim.add_job()
+    payload = {**copy.deepcopy(P2P_UPLOAD), "assign_to_jobs": [job]}
+    step = await upload_list(payload, make_ctx(client))
+    while isinstance(step, Continue) and step.state.get("list_id") is None:
+        await asyncio.sleep(min(step.after_seconds, 0.1))
+        step = await upload_list(payload, make_ctx(client, state=copy.deepcopy(step.state)))
+    assert isinstance(step, Continue)
+    sim.add_fault(Fault(kind="status", status=503, path_prefix="/api/1to1/jobs/", count=1))
+    with pytest.raises(VendorUnavailable) as caught:
+        await upload_list(payload, make_ctx(client, state=copy.deepcopy(step.state)))
+    assert not caught.value.maybe_applied and sim.effects("list_assigned") == []
+    result = await upload_list(payload, make_ctx(client, state=copy.deepcopy(step.state), attempt=2))
+    assert isinstance(result, dict) and result["assigned_jobs"] == [job]
+    assert sim.job_lists(job) == [result["list_id"]]
 
 
 async def test_upload_from_file_path(

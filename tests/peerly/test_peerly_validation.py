@@ -288,11 +288,6 @@ def _job(**changes: Any) -> dict[str, Any]:
             "/payload/templates",
         ),
         (
-            "the only template says it is not the default",
-            _job(templates=[{"title": "a", "text": "b", "is_default": False}], questions=[]),
-            "/payload/templates/0/is_default",
-        ),
-        (
             "two default templates",
             _job(
                 templates=[

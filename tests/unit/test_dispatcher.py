@@ -267,6 +267,27 @@ async def test_continuation_publishes_progress_and_resumes_with_state(h: Harness
     assert h.outbox.delayed[0][0] == 30
 
 
+async def test_continuation_step_taken_over_after_a_crash_is_marked_resumed(h: Harness) -> None:
+    """A step whose worker died mid-step runs again with ctx.resumed (so an unsafe step can refuse to repeat)."""
+    from worker.dispatcher import fingerprint
+
+    seen: list[tuple[dict[str, Any] | None, bool]] = []
+
+    async def step(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any] | Continue:
+        seen.append((ctx.state, ctx.resumed))
+        if ctx.state is None:
+            return Continue(state={"token": "t"}, after_seconds=30)
+        return {"done": ctx.state["token"]}
+
+    h.behaviour = step
+    await h.deliver("charge")
+    # The continuation is claimed by a worker that then dies: its lease is long expired.
+    await h.store.claim("default", "c-1", fingerprint("charge", {"n": 1}), time.time() - 120, 60)
+    await h.deliver("charge")
+    assert seen == [(None, False), ({"token": "t"}, True)]
+    assert h.statuses() == ["succeeded"]
+
+
 async def test_poison_message_is_failed_without_running(h: Harness) -> None:
     """A message redelivered past the limit is ended instead of crashing workers again."""
     await h.deliver("echo", headers={"x-delivery-count": 9})
