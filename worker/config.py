@@ -342,7 +342,10 @@ def redacted(settings: Settings) -> dict[str, Any]:
     for name, value in settings.model_dump().items():
         if isinstance(value, SecretStr):
             secret = value.get_secret_value()
-            shown[name] = _redact_url(secret) if "://" in secret else "**********"
+            if name == "amqp_url":  # a cluster's nodes, comma-separated (worker/brokers.py)
+                shown[name] = ",".join(_redact_broker_entry(entry) for entry in secret.split(","))
+            else:
+                shown[name] = _redact_url(secret) if "://" in secret else "**********"
         elif isinstance(value, Path):
             shown[name] = str(value)
         elif isinstance(value, str) and "://" in value:
@@ -370,6 +373,14 @@ def _redact_url(url: str) -> str:
     if question:
         query = "&".join(_redact_parameter(part) for part in query.split("&"))
     return f"{scheme}://{location}{question}{query}"
+
+
+def _redact_broker_entry(entry: str) -> str:
+    """One node of SWITCHBOARD_AMQP_URL: a full URL, or ``host:port`` (credentials, if any, hidden)."""
+    if "://" in entry:
+        return _redact_url(entry)
+    credentials, at, host = entry.rpartition("@")
+    return f"{credentials.partition(':')[0]}:{_MASK}@{host}" if at else entry
 
 
 def _redact_parameter(part: str) -> str:

@@ -1,7 +1,10 @@
 """structlog setup: JSON lines off a TTY, console on a TTY, phone numbers masked, all on stdout.
 
 Libraries that log through the standard library (pika, aiohttp, asyncio, and
-``warnings``) go through the same processors, so every line is JSON and masked.
+``warnings``) go through the same processors, so every line is JSON and masked;
+so do uncaught exceptions, in the main thread, in other threads (the vendor
+sandboxes) and in ``__del__`` methods (Python would print those as plain text
+on stderr).
 
 Context about the command being processed (``command_id``, ``type``,
 ``attempt``, ``vendor``) is bound through contextvars by the dispatcher, so
@@ -13,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
 from types import TracebackType
 from typing import Any
@@ -73,6 +77,32 @@ def _log_uncaught(kind: type[BaseException], value: BaseException, tb: Traceback
     logging.getLogger("switchboard").critical("uncaught exception", exc_info=(kind, value, tb))
 
 
+def _log_thread_uncaught(args: threading.ExceptHookArgs) -> None:
+    """``threading.excepthook``: a thread died of an exception (Python would print it on stderr)."""
+    if args.exc_type is SystemExit:
+        return  # threading's own hook ignores it too
+    thread = args.thread.name if args.thread is not None else "?"
+    _log_exception(logging.CRITICAL, f"uncaught exception in thread {thread}", args.exc_value, args.exc_type)
+
+
+def _log_unraisable(args: Any) -> None:
+    """``sys.unraisablehook``: an exception Python cannot raise (in ``__del__``, a finaliser)."""
+    where = f": {repr(args.object)[:200]}" if args.object is not None else ""
+    _log_exception(
+        logging.ERROR, f"{args.err_msg or 'Exception ignored in'}{where}", args.exc_value, args.exc_type
+    )
+
+
+def _log_exception(
+    level: int, message: str, value: BaseException | None, kind: type[BaseException] | None
+) -> None:
+    logger = logging.getLogger("switchboard")
+    if value is not None:
+        logger.log(level, message, exc_info=(type(value), value, value.__traceback__))
+    else:
+        logger.log(level, f"{message} ({getattr(kind, '__name__', 'unknown')})")
+
+
 def configure(level: str = "INFO", fmt: str = "auto") -> None:
     """Configure structlog, and route every stdlib logger (pika, aiohttp, asyncio, warnings) through it.
 
@@ -120,6 +150,8 @@ def configure(level: str = "INFO", fmt: str = "auto") -> None:
     root.setLevel(max(numeric_level, logging.WARNING))
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught
+    threading.excepthook = _log_thread_uncaught
+    sys.unraisablehook = _log_unraisable
 
 
 def get_logger(name: str | None = None) -> structlog.typing.FilteringBoundLogger:

@@ -15,7 +15,8 @@ payload's file that is wrong.
 Memory: a referenced file is never read whole. It is streamed to Peerly from
 disk, or from the URL as it downloads (no copy on disk either: the pod's
 ``/tmp`` is 64 MiB), so one upload holds at most :data:`STREAM_HOLD_BYTES`.
-A 401 retry opens the file (or fetches the URL) again. Each upload reserves
+A 401 retry opens the file (or fetches the URL) again. The request has a
+Content-Length whenever the file's size is known (:class:`SizedStream`). Each upload reserves
 what it holds in :mod:`worker.file_budget` first; over the budget it waits.
 
 Time: an upload may take ``vendor_timeout_seconds + size /
@@ -124,6 +125,19 @@ class LocalFile:
         self._open.clear()
 
 
+class SizedStream(aiohttp.payload.AsyncIterablePayload):
+    """A streamed file part whose length is known (the file URL's Content-Length).
+
+    aiohttp sends a streamed body chunked; with every part's size known the
+    multipart body gets a Content-Length instead, which every server reads
+    (some multipart parsers do not read chunked request bodies).
+    """
+
+    def __init__(self, value: AsyncIterator[bytes], size: int, content_type: str) -> None:
+        super().__init__(value, content_type=content_type)
+        self._size = size
+
+
 class RemoteFile:
     """A file URL, streamed into the upload as it downloads."""
 
@@ -135,6 +149,8 @@ class RemoteFile:
         self.where = where
         self.filename = PurePosixPath(url.path).name or "file"
         self.size = MAX_UPLOAD_BYTES
+        self.length: int | None = None
+        """The file server's Content-Length (None: it sent the file chunked)."""
         self.failure: SwitchboardError | None = None
         self._first: aiohttp.ClientResponse | None = None
 
@@ -142,7 +158,7 @@ class RemoteFile:
         """Fetch the headers now, so a missing or too large file fails before Peerly is called."""
         self._first = await self._get()
         if self._first.content_length is not None:
-            self.size = self._first.content_length
+            self.size = self.length = self._first.content_length
 
     def body(self) -> Any:
         return self._stream()
@@ -181,6 +197,11 @@ class RemoteFile:
         try:
             if response is None:  # a second send (401 retry): fetch again
                 response = await self._get()
+                if self.length is not None and response.content_length != self.length:
+                    # The part was announced with the first answer's length: a different file cannot fit it.
+                    raise TransientError(
+                        "the file URL changed size between two sends", code="file_unavailable"
+                    )
             async for chunk in response.content.iter_chunked(STREAM_CHUNK_BYTES):
                 sent += len(chunk)
                 if sent > MAX_UPLOAD_BYTES:
@@ -223,7 +244,10 @@ async def post_file(
         data = aiohttp.FormData()
         for name, value in fields.items():
             data.add_field(name, value)
-        data.add_field(file_field, source.body(), filename=source.filename, content_type=content_type)
+        body = source.body()
+        if isinstance(source, RemoteFile) and source.length is not None:
+            body = SizedStream(body, source.length, content_type)
+        data.add_field(file_field, body, filename=source.filename, content_type=content_type)
         return data
 
     try:

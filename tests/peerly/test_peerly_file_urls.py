@@ -17,7 +17,7 @@ from handlers.peerly.media import create_media
 from handlers.peerly.sandbox import PeerlySimulator, sandbox_account
 from handlers.peerly.settings import PeerlyAccount
 from tests.peerly.conftest import make_ctx
-from worker.errors import InvalidPayload
+from worker.errors import InvalidPayload, TransientError
 from worker.vendor_http import VendorHTTP
 
 MIB = 1024 * 1024
@@ -55,9 +55,13 @@ class FileServer:
         self.size = size
         self.gets = 0
         self.url = ""
+        self.size_from_get: tuple[int, int] | None = None
+        """(n, size): from the n-th GET on, the file has that size (a file replaced meanwhile)."""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.gets += 1
+        if self.size_from_get is not None and self.gets >= self.size_from_get[0]:
+            self.size = self.size_from_get[1]
         response = web.StreamResponse()
         if request.path.startswith("/media/"):
             response.content_length = self.size
@@ -141,3 +145,57 @@ async def test_url_growing_past_the_limit_is_file_too_large(
         await create_media({"file": {"url": file_server.url + "/chunked/clip.mp4"}}, make_ctx(client))
     assert caught.value.code == "file_too_large"
     assert sim.effects("media_created") == []
+
+
+async def _upload_headers(
+    sim: PeerlySimulator, file_server: FileServer, certificate: tuple[Path, Path], kind: str
+) -> list[tuple[str | None, str | None]]:
+    """(Content-Length, Transfer-Encoding) of each POST /v2/media sent for one file URL."""
+    sent: list[tuple[str | None, str | None]] = []
+
+    async def record(_: object, __: object, params: aiohttp.TraceRequestHeadersSentParams) -> None:
+        if params.method == "POST" and params.url.path.endswith("/v2/media"):
+            sent.append((params.headers.get("Content-Length"), params.headers.get("Transfer-Encoding")))
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(record)
+    context = ssl.create_default_context(cafile=str(certificate[0]))
+    connector = aiohttp.TCPConnector(ssl=context)
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as session:
+        account = PeerlyAccount.model_validate(
+            {**sandbox_account(sim), "upload_url_allowlist": [file_server.url + "/"]}
+        )
+        client = PeerlyClient(account, VendorHTTP("peerly", session, account.base_url, timeout=10))
+        result = await create_media({"file": {"url": f"{file_server.url}/{kind}/clip.mp4"}}, make_ctx(client))
+    assert result["size_bytes"] == 3 * MIB
+    return sent
+
+
+async def test_url_with_a_length_is_sent_with_a_content_length(
+    sim: PeerlySimulator, file_server: FileServer, certificate: tuple[Path, Path]
+) -> None:
+    """A file URL that gave its Content-Length is streamed with one (not chunked): every parser reads it."""
+    sent = await _upload_headers(sim, file_server, certificate, "media")
+    assert len(sent) == 1
+    length, encoding = sent[0]
+    assert encoding is None and length is not None and int(length) > 3 * MIB
+
+
+async def test_url_without_a_length_is_still_streamed_chunked(
+    sim: PeerlySimulator, file_server: FileServer, certificate: tuple[Path, Path]
+) -> None:
+    """A file URL sent chunked cannot announce a length: it is streamed chunked, never buffered to count it."""
+    assert await _upload_headers(sim, file_server, certificate, "chunked") == [(None, "chunked")]
+
+
+async def test_url_that_changes_size_before_the_401_retry_fails_cleanly(
+    sim: PeerlySimulator, client: PeerlyClient, file_server: FileServer
+) -> None:
+    """The retry's body was announced with the first length: a file of another size is file_unavailable."""
+    await create_media({"file": {"url": file_server.url + "/media/clip.mp4"}}, make_ctx(client))
+    sim.expire_tokens()
+    file_server.size_from_get = (3, 4 * MIB)  # GET 2 opens the file, GET 3 is the refetch for the retry
+    with pytest.raises(TransientError) as caught:
+        await create_media({"file": {"url": file_server.url + "/media/clip.mp4"}}, make_ctx(client))
+    assert caught.value.code == "file_unavailable"
+    assert len(sim.effects("media_created")) == 1

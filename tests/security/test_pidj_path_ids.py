@@ -15,6 +15,7 @@ PATH_FIELDS = {
     "update_contact": ["id"],
     "delete_contact": ["id"],
     "get_contact_by_phone": ["phone_number"],
+    "create_contact": ["phone_number"],  # looked up by phone when Pidj answers without an id
     "check_consent": ["contact_id", "group_id"],
     "get_user": ["id"],
     "update_user": ["id"],

@@ -45,6 +45,24 @@ def test_config_show_masks_passwords_in_every_url_setting() -> None:
     assert "amqps://worker:****@mq.internal:5671/%2F?heartbeat=30" in result.stdout
 
 
+def test_config_show_masks_every_node_of_a_cluster_amqp_url() -> None:
+    """Each comma-separated broker URL has its password masked, not only the first node's."""
+    result = _run(
+        {
+            "SWITCHBOARD_AMQP_URL": "amqps://worker:s3cret-node-0@rabbit-0:5671/sb?heartbeat=30,"
+            "amqps://worker:s3cret-node-1@rabbit-1:5671/sb,rabbit-2:5671",
+        },
+        "config",
+        "show",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "s3cret-node" not in result.stdout
+    assert (
+        "amqps://worker:****@rabbit-0:5671/sb?heartbeat=30,amqps://worker:****@rabbit-1:5671/sb,rabbit-2:5671"
+        in result.stdout
+    )
+
+
 def _placeholder_secret() -> str:
     """The webhook secret the example overlay ships, read from the overlay itself."""
     overlay = yaml.safe_load((REPO / "deploy/k8s/overlays/example/kustomization.yaml").read_text())

@@ -90,3 +90,35 @@ def test_library_lines_go_through_the_same_masking_processors() -> None:
     assert "+1*******33" in done.stdout
     traceback_line = next(line for line in lines if line.get("logger") == "asyncio")
     assert "ValueError" in traceback_line["exception"]
+
+
+UNCAUGHT_LINES = """
+import gc, threading
+from worker.logging import configure
+configure("INFO", "auto")
+def die():
+    raise RuntimeError("thread saw +18885556666")
+thread = threading.Thread(target=die, name="sandbox")
+thread.start()
+thread.join()
+class Finaliser:
+    def __del__(self):
+        raise ValueError("finaliser saw +18885557777")
+Finaliser()
+gc.collect()
+"""
+
+
+def test_uncaught_exceptions_in_threads_and_finalisers_are_masked_json() -> None:
+    """A thread's or a __del__'s uncaught exception is a masked JSON line on stdout, not plain text on stderr."""
+    done = subprocess.run(
+        [sys.executable, "-c", UNCAUGHT_LINES], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    lines = _json_lines(done.stdout)
+    exceptions = " ".join(str(line.get("exception", "")) for line in lines)
+    assert "RuntimeError" in exceptions and "ValueError" in exceptions
+    assert any("thread sandbox" in line["event"] for line in lines)
+    for number in ("+18885556666", "+18885557777"):
+        assert number not in done.stdout
