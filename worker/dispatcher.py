@@ -113,6 +113,8 @@ class _Run:
     fingerprint: str
     started: float
     attempts: int = 0
+    called: bool = False
+    """The vendor call has started: from then on its outcome may exist at the vendor."""
 
 
 def fingerprint(command_type: str, payload: dict[str, Any]) -> str:
@@ -161,15 +163,21 @@ class Dispatcher:
         after it died instead of ``lease_seconds``; a live one never loses a lease to a slow call.
         """
         lease_seconds = self.settings.live_lease_seconds
+        period = lease_seconds / 3
+        due = time.monotonic() + period
         while True:
-            await asyncio.sleep(lease_seconds / 3)
+            # Rounds keep their beat however long a store call takes (a slow round does
+            # not push the next one back), and a failed round is retried within a second.
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            due = max(due + period, time.monotonic())
             held = list(self._held.values())
             if not held:
                 continue
             try:
                 renewed = await self.stores.idempotency.renew(held, time.time(), lease_seconds)
             except Exception:
-                log.warning("renewing leases failed; retrying next round", leases=len(held), exc_info=True)
+                log.warning("renewing leases failed; retrying", leases=len(held), exc_info=True)
+                due = min(due, time.monotonic() + min(1.0, period))
                 continue
             for lease, ok in zip(held, renewed, strict=True):
                 # Not renewed and still ours: the lease lapsed (a stall longer than the lease)
@@ -309,30 +317,56 @@ class Dispatcher:
         reconcile = False
         if claim.status is ClaimStatus.EXPIRED:
             continuation = claim.state is not None
-            if not (spec.safe_to_repeat or continuation or spec.reconcile):
-                await self._finish(
-                    delivery, run, self._outcome_unknown(claim.attempt_started_at), attempts=claim.attempts
-                )
-                return
+            expired = claim
             assert claim.lease_until is not None
+            # Take the lapsed lease over before deciding anything, even to end the command
+            # outcome_unknown: a holder that was only late (a stalled loop, a slow store)
+            # renews it meanwhile, and then the command is still running, not lost.
             claim = await store.take_over(
                 command.account, command.id, claim.lease_until, now, self.settings.claim_lease_seconds
             )
             if claim.status is not ClaimStatus.ACQUIRED:
                 await self._defer(delivery, command, self.settings.defer_seconds, "claimed_elsewhere")
                 return
+            if not (spec.safe_to_repeat or continuation or spec.reconcile):
+                await self._finish(
+                    delivery,
+                    run,
+                    self._outcome_unknown(expired.attempt_started_at),
+                    attempts=expired.attempts,
+                )
+                return
             reconcile = not (spec.safe_to_repeat or continuation)
         key = (command.account, command.id)
-        if self.settings.live_lease_seconds:
-            self._held[key] = Lease(command.account, command.id, claim.attempt_started_at or now)
+        lease = Lease(command.account, command.id, claim.attempt_started_at or now)
+        self._held[key] = lease  # renewed by renew_leases when leases are short
         try:
             run.attempts = claim.attempts
             if reconcile:
                 await self._reconcile_then_run(delivery, run, claim.first_attempt_at or now, claim.state)
             else:
                 await self._run(delivery, run, claim.first_attempt_at or now, claim.state)
+        except Exception:
+            if not (reconcile or run.called):
+                # Failed before the vendor was called (the store or broker answered with an
+                # error): give the claim back, or its redelivery would find a lapsed lease
+                # and end an unsafe command outcome_unknown although nothing was sent.
+                await self._release_quietly(command, claim.state, lease)
+            raise
         finally:
-            self._held.pop(key, None)
+            # Only our own lease: a copy of this command that this worker claimed after we
+            # released it (a doubled publish) holds a lease of its own, still to be renewed.
+            if self._held.get(key) is lease:
+                del self._held[key]
+
+    async def _release_quietly(self, command: Command, state: dict[str, Any] | None, lease: Lease) -> None:
+        """Give back a claim whose attempt never reached the vendor; a store error is only logged."""
+        if self._held.get((command.account, command.id)) is not lease:
+            return  # already released or completed
+        try:
+            await self._release(command, state, waiting=True)
+        except Exception:
+            log.warning("could not give the claim back; it frees when its lease lapses", exc_info=True)
 
     async def _unless_expired(self, run: _Run, claim: Claim, now: float) -> Claim:
         """A stored result past its expiry: run again when safe (a fresh result), else flag it."""
@@ -426,6 +460,7 @@ class Dispatcher:
             return
         ctx = self._context(run, first_at, state)
         timer = time.perf_counter()
+        run.called = True
         outcome = await self._call(spec, command.payload, ctx)
         HANDLER_DURATION.labels(command.type).observe(time.perf_counter() - timer)
         self._feed_breaker(breaker, outcome)
