@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-BASE = Path(os.environ.get("SWITCHBOARD_CLUSTER_DIR", "/tmp/switchboard-cluster"))
+BASE = Path(os.environ.get("SWITCHBOARD_TEST_CLUSTER_DIR", "/tmp/switchboard-cluster"))
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 RABBITMQ_HOME = "/var/lib/rabbitmq"  # the rabbitmq user's home: its .erlang.cookie

@@ -19,7 +19,7 @@ from tests.support import amqp
 pytestmark = [pytest.mark.drill, pytest.mark.integration, pytest.mark.cluster]
 
 SHORT = DrillConfig(
-    commands=int(os.environ.get("SWITCHBOARD_CLUSTER_DRILL_COMMANDS", "360")),
+    commands=int(os.environ.get("SWITCHBOARD_TEST_CLUSTER_DRILL_COMMANDS", "360")),
     workers=3,
     store_url=None,  # a shared sqlite file: no Redis database to collide with other runs
     rate=20.0,  # 18 s of publishing: the leader stop at 6 s, the node kill at 12 s
