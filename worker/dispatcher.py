@@ -669,9 +669,19 @@ class Dispatcher:
     async def _release(
         self, command: Command, state: dict[str, Any] | None, *, waiting: bool = False
     ) -> None:
-        """Give the claim back (a retry or continuation is scheduled); its lease is no longer renewed."""
-        self._held.pop((command.account, command.id), None)
-        await self.stores.idempotency.release(command.account, command.id, state, waiting=waiting)
+        """Give the claim back (a retry or continuation is scheduled); its lease is no longer renewed.
+
+        Only this attempt's claim: if its lease lapsed and another worker took the command
+        over, that worker's attempt stays running (a third one must not start it again).
+        """
+        lease = self._held.pop((command.account, command.id), None)
+        await self.stores.idempotency.release(
+            command.account,
+            command.id,
+            state,
+            waiting=waiting,
+            started=None if lease is None else lease.attempt_started_at,
+        )
 
     async def _store_outcome(self, command: Command, fp: str, body: bytes) -> bytes:
         """Store the terminal event, retrying briefly: the vendor already acted."""
