@@ -153,6 +153,8 @@ class Dispatcher:
         self._loggers: dict[str, Any] = {}
         self._held: dict[tuple[str, str], Lease] = {}
         """Attempts this worker runs now, by (account, command id): their leases are renewed together."""
+        self._settling: set[tuple[str, str]] = set()
+        """Attempts whose outcome is being stored: a renewal that finds them done is not a lost lease."""
         self.on_success: Callable[[str], None] | None = None
         """Called with the vendor after a call that did not fail transiently (the runtime ramps prefetch)."""
 
@@ -182,7 +184,8 @@ class Dispatcher:
             for lease, ok in zip(held, renewed, strict=True):
                 # Not renewed and still ours: the lease lapsed (a stall longer than the lease)
                 # and another worker took the command over. Finished ones are gone from _held.
-                if not ok and self._held.get((lease.account, lease.command_id)) is lease:
+                key = (lease.account, lease.command_id)
+                if not ok and self._held.get(key) is lease and key not in self._settling:
                     log.warning("lease lost while running a command", command_id=lease.command_id)
 
     async def handle(self, delivery: Delivery) -> None:
@@ -684,19 +687,28 @@ class Dispatcher:
         )
 
     async def _store_outcome(self, command: Command, fp: str, body: bytes) -> bytes:
-        """Store the terminal event, retrying briefly: the vendor already acted."""
-        self._held.pop((command.account, command.id), None)  # done: nothing left to renew
-        for attempt in range(5):
-            try:
-                return await self.stores.idempotency.complete(
-                    command.account, command.id, fp, body, time.time()
-                )
-            except Exception:
-                if attempt == 4:
-                    raise
-                log.warning("store unavailable while recording an outcome; retrying", exc_info=True)
-                await asyncio.sleep(0.2 * 2**attempt)
-        raise AssertionError("unreachable")
+        """Store the terminal event, retrying briefly: the vendor already acted.
+
+        The lease stays renewed until the event is stored: a slow or retried store
+        call must not let another worker take the command over meanwhile.
+        """
+        key = (command.account, command.id)
+        self._settling.add(key)
+        try:
+            for attempt in range(5):
+                try:
+                    return await self.stores.idempotency.complete(
+                        command.account, command.id, fp, body, time.time()
+                    )
+                except Exception:
+                    if attempt == 4:
+                        raise
+                    log.warning("store unavailable while recording an outcome; retrying", exc_info=True)
+                    await asyncio.sleep(0.2 * 2**attempt)
+            raise AssertionError("unreachable")
+        finally:
+            self._settling.discard(key)
+            self._held.pop(key, None)  # done: nothing left to renew
 
     def _event(
         self,

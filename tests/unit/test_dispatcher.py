@@ -439,3 +439,34 @@ async def test_store_error_before_the_vendor_call_gives_the_claim_back(h: Harnes
     await h.deliver("charge")
     assert h.calls == 1
     assert h.statuses() == ["succeeded"]
+
+
+async def test_lease_is_renewed_while_the_outcome_is_being_stored(h: Harness) -> None:
+    """A slow store call recording the outcome does not stop the renewals (the command cannot be taken over then)."""
+    import asyncio
+    import dataclasses
+
+    h.dispatcher.settings = dataclasses.replace(h.dispatcher.settings, live_lease_seconds=0.3)
+    renewed_while_storing = asyncio.Event()
+    storing = False
+    real_renew, real_complete = h.store.renew, h.store.complete
+
+    async def renew(leases: Any, now: float, seconds: float) -> list[bool]:
+        if storing and any(lease.command_id == "c-1" for lease in leases):
+            renewed_while_storing.set()
+        return await real_renew(leases, now, seconds)
+
+    async def slow_complete(*args: Any) -> bytes:
+        nonlocal storing
+        storing = True
+        await asyncio.wait_for(renewed_while_storing.wait(), 5)  # a renewal round runs every 0.1 s
+        return await real_complete(*args)
+
+    h.store.renew = renew  # type: ignore[method-assign]
+    h.store.complete = slow_complete  # type: ignore[method-assign]
+    renewing = asyncio.create_task(h.dispatcher.renew_leases())
+    try:
+        await h.deliver("charge")
+    finally:
+        renewing.cancel()
+    assert h.statuses() == ["succeeded"], "the lease was dropped before the outcome was stored"
