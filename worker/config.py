@@ -44,6 +44,8 @@ from worker.registry import Registry
 ENV_PREFIX = "SWITCHBOARD_"
 PLACEHOLDER_MARK = "CHANGE-ME"
 """The placeholder of deploy/k8s/overlays/example: a secret holding it was never set for real."""
+STORE_SCHEMES = frozenset({"sqlite", "redis", "rediss", "unix", "postgresql", "postgres"})
+"""What ``SWITCHBOARD_STORE_URL`` may start with (worker/store/__init__.py opens each)."""
 RUNTIME_ACCOUNT_FIELDS = ("rate_limit_per_second", "sending_window", "timezone")
 """Account fields the runtime reads itself; the rest belong to the vendor's model."""
 TOOLING_PREFIXES = ("SWITCHBOARD_TEST_", "SWITCHBOARD_BENCH_", "SWITCHBOARD_DRILL_")
@@ -189,6 +191,22 @@ class Settings(BaseSettings):
             broker_urls(value.get_secret_value())
         except BrokerURLError as exc:
             raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("store_url")
+    @classmethod
+    def _store_kind(cls, value: SecretStr) -> SecretStr:
+        """A store the worker can open, never a silent stand-in (checked at start, the URL never echoed)."""
+        url = value.get_secret_value()
+        scheme = url.partition("://")[0].lower() if "://" in url else ""
+        if scheme not in STORE_SCHEMES:
+            raise ValueError(
+                f"unsupported store {scheme + '://' if scheme else '(no scheme://)'}"
+                " (use sqlite:///path, redis://host:port/db or postgresql://user@host/db)"
+            )
+        if scheme == "sqlite" and not url[len("sqlite://") :].lstrip("/"):
+            # An empty path would be an in-memory store: records gone at every restart.
+            raise ValueError("sqlite:// needs a file path (sqlite:///relative/x.db or sqlite:////abs/x.db)")
         return value
 
     def shared_redis_url(self) -> str | None:

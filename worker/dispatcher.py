@@ -114,6 +114,8 @@ class _Run:
     started: float
     attempts: int = 0
     resumed: bool = False
+    called: bool = False
+    """The vendor call has started: from then on its outcome may exist at the vendor."""
 
 
 def fingerprint(command_type: str, payload: dict[str, Any]) -> str:
@@ -152,6 +154,8 @@ class Dispatcher:
         self._loggers: dict[str, Any] = {}
         self._held: dict[tuple[str, str], Lease] = {}
         """Attempts this worker runs now, by (account, command id): their leases are renewed together."""
+        self._settling: set[tuple[str, str]] = set()
+        """Attempts whose outcome is being stored: a renewal that finds them done is not a lost lease."""
         self.on_success: Callable[[str], None] | None = None
         """Called with the vendor after a call that did not fail transiently (the runtime ramps prefetch)."""
 
@@ -162,20 +166,27 @@ class Dispatcher:
         after it died instead of ``lease_seconds``; a live one never loses a lease to a slow call.
         """
         lease_seconds = self.settings.live_lease_seconds
+        period = lease_seconds / 3
+        due = time.monotonic() + period
         while True:
-            await asyncio.sleep(lease_seconds / 3)
+            # Rounds keep their beat however long a store call takes (a slow round does
+            # not push the next one back), and a failed round is retried within a second.
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            due = max(due + period, time.monotonic())
             held = list(self._held.values())
             if not held:
                 continue
             try:
                 renewed = await self.stores.idempotency.renew(held, time.time(), lease_seconds)
             except Exception:
-                log.warning("renewing leases failed; retrying next round", leases=len(held), exc_info=True)
+                log.warning("renewing leases failed; retrying", leases=len(held), exc_info=True)
+                due = min(due, time.monotonic() + min(1.0, period))
                 continue
             for lease, ok in zip(held, renewed, strict=True):
                 # Not renewed and still ours: the lease lapsed (a stall longer than the lease)
                 # and another worker took the command over. Finished ones are gone from _held.
-                if not ok and self._held.get((lease.account, lease.command_id)) is lease:
+                key = (lease.account, lease.command_id)
+                if not ok and self._held.get(key) is lease and key not in self._settling:
                     log.warning("lease lost while running a command", command_id=lease.command_id)
 
     async def handle(self, delivery: Delivery) -> None:
@@ -310,31 +321,57 @@ class Dispatcher:
         reconcile = False
         if claim.status is ClaimStatus.EXPIRED:
             continuation = claim.state is not None
-            if not (spec.safe_to_repeat or continuation or spec.reconcile):
-                await self._finish(
-                    delivery, run, self._outcome_unknown(claim.attempt_started_at), attempts=claim.attempts
-                )
-                return
+            expired = claim
             assert claim.lease_until is not None
+            # Take the lapsed lease over before deciding anything, even to end the command
+            # outcome_unknown: a holder that was only late (a stalled loop, a slow store)
+            # renews it meanwhile, and then the command is still running, not lost.
             claim = await store.take_over(
                 command.account, command.id, claim.lease_until, now, self.settings.claim_lease_seconds
             )
             if claim.status is not ClaimStatus.ACQUIRED:
                 await self._defer(delivery, command, self.settings.defer_seconds, "claimed_elsewhere")
                 return
+            if not (spec.safe_to_repeat or continuation or spec.reconcile):
+                await self._finish(
+                    delivery,
+                    run,
+                    self._outcome_unknown(expired.attempt_started_at),
+                    attempts=expired.attempts,
+                )
+                return
             reconcile = not (spec.safe_to_repeat or continuation)
             run.resumed = True
         key = (command.account, command.id)
-        if self.settings.live_lease_seconds:
-            self._held[key] = Lease(command.account, command.id, claim.attempt_started_at or now)
+        lease = Lease(command.account, command.id, claim.attempt_started_at or now)
+        self._held[key] = lease  # renewed by renew_leases when leases are short
         try:
             run.attempts = claim.attempts
             if reconcile:
                 await self._reconcile_then_run(delivery, run, claim.first_attempt_at or now, claim.state)
             else:
                 await self._run(delivery, run, claim.first_attempt_at or now, claim.state)
+        except Exception:
+            if not (reconcile or run.called):
+                # Failed before the vendor was called (the store or broker answered with an
+                # error): give the claim back, or its redelivery would find a lapsed lease
+                # and end an unsafe command outcome_unknown although nothing was sent.
+                await self._release_quietly(command, claim.state, lease)
+            raise
         finally:
-            self._held.pop(key, None)
+            # Only our own lease: a copy of this command that this worker claimed after we
+            # released it (a doubled publish) holds a lease of its own, still to be renewed.
+            if self._held.get(key) is lease:
+                del self._held[key]
+
+    async def _release_quietly(self, command: Command, state: dict[str, Any] | None, lease: Lease) -> None:
+        """Give back a claim whose attempt never reached the vendor; a store error is only logged."""
+        if self._held.get((command.account, command.id)) is not lease:
+            return  # already released or completed
+        try:
+            await self._release(command, state, waiting=True)
+        except Exception:
+            log.warning("could not give the claim back; it frees when its lease lapses", exc_info=True)
 
     async def _unless_expired(self, run: _Run, claim: Claim, now: float) -> Claim:
         """A stored result past its expiry: run again when safe (a fresh result), else flag it."""
@@ -429,6 +466,7 @@ class Dispatcher:
             return
         ctx = self._context(run, first_at, state)
         timer = time.perf_counter()
+        run.called = True
         outcome = await self._call(spec, command.payload, ctx)
         HANDLER_DURATION.labels(command.type).observe(time.perf_counter() - timer)
         self._feed_breaker(breaker, outcome)
@@ -637,24 +675,43 @@ class Dispatcher:
     async def _release(
         self, command: Command, state: dict[str, Any] | None, *, waiting: bool = False
     ) -> None:
-        """Give the claim back (a retry or continuation is scheduled); its lease is no longer renewed."""
-        self._held.pop((command.account, command.id), None)
-        await self.stores.idempotency.release(command.account, command.id, state, waiting=waiting)
+        """Give the claim back (a retry or continuation is scheduled); its lease is no longer renewed.
+
+        Only this attempt's claim: if its lease lapsed and another worker took the command
+        over, that worker's attempt stays running (a third one must not start it again).
+        """
+        lease = self._held.pop((command.account, command.id), None)
+        await self.stores.idempotency.release(
+            command.account,
+            command.id,
+            state,
+            waiting=waiting,
+            started=None if lease is None else lease.attempt_started_at,
+        )
 
     async def _store_outcome(self, command: Command, fp: str, body: bytes) -> bytes:
-        """Store the terminal event, retrying briefly: the vendor already acted."""
-        self._held.pop((command.account, command.id), None)  # done: nothing left to renew
-        for attempt in range(5):
-            try:
-                return await self.stores.idempotency.complete(
-                    command.account, command.id, fp, body, time.time()
-                )
-            except Exception:
-                if attempt == 4:
-                    raise
-                log.warning("store unavailable while recording an outcome; retrying", exc_info=True)
-                await asyncio.sleep(0.2 * 2**attempt)
-        raise AssertionError("unreachable")
+        """Store the terminal event, retrying briefly: the vendor already acted.
+
+        The lease stays renewed until the event is stored: a slow or retried store
+        call must not let another worker take the command over meanwhile.
+        """
+        key = (command.account, command.id)
+        self._settling.add(key)
+        try:
+            for attempt in range(5):
+                try:
+                    return await self.stores.idempotency.complete(
+                        command.account, command.id, fp, body, time.time()
+                    )
+                except Exception:
+                    if attempt == 4:
+                        raise
+                    log.warning("store unavailable while recording an outcome; retrying", exc_info=True)
+                    await asyncio.sleep(0.2 * 2**attempt)
+            raise AssertionError("unreachable")
+        finally:
+            self._settling.discard(key)
+            self._held.pop(key, None)  # done: nothing left to renew
 
     def _event(
         self,

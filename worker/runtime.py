@@ -102,6 +102,8 @@ class Runtime:
         )
         file_budget.configure(self.settings.file_memory_budget_bytes)
         accounts = await resolve(self.settings, self.registry)
+        if redis_client is None and stores.backend not in LOCAL_BACKENDS and self.consume:
+            _warn_unshared_rate_limits(accounts)
         connector = aiohttp.TCPConnector(limit=max(100, self.settings.max_in_flight * 2), ttl_dns_cache=300)
         session = aiohttp.ClientSession(connector=connector)
         clients = build_clients(accounts, self.registry, session, self.settings, redis_client)
@@ -502,3 +504,18 @@ class Runtime:
             await self.connection.close()
             self.connection = None
         self.publish_channel = None
+
+
+def _warn_unshared_rate_limits(accounts: Accounts) -> None:
+    """A fleet on a shared store without Redis: each worker keeps its own rate limits; say so, once."""
+    limited = sorted(
+        f"{vendor}/{alias}"
+        for (vendor, alias), account in accounts.accounts.items()
+        if account.rate_limit_per_second > 0
+    )
+    if limited:
+        log.warning(
+            "rate limits are kept in each worker process (no SWITCHBOARD_REDIS_URL): N workers together"
+            " send up to N x rate_limit_per_second per account; set SWITCHBOARD_REDIS_URL to share them",
+            accounts=limited,
+        )

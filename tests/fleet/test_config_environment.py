@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 import handlers  # noqa: F401  (fills the registry)
 from tests.support.worker import REPO, SWITCHBOARD
@@ -108,3 +109,20 @@ def test_new_settings_have_their_variables() -> None:
     assert (settings.postgres_pool_size, settings.postgres_statement_cache_size) == (5, 0)
     assert settings.allow_unshared_store is True
     assert settings.pause_max_defer_seconds == 30
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("sqlite://", "sqlite:// needs a file path"),
+        ("postgressql://u@db/sb", "unsupported store postgressql://"),
+        ("var/switchboard.sqlite3", "unsupported store (no scheme://)"),
+    ],
+)
+def test_a_store_url_that_would_fall_back_is_refused(url: str, says: str) -> None:
+    """A store URL with no file path (an in-memory store) or an unknown scheme is a config error, not a start."""
+    with pytest.raises(ValidationError) as raised:
+        Settings(store_url=url)
+    (message,) = [error["msg"] for error in raised.value.errors()]  # what `config error:` prints
+    assert says in message
+    assert "u@db" not in message, "the URL (it may hold a password) is echoed"

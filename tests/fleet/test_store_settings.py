@@ -150,3 +150,40 @@ async def test_postgres_store_works_without_a_statement_cache() -> None:
     finally:
         await admin.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
         await admin.close()
+
+
+def test_worker_on_postgres_without_redis_warns_that_rate_limits_are_per_process(
+    broker: None, pidj: PidjSimulator
+) -> None:
+    """A rate-limited account on a shared PostgreSQL store with no SWITCHBOARD_REDIS_URL is not silent: it warns."""
+    schema = "switchboard_fleet_ratelimit"
+
+    async def reset() -> None:
+        await ensure_postgres_database()
+        admin = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
+        finally:
+            await admin.close()
+
+    asyncio.run(reset())
+    env = {
+        **pidj_env(pidj, rate_limit_per_second=5),
+        "SWITCHBOARD_STORE_URL": f"{POSTGRES_URL}?search_path={schema}",
+    }
+    try:
+        with WorkerProcess(env) as worker:
+            assert worker.get("/readyz")[0] == 200
+            logs = worker.logs()
+    finally:
+        asyncio.run(_drop(schema))
+    assert "rate limits are kept in each worker process" in logs
+    assert "pidj/default" in logs
+
+
+async def _drop(schema: str) -> None:
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await admin.close()

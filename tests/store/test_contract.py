@@ -195,6 +195,17 @@ class TestRelease:
         assert claim.status is ClaimStatus.DONE
         assert claim.event == b"first"
 
+    async def test_release_of_a_taken_over_attempt_changes_nothing(self, stores: Stores) -> None:
+        """A worker whose lapsed lease was taken over cannot free the attempt that took it over."""
+        store = stores.idempotency
+        first = await store.claim(A, ID, FP, T0, LEASE)
+        now = T0 + LEASE + 1
+        await store.take_over(A, ID, T0 + LEASE, now, LEASE)
+        await store.release(A, ID, started=first.attempt_started_at)
+        assert (await store.claim(A, ID, FP, now + 1, LEASE)).status is ClaimStatus.BUSY
+        await store.release(A, ID, started=now)  # the attempt's own release still works
+        assert (await store.claim(A, ID, FP, now + 2, LEASE)).status is ClaimStatus.ACQUIRED
+
 
 class TestComplete:
     async def test_done_returns_the_stored_event(self, stores: Stores) -> None:

@@ -384,3 +384,110 @@ async def test_quiet_hours_use_the_recipients_zone(h: Harness) -> None:
     h.now = _at(10, "Europe/London")
     await h.deliver("charge", payload={"to": "+442079460000"})
     assert h.statuses() == ["succeeded"]
+
+
+async def test_expired_lease_renewed_by_a_late_holder_is_not_ended(h: Harness) -> None:
+    """A lapsed lease its holder renews before the take-over is left running: no outcome_unknown."""
+    from worker.dispatcher import fingerprint
+    from worker.store import Lease
+
+    started = time.time() - 120
+    await h.store.claim("default", "c-1", fingerprint("charge", {"n": 1}), started, 60)
+    real_claim = h.store.claim
+
+    async def claim_then_holder_renews(*args: Any, **kwargs: Any) -> Any:
+        claim = await real_claim(*args, **kwargs)
+        assert claim.status is ClaimStatus.EXPIRED
+        # The holder was only late (a stalled loop): its renewal lands now.
+        await h.store.renew([Lease("default", "c-1", started)], time.time(), 60)
+        return claim
+
+    h.store.claim = claim_then_holder_renews  # type: ignore[method-assign]
+    await h.deliver("charge")
+    assert h.outbox.events == [], "a command still running was ended outcome_unknown"
+    assert h.outbox.delayed[0][1]["x-switchboard-delay-reason"] == "claimed_elsewhere"
+
+
+async def test_copy_claimed_in_the_same_worker_keeps_its_lease_renewed(h: Harness) -> None:
+    """A doubled publish claimed here while the first copy is still being sent back keeps its lease in the renewal set."""
+    import asyncio
+
+    running = asyncio.Event()
+    finish = asyncio.Event()
+    first = True
+
+    async def flaky_then_slow(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
+        nonlocal first
+        if first:
+            first = False
+            raise RateLimited("slow down", retry_after=1)
+        running.set()
+        await finish.wait()
+        return {"ok": True}
+
+    h.behaviour = flaky_then_slow
+    second: list[asyncio.Task[None]] = []
+    send_back = h.outbox.delay
+
+    async def delay_while_the_copy_starts(body: bytes, original: Any, **kwargs: Any) -> None:
+        await send_back(body, original, **kwargs)
+        if not second:  # the copy arrives while the first delivery is still settling its retry
+            second.append(asyncio.create_task(h.deliver("charge")))
+            await running.wait()
+
+    h.outbox.delay = delay_while_the_copy_starts  # type: ignore[method-assign]
+    await h.deliver("charge")
+    try:
+        assert ("default", "c-1") in h.dispatcher._held, "the running copy's lease would no longer be renewed"
+    finally:
+        finish.set()
+        await second[0]
+    assert h.statuses() == ["succeeded"]
+
+
+async def test_store_error_before_the_vendor_call_gives_the_claim_back(h: Harness) -> None:
+    """An error before the call releases the claim: the redelivery runs the unsafe command, not outcome_unknown."""
+
+    class FailingBreaker:
+        async def admit(self) -> bool:
+            raise ConnectionError("store unavailable")
+
+    h.dispatcher.breakers = {"acme": FailingBreaker()}  # type: ignore[dict-item]
+    await h.deliver("charge")
+    assert h.channel.nacked == [1]
+    assert h.calls == 0
+    h.dispatcher.breakers = {}
+    await h.deliver("charge")
+    assert h.calls == 1
+    assert h.statuses() == ["succeeded"]
+
+
+async def test_lease_is_renewed_while_the_outcome_is_being_stored(h: Harness) -> None:
+    """A slow store call recording the outcome does not stop the renewals (the command cannot be taken over then)."""
+    import asyncio
+    import dataclasses
+
+    h.dispatcher.settings = dataclasses.replace(h.dispatcher.settings, live_lease_seconds=0.3)
+    renewed_while_storing = asyncio.Event()
+    storing = False
+    real_renew, real_complete = h.store.renew, h.store.complete
+
+    async def renew(leases: Any, now: float, seconds: float) -> list[bool]:
+        if storing and any(lease.command_id == "c-1" for lease in leases):
+            renewed_while_storing.set()
+        return await real_renew(leases, now, seconds)
+
+    async def slow_complete(*args: Any) -> bytes:
+        nonlocal storing
+        storing = True
+        await asyncio.wait_for(renewed_while_storing.wait(), 5)  # a renewal round runs every 0.1 s
+        return await real_complete(*args)
+
+    h.store.renew = renew  # type: ignore[method-assign]
+    h.store.complete = slow_complete  # type: ignore[method-assign]
+    renewing = asyncio.create_task(h.dispatcher.renew_leases())
+    try:
+        await h.deliver("charge")
+    finally:
+        renewing.cancel()
+    assert h.statuses() == ["succeeded"], "the lease was dropped before the outcome was stored"

@@ -64,11 +64,21 @@ class IdempotencyStore(Protocol):
         ...
 
     async def release(
-        self, account: str, command_id: str, state: dict[str, Any] | None = None, *, waiting: bool = False
+        self,
+        account: str,
+        command_id: str,
+        state: dict[str, Any] | None = None,
+        *,
+        waiting: bool = False,
+        started: float | None = None,
     ) -> None:
         """Give the claim back: ``pending`` (a retry is scheduled; the next claim
         counts a new attempt) or, with ``waiting``, a continuation is scheduled
-        (the next claim resumes with ``state`` and counts no attempt)."""
+        (the next claim resumes with ``state`` and counts no attempt).
+
+        With ``started`` (the attempt's ``attempt_started_at``) only that attempt's
+        claim is given back: a worker whose lease lapsed and was taken over must
+        not free the attempt that took it over (a third worker would run it too)."""
         ...
 
     async def complete(

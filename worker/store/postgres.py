@@ -115,6 +115,7 @@ RETURNING attempts, first_attempt_at, state
 _RELEASE = """
 UPDATE switchboard_commands SET status = $3, lease_until = NULL, state = $4
 WHERE account = $1 AND command_id = $2 AND status = 'running'
+  AND ($5::double precision IS NULL OR attempt_started_at = $5)
 """
 
 # ``ours`` tells whether this call stored its event; the bytes come back only when another one won.
@@ -544,10 +545,16 @@ class PostgresIdempotencyStore:
         )
 
     async def release(
-        self, account: str, command_id: str, state: dict[str, Any] | None = None, *, waiting: bool = False
+        self,
+        account: str,
+        command_id: str,
+        state: dict[str, Any] | None = None,
+        *,
+        waiting: bool = False,
+        started: float | None = None,
     ) -> None:
         status = "waiting" if waiting else "pending"
-        await self.db.call("execute", _RELEASE, account, command_id, status, _json(state))
+        await self.db.call("execute", _RELEASE, account, command_id, status, _json(state), started)
 
     async def complete(
         self, account: str, command_id: str, fingerprint: str, event: bytes, now: float

@@ -51,7 +51,8 @@ return {'acquired', attempts, r[4], ARGV[2], ARGV[3], r[5] or false, false}
 """
 
 _RELEASE = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+local r = redis.call('HMGET', KEYS[1], 'status', 'started')
+if r[1] ~= 'running' or (ARGV[3] ~= '' and r[2] ~= ARGV[3]) then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'lease', '0')
 if ARGV[2] == '' then redis.call('HDEL', KEYS[1], 'state') else redis.call('HSET', KEYS[1], 'state', ARGV[2]) end
 return 1
@@ -236,12 +237,22 @@ class RedisIdempotencyStore:
         return _to_claim(reply)
 
     async def release(
-        self, account: str, command_id: str, state: dict[str, Any] | None = None, *, waiting: bool = False
+        self,
+        account: str,
+        command_id: str,
+        state: dict[str, Any] | None = None,
+        *,
+        waiting: bool = False,
+        started: float | None = None,
     ) -> None:
         await self.pipeliner.script(
             self._release,
             [_key(account, command_id)],
-            ["waiting" if waiting else "pending", b"" if state is None else orjson.dumps(state)],
+            [
+                "waiting" if waiting else "pending",
+                b"" if state is None else orjson.dumps(state),
+                "" if started is None else repr(started),
+            ],
         )
 
     async def complete(

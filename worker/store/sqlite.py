@@ -209,17 +209,26 @@ class SQLiteIdempotencyStore:
         return await self.conn.write(op)
 
     async def release(
-        self, account: str, command_id: str, state: dict[str, Any] | None = None, *, waiting: bool = False
+        self,
+        account: str,
+        command_id: str,
+        state: dict[str, Any] | None = None,
+        *,
+        waiting: bool = False,
+        started: float | None = None,
     ) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE commands SET status = ?, lease_until = NULL, state = ?"
-                " WHERE account = ? AND command_id = ? AND status = 'running'",
+                " WHERE account = ? AND command_id = ? AND status = 'running'"
+                " AND (? IS NULL OR attempt_started_at = ?)",
                 (
                     "waiting" if waiting else "pending",
                     None if state is None else orjson.dumps(state),
                     account,
                     command_id,
+                    started,
+                    started,
                 ),
             )
 
