@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTHON ?= python3
 
-.PHONY: run test lint typecheck unit bench drill services venv clean
+.PHONY: run test test-cluster lint typecheck unit bench drill services venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,12 @@ typecheck: $(STAMP)
 test: $(STAMP)
 	.ci/services rabbitmq redis
 	$(MAKE) --no-print-directory lint typecheck
-	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/pytest -q -p no:cacheprovider -m "not cluster" $(PYTEST_ARGS)
+
+## make test-cluster: the tests on a local three-node RabbitMQ cluster (started and stopped by them).
+test-cluster: $(STAMP)
+	.ci/services rabbitmq redis
+	$(BIN)/pytest -q -p no:cacheprovider -m cluster tests/cluster $(PYTEST_ARGS)
 
 ## make bench [QUICK=1] [STORES=sqlite,redis,postgres]: throughput and latency against a bare asyncio baseline, per store.
 bench: $(STAMP)

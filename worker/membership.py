@@ -81,24 +81,51 @@ class Membership:
 
 
 async def check_unshared_store(
-    channel: Channel, membership: Membership, queues: dict[str, str], backend: str
+    channel: Channel,
+    membership: Membership,
+    queues: dict[str, str],
+    backend: str,
+    *,
+    looks: int = 5,
+    pause_seconds: float = 2.0,
 ) -> None:
     """ConfigError when a vendor queue has consumers this (machine-local) store does not know of.
 
     ``queues`` maps vendor -> queue name; a passive declare reads the consumer count.
+    The count can be high for a moment without any foreign store: the consumer of a
+    worker SIGKILLed a moment ago lingers until the broker sees its connection close,
+    and a worker that raises its prefetch consumes anew before it cancels the old
+    consumer. So an excess must hold for ``looks`` looks ``pause_seconds`` apart
+    before the worker refuses to start (a refused pod crash-loops).
     """
+    for look in range(looks):
+        excess = await _unknown_consumers(channel, membership, queues)
+        if excess is None:
+            return
+        if look + 1 < looks:
+            await asyncio.sleep(pause_seconds)
+    assert excess is not None
+    queue, vendor, consumers, known = excess
+    raise ConfigError(
+        [
+            f"SWITCHBOARD_STORE_URL: {queue} already has {consumers} consumer(s) but this {backend}"
+            f" store knows {known} live worker(s) for {vendor}: workers with separate stores would"
+            " each keep their own idempotency records (a command could be sent twice). Share one"
+            " store (postgresql:// or redis://), or set SWITCHBOARD_ALLOW_UNSHARED_STORE=true if"
+            " this is intended."
+        ]
+    )
+
+
+async def _unknown_consumers(
+    channel: Channel, membership: Membership, queues: dict[str, str]
+) -> tuple[str, str, int, int] | None:
+    """(queue, vendor, consumers, known workers) of the first queue with more consumers than known."""
     others = await membership.others()
     for vendor, queue in sorted(queues.items()):
         frame = await channel.queue_declare(queue, passive=True)
         consumers = int(frame.method.consumer_count)
         known = sum(1 for worker in others if vendor in worker.get("vendors", ()))
         if consumers > known:
-            raise ConfigError(
-                [
-                    f"SWITCHBOARD_STORE_URL: {queue} already has {consumers} consumer(s) but this {backend}"
-                    f" store knows {known} live worker(s) for {vendor}: workers with separate stores would"
-                    " each keep their own idempotency records (a command could be sent twice). Share one"
-                    " store (postgresql:// or redis://), or set SWITCHBOARD_ALLOW_UNSHARED_STORE=true if"
-                    " this is intended."
-                ]
-            )
+            return queue, vendor, consumers, known
+    return None
