@@ -65,6 +65,9 @@ from worker.validation import Validators
 
 log = structlog.get_logger("switchboard.dispatcher")
 
+RETURN_AFTER_BROKER_ERROR_SECONDS = 1.0
+"""Pause before giving back a command whose settling the broker refused (see ``handle``)."""
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -197,6 +200,12 @@ class Dispatcher:
         except AMQPError as exc:
             # Not acked: the broker redelivers it, and the store says what already happened.
             log.warning("broker lost while settling; the command will be redelivered", error=str(exc))
+            # A closed channel gives it back by itself. An open one (the broker only refused the
+            # publish: a quorum queue electing a leader nacks for a moment) would hold it unacked
+            # until the connection closes, so give it back, after a pause so a broker that keeps
+            # refusing is not asked again in a tight loop (each return counts a delivery).
+            await asyncio.sleep(RETURN_AFTER_BROKER_ERROR_SECONDS)
+            delivery.channel.nack(delivery.delivery_tag, requeue=True)
         except Exception:
             # A bug, not bad input: give it back; the queue's delivery limit
             # dead-letters it if it keeps failing, instead of it staying unacked.

@@ -491,3 +491,26 @@ async def test_lease_is_renewed_while_the_outcome_is_being_stored(h: Harness) ->
     finally:
         renewing.cancel()
     assert h.statuses() == ["succeeded"], "the lease was dropped before the outcome was stored"
+
+
+async def test_a_refused_send_back_returns_the_command_to_the_queue(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry the broker nacks is given back (nack, requeue) on the open channel, not held unacked."""
+    from worker import dispatcher as dispatcher_module
+    from worker.amqp import PublishNacked
+
+    monkeypatch.setattr(dispatcher_module, "RETURN_AFTER_BROKER_ERROR_SECONDS", 0.0)
+
+    async def refused(body: bytes, original: Any, **kwargs: Any) -> None:
+        raise PublishNacked("broker nacked the message")
+
+    async def rate_limited(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
+        raise RateLimited("acme: rate limited (HTTP 429)", retry_after=1.0)
+
+    h.behaviour = rate_limited
+    h.outbox.delay = refused  # type: ignore[method-assign]
+    await h.deliver("echo")
+    assert h.channel.acked == []
+    assert h.channel.nacked == [1]
+    assert h.outbox.events == []
