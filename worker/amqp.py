@@ -42,6 +42,14 @@ class PublishNacked(AMQPError):
     """The broker refused responsibility for a published message."""
 
 
+class PublishReturned(PublishNacked):
+    """A mandatory message reached no queue: the broker confirmed it, but only to drop it."""
+
+
+PUBLISH_TAG_HEADER = "x-switchboard-publish-tag"
+"""Set on a mandatory publish, so a ``basic.return`` names the publish it belongs to."""
+
+
 class Connection:
     """One AMQP connection; ``on_lost`` is called once if it closes unasked."""
 
@@ -166,7 +174,9 @@ class Channel:
         self._confirming = False
         self._rpcs: set[asyncio.Future[Any]] = set()
         self.closed_reason: BaseException | None = None
+        self._returned: set[int] = set()
         raw.add_on_close_callback(self._on_close)
+        raw.add_on_return_callback(self._on_return)
 
     # -- RPCs -------------------------------------------------------------
     def _rpc(self) -> tuple[asyncio.Future[Any], Callable[[Any], None]]:
@@ -270,13 +280,22 @@ class Channel:
         routing_key: str,
         body: bytes,
         properties: pika.BasicProperties,
+        *,
+        mandatory: bool = False,
     ) -> asyncio.Future[None]:
-        """Publish; the future resolves when the broker confirms it."""
+        """Publish; the future resolves when the broker confirms it.
+
+        ``mandatory``: fail with :class:`PublishReturned` when no queue took it.
+        """
         future: asyncio.Future[None] = self._loop.create_future()
         if self.closed_reason is not None or not self.raw.is_open:
             future.set_exception(ConnectionLost("channel is closed"))
             return future
-        self.raw.basic_publish(exchange, routing_key, body, properties)
+        if mandatory and self._confirming:
+            # A confirm alone does not say a message reached a queue (an unroutable one is
+            # confirmed and dropped); its basic.return, sent before the confirm, does.
+            properties.headers = {**(properties.headers or {}), PUBLISH_TAG_HEADER: self._next_tag + 1}
+        self.raw.basic_publish(exchange, routing_key, body, properties, mandatory=mandatory)
         if self._confirming:
             self._next_tag += 1
             self._pending[self._next_tag] = future
@@ -293,20 +312,34 @@ class Channel:
                 first = next(iter(self._pending))
                 if first > tag:
                     break
-                self._settle(self._pending.pop(first), nacked)
+                self._settle(first, self._pending.pop(first), nacked)
         else:
             pending = self._pending.pop(tag, None)
             if pending is not None:
-                self._settle(pending, nacked)
+                self._settle(tag, pending, nacked)
 
-    @staticmethod
-    def _settle(future: asyncio.Future[None], nacked: bool) -> None:
+    def _settle(self, tag: int, future: asyncio.Future[None], nacked: bool) -> None:
+        returned = tag in self._returned
+        self._returned.discard(tag)
         if future.done():
             return
         if nacked:
             future.set_exception(PublishNacked("broker nacked the message"))
+        elif returned:
+            future.set_exception(PublishReturned("the broker routed the message to no queue"))
         else:
             future.set_result(None)
+
+    def _on_return(
+        self,
+        channel: pika.channel.Channel,
+        method: pika.spec.Basic.Return,
+        properties: pika.spec.BasicProperties,
+        body: bytes,
+    ) -> None:
+        tag = (properties.headers or {}).get(PUBLISH_TAG_HEADER)
+        if isinstance(tag, int):
+            self._returned.add(tag)
 
     def _on_close(self, channel: pika.channel.Channel, reason: BaseException) -> None:
         self.closed_reason = reason

@@ -17,7 +17,7 @@ import orjson
 import pika
 
 from worker import topology, tracing
-from worker.amqp import Channel, ConnectionLost
+from worker.amqp import PUBLISH_TAG_HEADER, Channel, ConnectionLost
 
 PERSISTENT = 2
 
@@ -71,6 +71,7 @@ def _carried(original: pika.spec.BasicProperties) -> dict[str, Any]:
     poisoned."""
     headers = amqp_safe(original.headers)
     headers.pop("x-delivery-count", None)
+    headers.pop(PUBLISH_TAG_HEADER, None)  # belongs to the publish that made this copy
     return headers
 
 
@@ -95,14 +96,20 @@ class Outbox:
         self._channel = channel
 
     def _publish(
-        self, exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: pika.BasicProperties,
+        *,
+        mandatory: bool = False,
     ) -> asyncio.Future[None]:
         channel = self._channel()
         if channel is None:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             future.set_exception(ConnectionLost("not connected to the broker"))
             return future
-        return channel.publish(exchange, routing_key, body, properties)
+        return channel.publish(exchange, routing_key, body, properties, mandatory=mandatory)
 
     async def event(
         self,
@@ -168,7 +175,7 @@ class Outbox:
             }
         )
         properties = _copy(original, headers)
-        await self._publish(topology.DEAD_LETTER_EXCHANGE, routing_key, body, properties)
+        await self._publish(topology.DEAD_LETTER_EXCHANGE, routing_key, body, properties, mandatory=True)
 
     async def delay(
         self,
@@ -190,4 +197,5 @@ class Outbox:
         merged[topology.DELAY_HEADER] = f"{bucket}s"
         merged[H_NOT_BEFORE] = int((time.time() + seconds) * 1000)
         properties = _copy(original, merged)
-        await self._publish(topology.DELAY_EXCHANGE, routing_key, body, properties)
+        # Mandatory: a copy that reached no wait queue must not let the original be acked.
+        await self._publish(topology.DELAY_EXCHANGE, routing_key, body, properties, mandatory=True)

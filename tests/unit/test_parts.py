@@ -253,7 +253,13 @@ async def test_delayed_copy_drops_the_broker_delivery_count() -> None:
 
     class Channel:
         def publish(
-            self, exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties
+            self,
+            exchange: str,
+            routing_key: str,
+            body: bytes,
+            properties: pika.BasicProperties,
+            *,
+            mandatory: bool = False,
         ) -> asyncio.Future[None]:
             published.append((exchange, routing_key, properties))
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
