@@ -31,7 +31,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-## make test: lint, types, and every test against the real RabbitMQ and Redis.
+## make test: lint, types, and every test against the real RabbitMQ, Redis and PostgreSQL (the cluster tests: make test-cluster).
 test: $(STAMP)
 	.ci/services rabbitmq redis
 	$(MAKE) --no-print-directory lint typecheck
