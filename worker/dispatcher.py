@@ -159,7 +159,8 @@ class Dispatcher:
         """Attempts this worker runs now, by (account, command id): their leases are renewed together."""
         self._settling: set[tuple[str, str]] = set()
         """Attempts whose outcome is being stored: a renewal that finds them done is not a lost lease."""
-        self.on_success: Callable[[str], None] | None = None
+        self.on_transient: Callable[[str], None] | None = None
+        """Told the vendor of each call that failed transiently (the prefetch ramp holds back)."""
         """Called with the vendor after a call that did not fail transiently (the runtime ramps prefetch)."""
 
     async def renew_leases(self) -> None:
@@ -479,9 +480,9 @@ class Dispatcher:
         outcome = await self._call(spec, command.payload, ctx)
         HANDLER_DURATION.labels(command.type).observe(time.perf_counter() - timer)
         self._feed_breaker(breaker, outcome)
-        if self.on_success is not None and not isinstance(outcome, TransientError):
-            self.on_success(spec.vendor)
         if isinstance(outcome, TransientError):
+            if self.on_transient is not None:
+                self.on_transient(spec.vendor)
             await self._after_transient(delivery, run, outcome, first_at, state)
         elif isinstance(outcome, Continue):
             await self._continue(delivery, run, outcome)

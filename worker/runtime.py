@@ -204,7 +204,7 @@ class Runtime:
                 if account.sending_window is not None
             },
         )
-        dispatcher.on_success = self._vendor_succeeded
+        dispatcher.on_transient = self._vendor_failed
         return dispatcher
 
     def _http_limits(self) -> Limits:
@@ -364,16 +364,23 @@ class Runtime:
         await self._subscribe("unrouted", topology.UNROUTED_QUEUE, UNROUTED_PREFETCH)
 
     async def _subscribe_vendor(self, vendor: str) -> None:
-        """Consume a vendor queue with a small prefetch first (see :meth:`_vendor_succeeded`)."""
+        """Consume a vendor queue with a small prefetch first (see :meth:`_delivery_settled`)."""
         self.prefetch[vendor] = min(self.settings.prefetch_start, self.settings.max_in_flight)
         self._ramp_successes[vendor] = 0
         await self._subscribe(vendor, topology.vendor_queue(vendor), self.prefetch[vendor])
 
-    def _vendor_succeeded(self, vendor: str) -> None:
-        """Double the prefetch after each batch of that many calls that did not fail transiently.
+    def _vendor_failed(self, vendor: str) -> None:
+        """A transient vendor failure starts the prefetch ramp's batch again."""
+        if vendor in self._ramp_successes:
+            self._ramp_successes[vendor] = 0
+
+    def _delivery_settled(self, vendor: str) -> None:
+        """Double the prefetch after each batch of that many settled deliveries.
 
         A new worker (or one back from an open breaker) thus takes 8, 16, 32 ... commands, not
-        max_in_flight at once, at a vendor that may still be failing.
+        max_in_flight at once, at a vendor that may still be failing; a transient failure
+        restarts the batch. Every settled delivery counts, not only vendor calls: replays and
+        rejections touch no vendor, and a backlog of them must not stay at the first prefetch.
         """
         prefetch = self.prefetch.get(vendor)
         if prefetch is None or prefetch >= self.settings.max_in_flight:
@@ -437,14 +444,15 @@ class Runtime:
             gauge.inc()
             task = loop.create_task(self.dispatcher.handle(delivery))
             self.tasks.add(task)
-            task.add_done_callback(self._settled(gauge))
+            task.add_done_callback(self._settled(gauge, vendor))
 
         return on_message
 
-    def _settled(self, gauge: Any) -> Any:
+    def _settled(self, gauge: Any, vendor: str) -> Any:
         def done(task: asyncio.Task[None]) -> None:
             self.tasks.discard(task)
             gauge.dec()
+            self._delivery_settled(vendor)
 
         return done
 
