@@ -10,15 +10,9 @@ from typing import Any
 import pytest
 
 from handlers.pidj.sandbox import PidjSimulator
+from tests.runtime.conftest import SEND, pidj, pidj_env
 
-SEND = {"to_number": "+18885553333", "from_number": "+18885552222", "text_body": "hi"}
-
-
-@pytest.fixture
-def pidj() -> Iterator[PidjSimulator]:
-    simulator = PidjSimulator()
-    with simulator.running_in_thread():
-        yield simulator
+__all__ = ["SEND", "pidj"]
 
 
 @pytest.fixture
@@ -29,16 +23,7 @@ def shared_store() -> Iterator[str]:
 
 
 def fleet_env(simulator: PidjSimulator, store_url: str, **extra: Any) -> dict[str, str]:
-    account = simulator.account()
-    env = {
-        "SWITCHBOARD_VENDORS": "pidj",
-        "SWITCHBOARD_PIDJ_BASE_URL": account["base_url"],
-        "SWITCHBOARD_PIDJ_ACCOUNT_KEY": account["account_key"],
-        "SWITCHBOARD_PIDJ_TOKEN": account["token"],
-        "SWITCHBOARD_STORE_URL": store_url,
-    }
-    env.update({f"SWITCHBOARD_{k.upper()}": str(v) for k, v in extra.items()})
-    return env
+    return pidj_env(simulator, store_url=store_url, **extra)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:
