@@ -570,10 +570,9 @@ def _queue_channels(registry: Registry) -> dict[str, Any]:
 
 
 def main() -> None:
-    import handlers  # noqa: F401  (fills the registry)
-    from worker.registry import registry
+    from handlers import build_registry
 
-    sys.stdout.write(render(registry))
+    sys.stdout.write(render(build_registry()))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from worker import control_cli
 from worker import dlq as dead_letters
 from worker.config import ConfigError, Settings, load_settings, redacted
 from worker.logging import configure
+from worker.registry import Registry
 from worker.suppressions import suppressions
 
 
@@ -32,11 +33,11 @@ def _settings() -> Settings:
         sys.exit(2)
 
 
-def _registry() -> Any:
-    import handlers  # noqa: F401  (fills the registry)
-    from worker.registry import registry
+def _registry() -> Registry:
+    """The composition root's registry: the one place the CLI learns which vendors exist."""
+    from handlers import build_registry
 
-    return registry
+    return build_registry()
 
 
 def _print_json(value: Any) -> None:

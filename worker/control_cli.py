@@ -65,8 +65,9 @@ def _publish_control(action: str, details: dict[str, Any]) -> None:
 def _scope(vendor: str | None, account: str | None, command_type: str | None) -> tuple[str, str]:
     """(account, label) for a pause: ``--vendor`` alone means every account of that vendor."""
     if vendor is not None:
-        import handlers  # noqa: F401  (fills the registry)
-        from worker.registry import registry
+        from handlers import build_registry
+
+        registry = build_registry()
 
         if vendor not in registry.vendors:
             known = ", ".join(sorted(registry.vendors))

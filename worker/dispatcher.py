@@ -58,7 +58,7 @@ from worker.metrics import (
 )
 from worker.outbox import H_ATTEMPT, H_FIRST_SEEN, H_NOT_BEFORE, H_REASON, Outbox
 from worker.quiet_hours import SendingWindow
-from worker.registry import CommandContext, CommandSpec, Continue, Registry
+from worker.registry import CommandContext, CommandSpec, Continue, Registry, VendorClient
 from worker.retry import Retry, RetryPolicy, decide
 from worker.store import Claim, ClaimStatus, Lease, Stores
 from worker.validation import Validators
@@ -131,7 +131,7 @@ class Dispatcher:
     def __init__(
         self,
         registry: Registry,
-        clients: Mapping[tuple[str, str], Any],
+        clients: Mapping[tuple[str, str], VendorClient],
         stores: Stores,
         outbox: Outbox,
         breakers: Mapping[str, CircuitBreaker],

@@ -1,27 +1,37 @@
 """The one registry: command type -> (vendor, payload schema, handler, safety).
 
 The runtime looks every command up here and knows nothing else of vendors.
-Vendors register themselves (their account settings, how to build a client,
-how to start a sandbox) and their commands; a duplicate fails at import.
+Each vendor package exports one :class:`Vendor` (its account settings, how to
+build its client, its simulator, its webhooks and its commands); the
+composition root (``handlers.VENDORS``) lists them and :class:`Registry`
+is built from that list, once, explicitly. A duplicate vendor or command type
+fails there. Nothing is registered by importing a module.
+
+Command modules declare their commands on a module-level :class:`Commands`
+collector, without naming the vendor: the vendor object that lists them adds
+it. This module imports nothing of the worker's server side at run time, so a
+publisher can load the command declarations (their ``check``) to validate
+with them (see ``worker.client``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-import aiohttp
-import aiohttp.web
-import structlog
-from pydantic import BaseModel
+if TYPE_CHECKING:
+    import aiohttp.web
+    import structlog
+    from pydantic import BaseModel
 
-from worker.store.base import Deduper, SuppressionList
-from worker.vendor_http import VendorHTTP
+    from worker.store.base import Deduper, SuppressionList
+    from worker.vendor_http import VendorHTTP
 
 ClientT = TypeVar("ClientT")
-ClientT_co = TypeVar("ClientT_co", covariant=True)
+ClientT_co = TypeVar("ClientT_co", bound="VendorClient", covariant=True)
+VendorClientT = TypeVar("VendorClientT", bound="VendorClient")
 
 Payload = dict[str, Any]
 Result = dict[str, Any]
@@ -110,27 +120,8 @@ class WebhookContext:
 
 
 @dataclass(frozen=True)
-class VendorSpec:
-    """A vendor as the runtime sees it.
-
-    ``account_model`` validates one account's settings (from
-    ``SWITCHBOARD_<VENDOR>_<FIELD>`` for the default account, or the accounts
-    TOML file); it must have a ``base_url: str`` field. ``make_client``
-    builds one client per account; ``start_sandbox`` starts the built-in
-    simulator and returns the account settings that point at it.
-    """
-
-    name: str
-    account_model: type[BaseModel]
-    make_client: ClientFactory[Any]
-    start_sandbox: Callable[[], Awaitable[Sandbox]] | None = None
-    webhook_app: Callable[[WebhookContext], aiohttp.web.Application] | None = None
-    """Mounted at ``/webhooks/<vendor>/`` when webhooks are enabled."""
-
-
-@dataclass(frozen=True)
-class CommandSpec:
-    """One command type.
+class Command:
+    """One command type as its module declares it (the vendor is added by the vendor object).
 
     ``safe_to_repeat`` is False when running the first step twice could repeat
     a side effect (a text sent, a job created): such a command is never run
@@ -142,7 +133,6 @@ class CommandSpec:
     """
 
     type: str
-    vendor: str
     schema: str
     handler: Handler
     safe_to_repeat: bool
@@ -159,25 +149,43 @@ class CommandSpec:
     whose stored result is older is run again when ``safe_to_repeat``; otherwise its stored
     event is republished with ``result_expired: true``."""
 
+    def of(self, vendor: str) -> CommandSpec:
+        return CommandSpec(vendor=vendor, **{f.name: getattr(self, f.name) for f in fields(self)})
 
-class Registry:
-    """Command types and vendors, filled once at import time."""
+
+@dataclass(frozen=True)
+class CommandSpec(Command):
+    """A registered command: its declaration and the vendor whose queue it goes to."""
+
+    vendor: str = field(kw_only=True)
+
+
+class Commands:
+    """One module's command declarations, in a plain list: declaring registers nothing anywhere.
+
+    ::
+
+        commands = Commands()
+
+        @commands.command("send_text", safe_to_repeat=False, check=rules.check_send_text)
+        async def send_text(payload: Payload, ctx: CommandContext[PidjClient]) -> Result: ...
+
+    The vendor object lists its modules' collectors (``commands=(*messages.commands, ...)``).
+    """
 
     def __init__(self) -> None:
-        self.commands: dict[str, CommandSpec] = {}
-        self.vendors: dict[str, VendorSpec] = {}
+        self._declared: list[Command] = []
 
-    def vendor(self, spec: VendorSpec) -> VendorSpec:
-        if spec.name in self.vendors:
-            raise ValueError(f"vendor {spec.name!r} is registered twice")
-        self.vendors[spec.name] = spec
-        return spec
+    def __iter__(self) -> Iterator[Command]:
+        return iter(self._declared)
+
+    def __len__(self) -> int:
+        return len(self._declared)
 
     def command(
         self,
         type: str,
         *,
-        vendor: str,
         safe_to_repeat: bool,
         schema: str | None = None,
         check: Check | None = None,
@@ -188,33 +196,78 @@ class Registry:
         example: Payload | None = None,
         result_expires_after_seconds: float | None = None,
     ) -> Callable[[HandlerT], HandlerT]:
-        """Decorator: register ``handler`` for command ``type``."""
+        """Decorator: declare ``handler`` as the one for command ``type``."""
 
-        def register(handler: HandlerT) -> HandlerT:
-            if type in self.commands:
-                raise ValueError(f"command type {type!r} is registered twice")
-            self.commands[type] = CommandSpec(
-                type=type,
-                vendor=vendor,
-                schema=schema or type,
-                handler=handler,
-                safe_to_repeat=safe_to_repeat,
-                check=check,
-                reconcile=reconcile,
-                max_attempts=max_attempts,
-                max_age_seconds=max_age_seconds,
-                recipient=recipient,
-                description=(handler.__doc__ or "").strip().split("\n")[0],
-                example=example or {},
-                result_expires_after_seconds=result_expires_after_seconds,
+        def declare(handler: HandlerT) -> HandlerT:
+            self._declared.append(
+                Command(
+                    type=type,
+                    schema=schema or type,
+                    handler=handler,
+                    safe_to_repeat=safe_to_repeat,
+                    check=check,
+                    reconcile=reconcile,
+                    max_attempts=max_attempts,
+                    max_age_seconds=max_age_seconds,
+                    recipient=recipient,
+                    description=(handler.__doc__ or "").strip().split("\n")[0],
+                    example=example or {},
+                    result_expires_after_seconds=result_expires_after_seconds,
+                )
             )
             return handler
 
-        return register
+        return declare
+
+
+@dataclass(frozen=True)
+class Vendor(Generic[VendorClientT]):
+    """A vendor as the runtime sees it: one object per vendor package.
+
+    ``account_model`` validates one account's settings (from
+    ``SWITCHBOARD_<VENDOR>_<FIELD>`` for the default account, or the accounts
+    TOML file); it must have a ``base_url: str`` field. ``make_client``
+    builds one client per account; ``start_sandbox`` starts the built-in
+    simulator and returns the account settings that point at it.
+    """
+
+    name: str
+    account_model: type[BaseModel]
+    make_client: ClientFactory[VendorClientT]
+    commands: Sequence[Command] = ()
+    start_sandbox: Callable[[], Awaitable[Sandbox]] | None = None
+    webhook_app: Callable[[WebhookContext], aiohttp.web.Application] | None = None
+    """Mounted at ``/webhooks/<vendor>/`` when webhooks are enabled."""
+
+
+class DuplicateRegistration(ValueError):
+    """Two vendors with one name, or two commands with one type: the registry cannot choose."""
+
+
+class Registry:
+    """Command types and vendors, built once from the composition root's list of vendors."""
+
+    def __init__(self, vendors: Iterable[Vendor[Any]] = ()) -> None:
+        self.commands: dict[str, CommandSpec] = {}
+        self.vendors: dict[str, Vendor[Any]] = {}
+        for vendor in vendors:
+            self.add(vendor)
+
+    def add(self, vendor: Vendor[Any]) -> None:
+        """Add a vendor and its commands; a name or type already taken raises, adding nothing."""
+        if vendor.name in self.vendors:
+            raise DuplicateRegistration(f"vendor {vendor.name!r} is registered twice")
+        specs = [command.of(vendor.name) for command in vendor.commands]
+        seen: set[str] = set()
+        for spec in specs:
+            if spec.type in self.commands or spec.type in seen:
+                owner = self.commands[spec.type].vendor if spec.type in self.commands else vendor.name
+                raise DuplicateRegistration(
+                    f"command type {spec.type!r} is registered twice ({owner} and {vendor.name})"
+                )
+            seen.add(spec.type)
+        self.vendors[vendor.name] = vendor
+        self.commands.update((spec.type, spec) for spec in specs)
 
     def types_of(self, vendor: str) -> list[str]:
         return sorted(t for t, spec in self.commands.items() if spec.vendor == vendor)
-
-
-registry = Registry()
-"""The process-wide registry; ``handlers`` fills it on import."""

@@ -5,16 +5,30 @@ Commands: ``upload_list`` (unsafe to repeat), ``check_list_status`` (safe),
 See docs/commands-peerly.md.
 """
 
+from __future__ import annotations
+
 from handlers.peerly import jobs, lists, media
 from handlers.peerly.client import PeerlyClient, make_client
-from handlers.peerly.sandbox import start_sandbox
 from handlers.peerly.settings import PeerlyAccount
-from worker.registry import VendorSpec, registry
+from worker.registry import Sandbox, Vendor
 
-registry.vendor(
-    VendorSpec(
-        name="peerly", account_model=PeerlyAccount, make_client=make_client, start_sandbox=start_sandbox
-    )
+
+async def start_sandbox() -> Sandbox:
+    """Start the Peerly simulator in this event loop (see ``handlers.peerly.sandbox``).
+
+    Imported when used: it is an aiohttp server, which a publisher validating with the
+    command declarations does not need."""
+    from handlers.peerly import sandbox
+
+    return await sandbox.start_sandbox()
+
+
+PEERLY: Vendor[PeerlyClient] = Vendor(
+    name="peerly",
+    account_model=PeerlyAccount,
+    make_client=make_client,
+    commands=(*lists.commands, *jobs.commands, *media.commands),
+    start_sandbox=start_sandbox,
 )
 
-__all__ = ["PeerlyAccount", "PeerlyClient", "jobs", "lists", "media"]
+__all__ = ["PEERLY", "PeerlyAccount", "PeerlyClient", "jobs", "lists", "media"]

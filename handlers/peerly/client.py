@@ -31,7 +31,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
@@ -40,7 +40,9 @@ import structlog
 
 from handlers.peerly.settings import PeerlyAccount
 from worker.errors import InvalidPayload, PermanentError, VendorAuthFailed, VendorRejected
-from worker.vendor_http import VendorHTTP, VendorResponse
+
+if TYPE_CHECKING:
+    from worker.vendor_http import VendorHTTP, VendorResponse
 
 RENEW_MARGIN_SECONDS = 300.0
 """Renew the JWT when fewer seconds than this remain before its ``exp``."""

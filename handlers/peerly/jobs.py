@@ -30,7 +30,9 @@ from typing import Any
 
 from handlers.peerly.client import PeerlyClient, path_segment
 from handlers.peerly.validation import check_create_job
-from worker.registry import CommandContext, Result, registry
+from worker.registry import CommandContext, Commands, Result
+
+commands = Commands()
 
 JOBS_ENDPOINT = "/1to1/jobs"
 NO_JOB_ID_HINT = (
@@ -84,9 +86,8 @@ JOB_EXAMPLE: dict[str, Any] = {
 }
 
 
-@registry.command(
+@commands.command(
     "create_job",
-    vendor="peerly",
     safe_to_repeat=False,
     check=check_create_job,
     example=JOB_EXAMPLE,
@@ -152,9 +153,8 @@ def _assign_result(
     }
 
 
-@registry.command(
+@commands.command(
     "assign_list",
-    vendor="peerly",
     safe_to_repeat=False,
     example={"job_id": "1M93TFzJYm7e5xNNFlrr", "list_id": 123456},
 )

@@ -42,7 +42,9 @@ from handlers.peerly.jobs import assign
 from handlers.peerly.validation import check_upload_list, invalid_rows_report, normalise_rows
 from worker import file_budget
 from worker.errors import InvalidPayload, OutcomeUnknown, PermanentError, TransientError
-from worker.registry import CommandContext, Continue, Result, registry
+from worker.registry import CommandContext, Commands, Continue, Result
+
+commands = Commands()
 
 ACTIVE = "ACTIVE"
 FAILED_STATES = ("ERROR", "FAIL", "INVALID", "REJECT", "DELETED")
@@ -104,9 +106,8 @@ async def fetch_status(client: PeerlyClient, token: str) -> ListStatus:
     return ListStatus(state, raw_id)
 
 
-@registry.command(
+@commands.command(
     "check_list_status",
-    vendor="peerly",
     safe_to_repeat=True,
     example={"list_status_token": "0f1e2d3c4b5a69788796a5b4c3d2e1f0"},
 )
@@ -135,9 +136,8 @@ UPLOAD_EXAMPLE: dict[str, Any] = {
 }
 
 
-@registry.command(
+@commands.command(
     "upload_list",
-    vendor="peerly",
     safe_to_repeat=False,
     check=check_upload_list,
     example=UPLOAD_EXAMPLE,

@@ -16,15 +16,16 @@ from handlers.peerly.client import PeerlyClient
 from handlers.peerly.files import STREAM_HOLD_BYTES, open_reference, post_file
 from worker import file_budget
 from worker.errors import VendorRejected
-from worker.registry import CommandContext, Result, registry
+from worker.registry import CommandContext, Commands, Result
+
+commands = Commands()
 
 MEDIA_ENDPOINT = "/v2/media"
 _RESULT_FIELDS = ("media_type", "mime_type", "status", "title", "preview_url", "thumbnail_url", "size_bytes")
 
 
-@registry.command(
+@commands.command(
     "create_media",
-    vendor="peerly",
     safe_to_repeat=False,
     example={"account_id": "12345678", "title": "Rally video", "file": {"path": "media/rally.mp4"}},
 )

@@ -1,7 +1,7 @@
 """Pidj (business SMS), API version 2020.
 
-Commands are registered by the modules imported below; the vendor itself
-(account settings, client, simulator, inbound webhooks) here.
+``PIDJ`` is the vendor: account settings, client, commands (declared in the
+modules below), simulator, inbound webhooks.
 
 Readings of unclear places in the (OCR'd) document, kept in one place each:
 
@@ -17,15 +17,18 @@ Readings of unclear places in the (OCR'd) document, kept in one place each:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from handlers.pidj import catalog, contacts, messages, users
 from handlers.pidj.client import PidjClient
-from handlers.pidj.sandbox import start_sandbox
 from handlers.pidj.settings import PidjAccount
-from handlers.pidj.webhooks import webhook_app
-from worker.registry import VendorSpec, registry
-from worker.vendor_http import VendorHTTP
+from worker.registry import Sandbox, Vendor
+
+if TYPE_CHECKING:
+    import aiohttp.web
+
+    from worker.registry import WebhookContext
+    from worker.vendor_http import VendorHTTP
 
 
 def make_client(account: Any, http: VendorHTTP) -> PidjClient:
@@ -35,14 +38,29 @@ def make_client(account: Any, http: VendorHTTP) -> PidjClient:
     return PidjClient(account, http)
 
 
-VENDOR_SPEC = registry.vendor(
-    VendorSpec(
-        name="pidj",
-        account_model=PidjAccount,
-        make_client=make_client,
-        start_sandbox=start_sandbox,
-        webhook_app=webhook_app,
-    )
+# The simulator and the webhook receiver are aiohttp servers: imported when used, so a
+# publisher loading the command declarations (to validate with them) needs no server.
+async def start_sandbox() -> Sandbox:
+    """Start the Pidj simulator in this event loop (see ``handlers.pidj.sandbox``)."""
+    from handlers.pidj import sandbox
+
+    return await sandbox.start_sandbox()
+
+
+def webhook_app(ctx: WebhookContext) -> aiohttp.web.Application:
+    """The Pidj webhook receiver (see ``handlers.pidj.webhooks``)."""
+    from handlers.pidj import webhooks
+
+    return webhooks.webhook_app(ctx)
+
+
+PIDJ: Vendor[PidjClient] = Vendor(
+    name="pidj",
+    account_model=PidjAccount,
+    make_client=make_client,
+    commands=(*messages.commands, *contacts.commands, *catalog.commands, *users.commands),
+    start_sandbox=start_sandbox,
+    webhook_app=webhook_app,
 )
 
-__all__ = ["VENDOR_SPEC", "PidjAccount", "PidjClient", "catalog", "contacts", "messages", "users"]
+__all__ = ["PIDJ", "PidjAccount", "PidjClient", "catalog", "contacts", "messages", "users"]

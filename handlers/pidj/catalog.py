@@ -12,8 +12,10 @@ from typing import Any
 
 from handlers.pidj import rules
 from handlers.pidj.client import build_form
-from handlers.pidj.common import VENDOR, PidjContext, recipient_number, refuse_contact_if_opted_out, status_of
-from worker.registry import registry
+from handlers.pidj.common import PidjContext, recipient_number, refuse_contact_if_opted_out, status_of
+from worker.registry import Commands
+
+commands = Commands()
 
 SERIES_ID = "ts:z81de899-207k-8ej4-ba5q-046zb73gte74"
 SURVEY_ID = "sv:z81de899-207k-8ej4-ba5q-046zb73gte74"
@@ -52,9 +54,8 @@ def check_initiate_survey(payload: dict[str, Any]) -> dict[str, Any]:
 _ADDRESSING = ("contact_id", "to_number", "from_number", "group_id")
 
 
-@registry.command(
+@commands.command(
     "subscribe_series",
-    vendor=VENDOR,
     safe_to_repeat=False,
     recipient=recipient_number,
     check=check_subscribe_series,
@@ -73,9 +74,8 @@ async def subscribe_series(payload: dict[str, Any], ctx: PidjContext) -> dict[st
     return status_of(body)
 
 
-@registry.command(
+@commands.command(
     "initiate_survey",
-    vendor=VENDOR,
     safe_to_repeat=False,
     recipient=recipient_number,
     check=check_initiate_survey,
@@ -93,25 +93,25 @@ async def initiate_survey(payload: dict[str, Any], ctx: PidjContext) -> dict[str
     return status_of(body)
 
 
-@registry.command("list_groups", vendor=VENDOR, safe_to_repeat=True, example={})
+@commands.command("list_groups", safe_to_repeat=True, example={})
 async def list_groups(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """List all active groups, with their numbers (GET /groups)."""
     return status_of(await ctx.client.get("/groups"), "groups")
 
 
-@registry.command("list_series", vendor=VENDOR, safe_to_repeat=True, example={})
+@commands.command("list_series", safe_to_repeat=True, example={})
 async def list_series(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """List all active series and their groups (GET /series)."""
     return status_of(await ctx.client.get("/series"), "series")
 
 
-@registry.command("list_surveys", vendor=VENDOR, safe_to_repeat=True, example={})
+@commands.command("list_surveys", safe_to_repeat=True, example={})
 async def list_surveys(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """List all surveys (GET /surveys)."""
     return status_of(await ctx.client.get("/surveys"), "surveys")
 
 
-@registry.command("check_authorization", vendor=VENDOR, safe_to_repeat=True, example={})
+@commands.command("check_authorization", safe_to_repeat=True, example={})
 async def check_authorization(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """Verify the account key and token (GET /authorization-check)."""
     return status_of(await ctx.client.get("/authorization-check"))

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlencode
 
 from handlers.pidj.settings import PidjAccount
 from worker.errors import InvalidPayload, PermanentError, VendorAuthFailed, VendorRejected
-from worker.vendor_http import VendorHTTP, VendorResponse
+
+if TYPE_CHECKING:
+    from worker.vendor_http import VendorHTTP, VendorResponse
 
 FORM = "application/x-www-form-urlencoded"
 _OK = "success"

@@ -7,7 +7,6 @@ from typing import Any
 from handlers.pidj import rules
 from handlers.pidj.client import PidjClient, path_segment
 from worker.errors import InvalidPayload, PermanentError, TransientError
-from worker.metrics import SUPPRESSED
 from worker.registry import CommandContext
 
 VENDOR = "pidj"
@@ -30,6 +29,9 @@ async def refuse_if_opted_out(ctx: PidjContext, number: str, field: str) -> None
         ) from exc
     if suppressed:
         ctx.log.info("pidj.recipient_opted_out", field=field)
+        # Imported here: publishers load this module (for its checks) without the worker's metrics.
+        from worker.metrics import SUPPRESSED
+
         SUPPRESSED.labels(ctx.type).inc()
         raise PermanentError(
             "the recipient opted out; nothing was sent",

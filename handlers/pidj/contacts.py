@@ -17,9 +17,11 @@ from typing import Any
 
 from handlers.pidj import rules
 from handlers.pidj.client import build_form, path_segment
-from handlers.pidj.common import VENDOR, PidjContext, contact_number, refuse_if_opted_out, status_of
+from handlers.pidj.common import PidjContext, contact_number, refuse_if_opted_out, status_of
 from worker.errors import VendorRejected
-from worker.registry import registry
+from worker.registry import Commands
+
+commands = Commands()
 
 CHECK_CONSENT = "/contact/{contact_id}/{group_id}/check-consent"
 CONTACT_ID = "co:193a8313-kuq7-25aq-366z-49332azkelb2"
@@ -83,9 +85,7 @@ def check_consent_pair(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-@registry.command(
-    "get_contact", vendor=VENDOR, safe_to_repeat=True, check=check_contact_id, example={"id": CONTACT_ID}
-)
+@commands.command("get_contact", safe_to_repeat=True, check=check_contact_id, example={"id": CONTACT_ID})
 async def get_contact(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """Get a contact record by id (GET /contact/{id})."""
     check_contact_id(payload)
@@ -93,9 +93,8 @@ async def get_contact(payload: dict[str, Any], ctx: PidjContext) -> dict[str, An
     return status_of(body, "contact")
 
 
-@registry.command(
+@commands.command(
     "get_contact_by_phone",
-    vendor=VENDOR,
     safe_to_repeat=True,
     check=check_by_phone,
     example={"phone_number": "+18015551111"},
@@ -107,9 +106,8 @@ async def get_contact_by_phone(payload: dict[str, Any], ctx: PidjContext) -> dic
     return status_of(body, "contact")
 
 
-@registry.command(
+@commands.command(
     "create_contact",
-    vendor=VENDOR,
     safe_to_repeat=True,
     check=check_create_contact,
     example={
@@ -141,9 +139,8 @@ async def create_contact(payload: dict[str, Any], ctx: PidjContext) -> dict[str,
     return result
 
 
-@registry.command(
+@commands.command(
     "update_contact",
-    vendor=VENDOR,
     safe_to_repeat=True,
     check=check_update_contact,
     example={"id": CONTACT_ID, "first_name": "Johnny", "business_city": "Denver", "business_state": "CO"},
@@ -155,9 +152,7 @@ async def update_contact(payload: dict[str, Any], ctx: PidjContext) -> dict[str,
     return status_of(body) | {"id": payload["id"]}
 
 
-@registry.command(
-    "delete_contact", vendor=VENDOR, safe_to_repeat=True, check=check_contact_id, example={"id": CONTACT_ID}
-)
+@commands.command("delete_contact", safe_to_repeat=True, check=check_contact_id, example={"id": CONTACT_ID})
 async def delete_contact(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """Delete a contact permanently (DELETE /contact/{id})."""
     check_contact_id(payload)
@@ -171,9 +166,8 @@ async def delete_contact(payload: dict[str, Any], ctx: PidjContext) -> dict[str,
     return status_of(body) | {"id": payload["id"]}
 
 
-@registry.command(
+@commands.command(
     "send_consent_text",
-    vendor=VENDOR,
     safe_to_repeat=True,
     check=check_consent_pair,
     example={"contact_id": CONTACT_ID, "group_id": GROUP_ID},
@@ -192,9 +186,8 @@ async def send_consent_text(payload: dict[str, Any], ctx: PidjContext) -> dict[s
     return status_of(body) | {"sent": body.get("status") == "success"}
 
 
-@registry.command(
+@commands.command(
     "check_consent",
-    vendor=VENDOR,
     safe_to_repeat=True,
     check=check_consent_pair,
     example={"contact_id": CONTACT_ID, "group_id": GROUP_ID},
@@ -210,7 +203,7 @@ async def check_consent(payload: dict[str, Any], ctx: PidjContext) -> dict[str, 
     return status_of(body, "needed")
 
 
-@registry.command("list_contacts", vendor=VENDOR, safe_to_repeat=True, example={})
+@commands.command("list_contacts", safe_to_repeat=True, example={})
 async def list_contacts(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     """List all active contacts (GET /contacts)."""
     body = await ctx.client.get("/contacts")

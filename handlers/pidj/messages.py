@@ -12,8 +12,9 @@ from handlers import segments
 from handlers.pidj import rules
 from handlers.pidj.client import build_form
 from handlers.pidj.common import VENDOR, PidjContext, recipient_number, refuse_if_opted_out, status_of
-from worker.metrics import SMS_SEGMENTS
-from worker.registry import registry
+from worker.registry import Commands
+
+commands = Commands()
 
 
 def check_send_text(payload: dict[str, Any]) -> dict[str, Any]:
@@ -35,9 +36,8 @@ def check_send_text(payload: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
-@registry.command(
+@commands.command(
     "send_text",
-    vendor=VENDOR,
     safe_to_repeat=False,
     recipient=recipient_number,
     check=check_send_text,
@@ -59,6 +59,9 @@ async def send_text(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]
     if warning is not None:
         ctx.log.warning("text forced to UCS-2", **warning)
     body = await ctx.client.post("/send", form)
+    # Imported here: publishers load this module (for its checks) without the worker's metrics.
+    from worker.metrics import SMS_SEGMENTS
+
     SMS_SEGMENTS.labels(VENDOR, cost.encoding).inc(cost.segments)
     result = status_of(body)
     result["encoding"] = cost.encoding
@@ -81,9 +84,8 @@ def check_initiate_task(payload: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
-@registry.command(
+@commands.command(
     "initiate_task",
-    vendor=VENDOR,
     safe_to_repeat=False,
     check=check_initiate_task,
     example={

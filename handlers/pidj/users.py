@@ -12,8 +12,10 @@ from typing import Any
 
 from handlers.pidj import rules
 from handlers.pidj.client import build_form, path_segment
-from handlers.pidj.common import VENDOR, PidjContext, status_of
-from worker.registry import registry
+from handlers.pidj.common import PidjContext, status_of
+from worker.registry import Commands
+
+commands = Commands()
 
 USER_ID = "us:a33a8313-8uq7-25aq-366z-49332atkelb2"
 _FIELDS = (
@@ -62,9 +64,8 @@ def check_update_user(payload: dict[str, Any]) -> dict[str, Any]:
     return _check_user_fields(check_user_id(payload))
 
 
-@registry.command(
+@commands.command(
     "get_user",
-    vendor=VENDOR,
     safe_to_repeat=True,
     check=check_user_id,
     example={"id": USER_ID},
@@ -75,9 +76,8 @@ async def get_user(payload: dict[str, Any], ctx: PidjContext) -> dict[str, Any]:
     return status_of(body, "user")
 
 
-@registry.command(
+@commands.command(
     "create_user",
-    vendor=VENDOR,
     safe_to_repeat=False,
     check=check_create_user,
     example={
@@ -99,9 +99,8 @@ async def create_user(payload: dict[str, Any], ctx: PidjContext) -> dict[str, An
     return status_of(body, "id")
 
 
-@registry.command(
+@commands.command(
     "update_user",
-    vendor=VENDOR,
     safe_to_repeat=True,
     check=check_update_user,
     example={"id": USER_ID, "roles": ["agent", "manager"], "timezone": "America/Chicago"},
@@ -124,9 +123,7 @@ def _state_command(name: str, method: str, suffix: str, doc: str, *keys: str) ->
 
     handler.__doc__ = doc
     handler.__name__ = handler.__qualname__ = name
-    registry.command(name, vendor=VENDOR, safe_to_repeat=True, check=check_user_id, example={"id": USER_ID})(
-        handler
-    )
+    commands.command(name, safe_to_repeat=True, check=check_user_id, example={"id": USER_ID})(handler)
 
 
 _state_command(
@@ -151,9 +148,8 @@ def check_create_sso_url(payload: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
-@registry.command(
+@commands.command(
     "create_sso_url",
-    vendor=VENDOR,
     safe_to_repeat=True,
     check=check_create_sso_url,
     example={"user_uuid": USER_ID, "next_url": "https://gopidj.com/inbox"},

@@ -9,9 +9,11 @@ from typing import Any
 import jsonschema_rs
 import pytest
 
-import handlers  # noqa: F401  (fills the registry)
+from handlers import build_registry
 from worker.asyncapi import build_document
-from worker.registry import Registry, registry
+from worker.registry import Registry
+
+registry = build_registry()
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent

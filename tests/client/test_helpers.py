@@ -6,12 +6,13 @@ import inspect
 
 import pytest
 
-import handlers  # noqa: F401  (fills the registry)
 import schemas
+from handlers import build_registry
 from tests.client.broker_fakes import TEST_SCHEMA
 from worker.client import PublishError, Switchboard
 from worker.errors import CommandRejected, InvalidPayload
-from worker.registry import registry
+
+registry = build_registry()
 
 # Nothing in this module publishes: kombu connects lazily, and every call here fails before.
 UNUSED_URL = "amqp://nobody:nothing@127.0.0.1:1/%2F"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import handlers  # noqa: F401  (registers the vendors and their account models)
+from handlers import build_registry
 from worker.config import ENV_PREFIX, Settings
-from worker.registry import registry
+
+registry = build_registry()
 
 
 def known_env_vars() -> set[str]:

@@ -9,10 +9,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-import handlers  # noqa: F401  (fills the registry)
+from handlers import build_registry
 from tests.deploy import DEPLOY
 from tests.deploy.envvars import unknown
-from worker.registry import registry
+
+registry = build_registry()
 
 # PyYAML is a dev dependency; without it these checks cannot run at all.
 yaml = pytest.importorskip("yaml", reason="pip install pyyaml")

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-import handlers  # noqa: F401  (fills the registry)
+from handlers import build_registry
 from tests.deploy import DEPLOY
 from tests.deploy.envvars import unknown
 from worker import topology
-from worker.registry import registry
+
+registry = build_registry()
 
 # PyYAML is a dev dependency; without it these checks cannot run at all.
 yaml = pytest.importorskip("yaml", reason="pip install pyyaml")

@@ -18,12 +18,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-import handlers  # noqa: F401  (fills the registry)
+from handlers import build_registry
 from tests.deploy import DEPLOY
 from tests.deploy.broker import Imported
 from tests.support.worker import SWITCHBOARD, WorkerProcess, free_port
 from worker.client import Switchboard
-from worker.registry import registry
+
+registry = build_registry()
 
 # PyYAML is a dev dependency; without it these checks cannot run at all.
 yaml = pytest.importorskip("yaml", reason="pip install pyyaml")

@@ -12,13 +12,14 @@ import pika
 import pika.exceptions
 import pytest
 
-import handlers  # noqa: F401  (fills the registry)
+from handlers import build_registry
 from tests.client.broker_fakes import Responder, terminal
 from tests.deploy import DEPLOY
 from tests.deploy.broker import DEV_PASSWORDS, Imported, declare_topology, definitions, rabbitmqctl
 from worker import topology
 from worker.client import Switchboard
-from worker.registry import registry
+
+registry = build_registry()
 
 PUBLISHING_DOC = DEPLOY.parent / "docs" / "publishing.md"
 DOC_URL = "amqp://switchboard-publisher:publisher-dev-password@localhost:5672/switchboard"

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-import handlers  # noqa: F401  (fills the registry)
+from handlers import build_registry
 from tests.support.worker import REPO, SWITCHBOARD
 from worker.config import TOOLING_PREFIXES, ConfigError, Settings, check_environment, valid_names
-from worker.registry import registry
+
+registry = build_registry()
 
 NAME = re.compile(r"\bSWITCHBOARD_[A-Z0-9_]*[A-Z0-9]\b")
 SCANNED = ("Makefile", "README.md", "deploy", "docs", "tests", "bench", ".ci", "handlers", "worker")

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from handlers import build_registry
 from handlers.peerly.client import MAX_UPLOAD_BYTES, PeerlyClient
 from handlers.peerly.jobs import JOB_EXAMPLE, assign_list, create_job
 from handlers.peerly.lists import check_list_status, upload_list
@@ -29,7 +30,9 @@ from worker.errors import (
     VendorRejected,
     VendorUnavailable,
 )
-from worker.registry import Continue, registry
+from worker.registry import Continue
+
+registry = build_registry()
 
 
 async def run_upload(

@@ -11,12 +11,14 @@ import aiohttp
 import pytest
 import structlog
 
-import handlers  # noqa: F401  (fills the registry)
+from handlers import build_registry
 from handlers.pidj.client import PidjClient
 from handlers.pidj.sandbox import PidjSimulator
 from handlers.pidj.settings import PidjAccount
-from worker.registry import CommandContext, registry
+from worker.registry import CommandContext
 from worker.vendor_http import VendorHTTP
+
+registry = build_registry()
 
 
 class MemorySuppressions:

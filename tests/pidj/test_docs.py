@@ -6,7 +6,9 @@ import json
 import re
 from pathlib import Path
 
-from worker.registry import registry
+from handlers import build_registry
+
+registry = build_registry()
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "commands-pidj.md"
 

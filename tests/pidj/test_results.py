@@ -12,13 +12,15 @@ from typing import Any
 import orjson
 import pytest
 
+from handlers import build_registry
 from handlers.pidj.sandbox import PidjSimulator
 from handlers.pidj.sandbox_state import blank_contact
 from tests.support.amqp import EventTap, publish_command
 from tests.support.worker import WorkerProcess
 from worker import results
 from worker.events import utc_iso
-from worker.registry import registry
+
+registry = build_registry()
 
 LIMIT = 8192
 

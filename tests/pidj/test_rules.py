@@ -13,9 +13,11 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import schemas
+from handlers import build_registry
 from handlers.pidj import rules
 from worker.errors import InvalidPayload
-from worker.registry import registry
+
+registry = build_registry()
 
 PIDJ = registry.types_of("pidj")
 G = "gr:04207209-7f61-5801-a3bd-958ecff19f77"

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-import handlers  # noqa: F401  (fills the registry)
+from handlers import build_registry
 from handlers.pidj.sandbox import PidjSimulator
 from handlers.simulator import Fault
 from tests.runtime.conftest import SEND, pidj_env
@@ -22,8 +22,9 @@ from tests.support.amqp import AMQP_URL, EventTap, command_body, publish_raw
 from tests.support.worker import free_port
 from worker import tracing
 from worker.config import load_settings
-from worker.registry import registry
 from worker.runtime import Runtime
+
+registry = build_registry()
 
 pytestmark = pytest.mark.integration
 EXPORTER = InMemorySpanExporter()

@@ -15,7 +15,7 @@ from worker.controls import Controls
 from worker.dispatcher import Delivery, Dispatcher, DispatchSettings
 from worker.errors import OutcomeUnknown, RateLimited, VendorRejected, VendorUnavailable
 from worker.quiet_hours import SendingWindow
-from worker.registry import CommandContext, Continue, Registry, VendorSpec
+from worker.registry import CommandContext, Commands, Continue, Registry, Vendor
 from worker.retry import RetryPolicy
 from worker.store import ClaimStatus, Stores
 from worker.store.sqlite import SQLiteDeduper, SQLiteIdempotencyStore, SQLiteSuppressionList, connect
@@ -58,21 +58,34 @@ class Account(BaseModel):
 Behaviour = Callable[[dict[str, Any], CommandContext[Any]], Awaitable[dict[str, Any] | Continue]]
 
 
+class NoClient:
+    """The handlers here call no vendor; the runtime only needs a client it can close."""
+
+    async def close(self) -> None:
+        pass
+
+
 class Harness:
     def __init__(self) -> None:
         self.behaviour: Behaviour = self._ok
         self.calls = 0
-        self.registry = Registry()
-        self.registry.vendor(VendorSpec(name="acme", account_model=Account, make_client=lambda a, h: None))
 
         async def handler(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any] | Continue:
             self.calls += 1
             return await self.behaviour(payload, ctx)
 
+        commands = Commands()
         for name, safe in (("echo", True), ("charge", False)):
-            self.registry.command(
-                name, vendor="acme", safe_to_repeat=safe, schema="command", recipient=lambda p: p.get("to")
-            )(handler)
+            commands.command(name, safe_to_repeat=safe, schema="command", recipient=lambda p: p.get("to"))(
+                handler
+            )
+        self.registry = Registry(
+            [
+                Vendor(
+                    name="acme", account_model=Account, make_client=lambda a, h: NoClient(), commands=commands
+                )
+            ]
+        )
         conn = connect(":memory:")
         self.store = SQLiteIdempotencyStore(conn, 3600)
         stores = Stores(self.store, SQLiteSuppressionList(conn), SQLiteDeduper(conn), "sqlite")
@@ -83,7 +96,7 @@ class Harness:
         self.windows: dict[tuple[str, str], SendingWindow] = {}
         self.dispatcher = Dispatcher(
             self.registry,
-            {("acme", "default"): object()},
+            {("acme", "default"): NoClient()},
             stores,
             self.outbox,  # type: ignore[arg-type]
             {},
