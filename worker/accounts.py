@@ -9,7 +9,7 @@ loudly instead of texting into a simulator.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from worker.config import Account, ConfigError, Settings, build_account, raw_accounts
 from worker.logging import get_logger
 from worker.ratelimit import RedisRateLimiter, TokenBucket
-from worker.registry import Registry
+from worker.registry import Registry, VendorClient
 from worker.vendor_http import Limiter, VendorHTTP
 
 log = get_logger("switchboard.accounts")
@@ -34,18 +34,13 @@ class Accounts:
     vendors: list[str]
     sandboxes: dict[str, str] = field(default_factory=dict)
     """vendor -> base URL of a running sandbox"""
-    _stops: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def settings_of(self, vendor: str) -> dict[str, BaseModel]:
         return {alias: account.settings for (v, alias), account in self.accounts.items() if v == vendor}
 
-    async def stop_sandboxes(self) -> None:
-        for stop in self._stops:
-            await stop()
 
-
-async def resolve(settings: Settings, registry: Registry) -> Accounts:
-    """Read every account; start sandboxes where asked and needed."""
+async def resolve(settings: Settings, registry: Registry, stack: AsyncExitStack) -> Accounts:
+    """Read every account; start sandboxes where asked and needed, each stopped by ``stack``."""
     raw = raw_accounts(settings, registry)
     wanted = settings.vendor_names()
     unknown = (wanted or set()) - set(registry.vendors)
@@ -63,7 +58,7 @@ async def resolve(settings: Settings, registry: Registry) -> Accounts:
             and not _complete(vendor, default, registry, settings)
         ):
             sandbox = await spec.start_sandbox()
-            result._stops.append(sandbox.stop)
+            stack.push_async_callback(sandbox.stop)
             by_alias["default"] = {
                 **sandbox.account,
                 **{k: v for k, v in default.items() if v not in ("", None)},
@@ -103,9 +98,10 @@ def build_clients(
     session: aiohttp.ClientSession,
     settings: Settings,
     redis_client: aioredis.Redis | None,
-) -> dict[tuple[str, str], Any]:
-    """One client per account, each on the shared session with its own limiter."""
-    clients: dict[tuple[str, str], Any] = {}
+    stack: AsyncExitStack,
+) -> dict[tuple[str, str], VendorClient]:
+    """One client per account, each on the shared session with its own limiter, closed by ``stack``."""
+    clients: dict[tuple[str, str], VendorClient] = {}
     for (vendor, alias), account in accounts.accounts.items():
         limiter: Limiter | None = None
         if account.rate_limit_per_second > 0:
@@ -116,5 +112,7 @@ def build_clients(
             )
         base_url = str(account.settings.model_dump()["base_url"])
         http = VendorHTTP(vendor, session, base_url, timeout=settings.vendor_timeout_seconds, limiter=limiter)
-        clients[(vendor, alias)] = registry.vendors[vendor].make_client(account.settings, http)
+        client = registry.vendors[vendor].make_client(account.settings, http)
+        stack.push_async_callback(client.close)
+        clients[(vendor, alias)] = client
     return clients

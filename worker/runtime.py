@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import aiohttp
@@ -31,14 +32,14 @@ from worker.breaker import BreakerState, CircuitBreaker
 from worker.config import Settings, check_environment
 from worker.controls import Controls
 from worker.dispatcher import Delivery, Dispatcher, DispatchSettings
-from worker.http import Limits, Listener, build_app, build_webhook_app, serve
+from worker.http import Limits, build_app, build_webhook_app, serve
 from worker.logging import get_logger
 from worker.membership import LOCAL_BACKENDS, Membership, check_unshared_store
 from worker.metrics import BROKER_CONNECTED, BROKER_RECONNECTS, IN_FLIGHT
 from worker.outbox import Outbox
-from worker.registry import Registry, WebhookContext
+from worker.registry import Registry, VendorClient, WebhookContext
 from worker.retry import RetryPolicy
-from worker.store import Stores, open_stores
+from worker.store import REDIS_POOL_SIZE, Stores, open_stores
 from worker.store import redis as redis_store
 
 log = get_logger("switchboard.runtime")
@@ -84,49 +85,59 @@ class Runtime:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+        # Everything start-up opens is pushed on this stack the moment it is open, so a
+        # failure at any later step (a port in use, a bad account) closes what came before,
+        # and a normal exit closes it all in reverse order.
+        async with contextlib.AsyncExitStack() as stack:
+            accounts = await self._start(stack)
+            stack.push_async_callback(self._close_connection)
+            await self._connection_loop(accounts.vendors)
+            await self._drain()
+        log.info("worker stopped")
+        return 0
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> Accounts:
+        """Open stores, pools, sandboxes, clients, the HTTP listeners and the background tasks."""
         stores = await open_stores(
             self.settings.store_url.get_secret_value(),
             retention_seconds=self.settings.retention_days * 86400,
             postgres_pool_size=self.settings.postgres_pool_size,
             postgres_statement_cache_size=self.settings.postgres_statement_cache_size,
         )
-        if stores.backend == "redis":
-            await redis_store.warn_if_keeps_nothing(self.settings.store_url.get_secret_value())
-        redis_url = self.settings.shared_redis_url()
-        redis_client = (
-            aioredis.Redis.from_pool(
-                aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=64, timeout=10)
-            )
-            if redis_url
-            else None
-        )
+        stack.push_async_callback(stores.close)
+        if stores.redis is not None:
+            await redis_store.warn_if_keeps_nothing(stores.redis)
+        redis_client = self._shared_redis(stores, stack)
         file_budget.configure(self.settings.file_memory_budget_bytes)
-        accounts = await resolve(self.settings, self.registry)
+        accounts = await resolve(self.settings, self.registry, stack)
         if redis_client is None and stores.backend not in LOCAL_BACKENDS and self.consume:
             _warn_unshared_rate_limits(accounts)
         connector = aiohttp.TCPConnector(limit=max(100, self.settings.max_in_flight * 2), ttl_dns_cache=300)
-        session = aiohttp.ClientSession(connector=connector)
-        clients = build_clients(accounts, self.registry, session, self.settings, redis_client)
+        session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
+        clients = build_clients(accounts, self.registry, session, self.settings, redis_client, stack)
         controls = Controls(stores.controls, max_wait_seconds=self.settings.pause_max_defer_seconds)
         await controls.refresh()
         if stores.controls is not None:
-            self.membership = Membership(stores.controls, accounts.vendors if self.consume else [])
-            await self.membership.heartbeat()
+            membership = self.membership = Membership(
+                stores.controls, accounts.vendors if self.consume else []
+            )
+            await membership.heartbeat()
+            stack.push_async_callback(membership.leave)
             self._store_check_pending = (
                 self.consume and stores.backend in LOCAL_BACKENDS and not self.settings.allow_unshared_store
             )
-        heartbeat = asyncio.create_task(self.membership.run()) if self.membership else None
+            _own_task(stack, membership.run())
         self._backend = stores.backend
         self.dispatcher = self._dispatcher(clients, stores, accounts, controls)
-        http = await self._serve_http(accounts, stores)
-        pruning = asyncio.create_task(self._prune(stores))
-        refreshing = asyncio.create_task(controls.run())
+        await self._serve_http(accounts, stores, stack)
+        _own_task(stack, self._prune(stores))
+        _own_task(stack, controls.run())
         # A worker that starts during an outage starts in the fleet's state: read it before consuming.
         await self._sync_breakers()
-        syncing = asyncio.create_task(self._sync_breakers_forever())
-        renewing = (
-            asyncio.create_task(self.dispatcher.renew_leases()) if self.settings.live_lease_seconds else None
-        )
+        _own_task(stack, self._sync_breakers_forever())
+        if self.settings.live_lease_seconds:
+            _own_task(stack, self.dispatcher.renew_leases())
+        stack.push_async_callback(self._cancel_pauses_and_ramps)
         log.info(
             "worker started",
             vendors=accounts.vendors,
@@ -134,31 +145,27 @@ class Runtime:
             metrics_port=self.settings.metrics_port,
             max_in_flight=self.settings.max_in_flight,
         )
-        try:
-            await self._connection_loop(accounts.vendors)
-            await self._drain()
-        finally:
-            pruning.cancel()
-            refreshing.cancel()
-            if heartbeat is not None:
-                heartbeat.cancel()
-            if self.membership is not None:
-                await self.membership.leave()
-            syncing.cancel()
-            if renewing is not None:
-                renewing.cancel()
-            await self._close_connection()
-            for listener in http:
-                await listener.cleanup()
-            for client in clients.values():
-                await client.close()
-            await session.close()
-            await accounts.stop_sandboxes()
-            await stores.close()
-            if redis_client is not None:
-                await redis_client.aclose()
-        log.info("worker stopped")
-        return 0
+        return accounts
+
+    def _shared_redis(self, stores: Stores, stack: contextlib.AsyncExitStack) -> aioredis.Redis | None:
+        """The Redis the rate limits share: the store's own client (one pool) when it is the same Redis."""
+        url = self.settings.shared_redis_url()
+        if url is None:
+            return None
+        if stores.redis is not None and url == self.settings.store_url.get_secret_value():
+            return stores.redis
+        client = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(url, max_connections=REDIS_POOL_SIZE, timeout=10)
+        )
+        stack.push_async_callback(client.aclose)
+        return client
+
+    async def _cancel_pauses_and_ramps(self) -> None:
+        tasks = [*self._pausing.values(), *self._background]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
     def stop(self) -> None:
         if not self.stopping.is_set():
@@ -167,7 +174,11 @@ class Runtime:
             self.stopping.set()
 
     def _dispatcher(
-        self, clients: dict[tuple[str, str], Any], stores: Stores, accounts: Accounts, controls: Controls
+        self,
+        clients: Mapping[tuple[str, str], VendorClient],
+        stores: Stores,
+        accounts: Accounts,
+        controls: Controls,
     ) -> Dispatcher:
         s = self.settings
         for vendor in accounts.vendors:
@@ -216,7 +227,7 @@ class Runtime:
             max_connections=s.http_max_connections,
         )
 
-    async def _serve_http(self, accounts: Accounts, stores: Stores) -> list[Listener]:
+    async def _serve_http(self, accounts: Accounts, stores: Stores, stack: contextlib.AsyncExitStack) -> None:
         """The probes and /metrics; webhooks on their own port when SWITCHBOARD_WEBHOOK_PORT is set."""
         s, limits = self.settings, self._http_limits()
         webhook_apps = self._webhook_apps(accounts, stores)
@@ -226,19 +237,16 @@ class Runtime:
                     "webhooks share the metrics port; set SWITCHBOARD_WEBHOOK_PORT so a flood of "
                     "webhook clients cannot starve the probes"
                 )
-            return [
-                await serve(
-                    build_app(lambda: self.ready, webhook_apps, limits), s.metrics_host, s.metrics_port
-                )
-            ]
+            shared = await serve(
+                build_app(lambda: self.ready, webhook_apps, limits), s.metrics_host, s.metrics_port
+            )
+            stack.push_async_callback(shared.cleanup)
+            return
         probes = await serve(build_app(lambda: self.ready, None, limits), s.metrics_host, s.metrics_port)
-        try:
-            hooks = await serve(build_webhook_app(webhook_apps, limits), s.metrics_host, s.webhook_port)
-        except BaseException:
-            await probes.cleanup()
-            raise
+        stack.push_async_callback(probes.cleanup)
+        hooks = await serve(build_webhook_app(webhook_apps, limits), s.metrics_host, s.webhook_port)
+        stack.push_async_callback(hooks.cleanup)
         log.info("webhooks served on their own port", webhook_port=s.webhook_port)
-        return [probes, hooks]
 
     def _webhook_apps(self, accounts: Accounts, stores: Stores) -> dict[str, Any]:
         apps = {}
@@ -512,6 +520,17 @@ class Runtime:
             await self.connection.close()
             self.connection = None
         self.publish_channel = None
+
+
+def _own_task(stack: contextlib.AsyncExitStack, work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` in the background until ``stack`` closes: then cancel it and wait for it to end."""
+    task = asyncio.create_task(work)
+
+    async def cancel() -> None:
+        task.cancel()
+        await asyncio.wait([task])
+
+    stack.push_async_callback(cancel)
 
 
 def _warn_unshared_rate_limits(accounts: Accounts) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from worker.store.base import (
@@ -16,6 +17,9 @@ from worker.store.base import (
     Lease,
     SuppressionList,
 )
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 REDIS_POOL_SIZE = 64
 
@@ -43,6 +47,8 @@ class Stores:
     """Operator controls (pause, cancel); every backend but a future one without them."""
     breakers: BreakerStore | None = None
     """Circuit breakers shared by the fleet (None: each worker keeps its own)."""
+    redis: aioredis.Redis | None = None
+    """The Redis store's client and pool: the runtime's rate limits share it when on the same Redis."""
 
     async def close(self) -> None:
         await self.idempotency.close()
@@ -92,6 +98,7 @@ async def open_stores(
             "redis",
             redis_store.RedisControlStore(client),
             redis_store.RedisBreakerStore(client),
+            client,
         )
     if scheme in ("postgresql", "postgres"):
         from worker.store import postgres

@@ -396,13 +396,9 @@ async def keeps_nothing_on_disk(client: aioredis.Redis) -> bool | None:
     return not str(save["save"]).strip() and str(appendonly["appendonly"]).lower() != "yes"
 
 
-async def warn_if_keeps_nothing(url: str) -> None:
+async def warn_if_keeps_nothing(client: aioredis.Redis) -> None:
     """Warn at start when this Redis loses everything on a restart (opt-outs included)."""
-    client = aioredis.Redis.from_url(url)
-    try:
-        volatile = await keeps_nothing_on_disk(client)
-    finally:
-        await client.aclose()
+    volatile = await keeps_nothing_on_disk(client)
     if volatile:
         log.warning(
             "the Redis store keeps nothing on disk (save is empty, appendonly is no): a Redis restart"
