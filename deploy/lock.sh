@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the pinned, hash-checked lock files the Dockerfile installs with
 # --require-hashes:
-#   deploy/requirements.lock  runtime dependencies of pyproject.toml
+#   deploy/requirements.lock  runtime dependencies of pyproject.toml, with the `worker` extra
 #   deploy/build.lock         the build backend (setuptools) that builds our wheel
 # Run after changing [project].dependencies or [build-system].requires and commit
 # the result; pass --upgrade to move every pin to the newest allowed version.
@@ -16,7 +16,7 @@ trap 'rm -rf "$tools"' EXIT
 python3 -m venv "$tools"
 "$tools/bin/pip" install --quiet "pip-tools>=7.4,<8"
 common=(--quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links "$@")
-"$tools/bin/pip-compile" "${common[@]}" --output-file deploy/requirements.lock pyproject.toml
+"$tools/bin/pip-compile" "${common[@]}" --extra worker --output-file deploy/requirements.lock pyproject.toml
 "$tools/bin/pip-compile" "${common[@]}" --only-build-deps --build-deps-for wheel \
   --output-file deploy/build.lock pyproject.toml
 sed -i 's|^#    pip-compile .*|#    deploy/lock.sh|' deploy/requirements.lock deploy/build.lock

@@ -24,12 +24,17 @@ again to the new reply queue: the worker answers a repeat with the stored
 event and does not call the vendor twice. A ``CallTimeout`` does not cancel
 anything: the command may still run; its event is on ``switchboard.events``.
 
-Before anything is published, the envelope is checked against
-``schemas/v1/command.json`` and the payload against
-``schemas/v1/payloads/<type>.json`` (with ``jsonschema_rs``, as the worker
-does), so a typo fails here with the field's JSON path
-(``InvalidPayload.path == "/payload/to_number"``) instead of ending in a
-``rejected`` event.
+Before anything is published, the command is checked with the worker's own
+validator (:mod:`worker.validation`: ``schemas/v1/command.json``, the
+payload's ``schemas/v1/payloads/<type>.json``, then the command's ``check``
+from its vendor's declaration, e.g. phone number validity), so a typo fails
+here with the same code, field path (``InvalidPayload.path ==
+"/payload/to_number"``) and message as the ``rejected`` event the worker would
+have published.
+
+Installing ``switchboard`` (without the ``worker`` extra) is enough for this
+module: it needs none of the worker's server, store, metrics or tracing
+packages. OpenTelemetry is used when the calling service has it.
 
 Typed helpers (``sb.commands.<type>(**fields)``) are built from the schemas
 when first used, not generated into a module: the schemas installed with this
@@ -65,16 +70,22 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final
 
-import jsonschema_rs
 import kombu
 import orjson
 from amqp.exceptions import MessageNacked  # type: ignore[import-untyped]  # py-amqp: kombu's transport
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind
+
+try:  # part of the worker extra; a publisher without it publishes without spans
+    from opentelemetry import propagate, trace
+    from opentelemetry.trace import SpanKind
+except ImportError:
+    _TRACING = False
+else:
+    _TRACING = True
 
 import schemas
 from worker.brokers import broker_urls
-from worker.errors import CommandRejected, InvalidPayload
+from worker.registry import Check, Registry
+from worker.validation import Validators
 
 # kombu ships a py.typed marker but most of its API is unannotated: strict mypy
 # would flag every call, so the client reaches it through ``Any``.
@@ -130,7 +141,9 @@ class Switchboard:
             URLs or one string of comma-separated addresses (see :mod:`worker.brokers`).
         validate: check envelope and payload against the schemas before publishing.
         payload_schemas: command type -> payload schema; default: the installed
-            ``schemas`` package (tests pass their own).
+            ``schemas`` package and the commands' checks (tests pass their own).
+        registry: the commands to validate against; default: every vendor's
+            (``handlers.build_registry()``).
         retry_policy: kombu ``ensure`` policy for connection loss.
         confirm_timeout: seconds to wait for the broker's publisher confirm.
     """
@@ -144,6 +157,7 @@ class Switchboard:
         retry_policy: Mapping[str, float] | None = None,
         confirm_timeout: float = 10.0,
         exchange: str = COMMANDS_EXCHANGE,
+        registry: Registry | None = None,
     ) -> None:
         # Several nodes (a list, or SWITCHBOARD_AMQP_URL's comma-separated form): kombu
         # fails over between them, in random order so publishers spread over the cluster.
@@ -153,7 +167,7 @@ class Switchboard:
             failover_strategy="shuffle",
             transport_options={"confirm_publish": True},
         )
-        self._validator = _Validator(payload_schemas) if validate else None
+        self._validator = _Validator(payload_schemas, registry) if validate else None
         self._retry_policy = dict(DEFAULT_RETRY_POLICY if retry_policy is None else retry_policy)
         self._confirm_timeout = confirm_timeout
         self._exchange = exchange
@@ -417,6 +431,9 @@ def _publish_span(exchange: str, routing_key: str, command_id: str) -> Iterator[
         "messaging.rabbitmq.destination.routing_key": routing_key,
         "messaging.message.id": command_id,
     }
+    if not _TRACING:
+        yield {}
+        return
     tracer = trace.get_tracer("switchboard.client")
     with tracer.start_as_current_span(f"publish {exchange}", kind=SpanKind.PRODUCER, attributes=attributes):
         headers: dict[str, str] = {}
@@ -452,57 +469,32 @@ class _SchemaSource:
 
 
 class _Validator:
-    """Checks an envelope and its payload the way the worker will."""
+    """The worker's own checks (:class:`worker.validation.Validators` and each command's
+    ``check``), in the worker's order: a command that fails here would be rejected by the
+    worker with the same code, path and message."""
 
-    def __init__(self, payload_schemas: Mapping[str, dict[str, Any]] | None) -> None:
-        self._source = _SchemaSource(payload_schemas)
-        self._envelope = jsonschema_rs.validator_for(schemas.load("command"))
-        self._payloads: dict[str, jsonschema_rs.Validator] = {}
+    def __init__(
+        self, payload_schemas: Mapping[str, dict[str, Any]] | None, registry: Registry | None
+    ) -> None:
+        self._checks: dict[str, Check | None] = {}
+        if payload_schemas is not None:
+            self._validators = Validators.of_schemas(dict(payload_schemas))
+            return
+        if registry is None:
+            from handlers import build_registry  # the composition root: every vendor's commands
+
+            registry = build_registry()
+        self._validators = Validators(
+            list(registry.commands), {t: spec.schema for t, spec in registry.commands.items()}
+        )
+        self._checks = {t: spec.check for t, spec in registry.commands.items()}
 
     def check(self, envelope: dict[str, Any]) -> None:
-        _raise_first(self._envelope.iter_errors(envelope), prefix="", error=CommandRejected)
-        type_ = envelope["type"]
-        validator = self._payloads.get(type_)
-        if validator is None:
-            schema = self._source.get(type_)
-            if schema is None:
-                known = ", ".join(self._source.names()) or "none"
-                raise CommandRejected(f"unknown command type {type_!r} (known: {known})", code="unknown_type")
-            validator = self._payloads[type_] = jsonschema_rs.validator_for(schema)
-        _raise_first(validator.iter_errors(envelope["payload"]), prefix="/payload", error=InvalidPayload)
-
-
-def _raise_first(
-    errors: Iterator[jsonschema_rs.ValidationError],
-    *,
-    prefix: str,
-    error: type[CommandRejected],
-) -> None:
-    """Raise the first schema error with its JSON pointer, all of them in ``details["errors"]``."""
-    found = [(prefix + _pointer(e.instance_path), _describe(e)) for e in errors]
-    if not found:
-        return
-    path, text = found[0]
-    message = f"{path or '/'}: {text}"
-    exc = (
-        InvalidPayload(message, path=path)
-        if error is InvalidPayload
-        else error(message, details={"path": path})
-    )
-    exc.details["errors"] = [{"path": p, "message": m} for p, m in found]
-    raise exc
-
-
-def _pointer(parts: list[str | int]) -> str:
-    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in parts)
-
-
-def _describe(error: jsonschema_rs.ValidationError) -> str:
-    """The rule that failed, without the value: payloads carry phone numbers and message text."""
-    rule = error.kind.name
-    if rule in ("required", "additionalProperties"):
-        return error.message  # names fields, not values
-    return f"breaks the schema's {rule!r} rule"
+        self._validators.check_envelope(envelope)
+        self._validators.check_type(envelope["type"])
+        self._validators.check_payload(
+            envelope["type"], envelope["payload"], self._checks.get(envelope["type"])
+        )
 
 
 # -- typed helpers ------------------------------------------------------------

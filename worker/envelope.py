@@ -137,15 +137,9 @@ def _check_envelope(
     reply_to_allow: Collection[str] = (),
 ) -> Command | Rejection:
     readable = _readable_parts(document, properties)
-    errors = validators.envelope.errors(document)
-    if errors:
-        first = errors[0]
-        error = _reject(
-            "invalid_envelope",
-            f"{first['path'] or '/'}: {first['message']}",
-            path=first["path"] or "/",
-            errors=errors,
-        )
+    try:
+        validators.check_envelope(document)
+    except CommandRejected as error:
         return Rejection(error, **readable)
     if properties.message_id is not None and properties.message_id != document["id"]:
         return Rejection(
@@ -163,10 +157,10 @@ def _check_envelope(
             **readable,
         )
     command_type = document["type"]
-    if command_type not in validators.payloads:
-        return Rejection(
-            _reject("unknown_type", f"no command type {command_type!r}", path="/type"), **readable
-        )
+    try:
+        validators.check_type(command_type)
+    except CommandRejected as error:
+        return Rejection(error, **readable)
     if routing_key != command_type:
         return Rejection(
             _reject(

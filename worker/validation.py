@@ -9,17 +9,23 @@ not the value; an error about an enclosing object (whose text would quote the
 whole object) has every secret value replaced by ``"***"``. The messages go
 into the rejected event, the dead letter's headers and the logs, so this is
 the one place to stop them.
+
+No message carries the value that broke a rule either (a phone number, a
+text): ``"555" does not match "^\\+..."`` becomes ``value does not match
+"^\\+..." (rule 'pattern')``. The publishing client (``worker.client``) validates with this
+module, so a publisher sees the message the worker would have rejected with.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jsonschema_rs
 import orjson
 
 import schemas
-from worker.errors import InvalidPayload
+from worker.errors import CommandRejected, InvalidPayload
 
 _MAX_MESSAGE = 300
 _MAX_ERRORS = 10
@@ -100,6 +106,20 @@ def _scrub(message: str, secrets: set[str]) -> str:
     return message
 
 
+def _without_value(error: Any) -> str:
+    """The message with the failing value, which it starts with, replaced by "value", and the rule named."""
+    message, instance = str(error.message), error.instance
+    if isinstance(instance, dict | list):
+        return message  # names fields (required, additionalProperties) or is cut short below
+    try:
+        shown = orjson.dumps(instance).decode()
+    except TypeError:
+        return message
+    if message.startswith(shown):
+        message = "value" + message[len(shown) :]
+    return f"{message} (rule {error.kind.name!r})"
+
+
 def _describe(
     error: Any, prefix: str, schema: dict[str, Any], secrets: set[str] | None = None
 ) -> dict[str, str]:
@@ -114,7 +134,7 @@ def _describe(
             "path": prefix + _pointer(parts),
             "message": f"value breaks the rule {rule!r} (not shown: the field is write-only)",
         }
-    message = str(error.message)
+    message = _without_value(error)
     if isinstance(
         kind,
         jsonschema_rs.ValidationErrorKind.OneOfNotValid
@@ -167,7 +187,11 @@ def raise_invalid(message: str, path: str, *, code: str, errors: list[dict[str, 
 
 
 class Validators:
-    """The envelope validator and one payload validator per command type."""
+    """The envelope validator and one payload validator per command type.
+
+    The worker and the publishing client check a command with these, in this order:
+    :meth:`check_envelope`, :meth:`check_type`, :meth:`check_payload`.
+    """
 
     def __init__(self, command_types: list[str], schema_names: dict[str, str]) -> None:
         self.envelope = SchemaValidator(schemas.load("command"))
@@ -175,3 +199,38 @@ class Validators:
             command_type: SchemaValidator(schemas.load(schema_names[command_type]), prefix="/payload")
             for command_type in command_types
         }
+
+    @classmethod
+    def of_schemas(cls, payload_schemas: dict[str, dict[str, Any]]) -> Validators:
+        """Validators for the given payload schemas (by command type) instead of the installed files."""
+        validators = cls([], {})
+        validators.payloads = {
+            command_type: SchemaValidator(schema, prefix="/payload")
+            for command_type, schema in payload_schemas.items()
+        }
+        return validators
+
+    def check_envelope(self, document: Any) -> None:
+        """Raise ``invalid_envelope`` with the first error's path (all of them in ``errors``)."""
+        errors = self.envelope.errors(document)
+        if errors:
+            first = errors[0]
+            path = first["path"] or "/"
+            raise CommandRejected(
+                f"{path}: {first['message']}",
+                code="invalid_envelope",
+                details={"path": path, "errors": errors},
+            )
+
+    def check_type(self, command_type: str) -> None:
+        if command_type not in self.payloads:
+            raise CommandRejected(
+                f"unknown command type {command_type!r}", code="unknown_type", details={"path": "/type"}
+            )
+
+    def check_payload(
+        self, command_type: str, payload: Any, check: Callable[[Any], Any] | None = None
+    ) -> Any:
+        """Schema, then the command's own ``check``; returns the (normalised) payload."""
+        self.payloads[command_type].validate(payload)
+        return payload if check is None else check(payload)

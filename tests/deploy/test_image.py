@@ -125,10 +125,11 @@ def _run_check(command: list[str], port: int) -> int:
 
 class TestLocks:
     def test_every_runtime_dependency_is_pinned_with_hashes(self) -> None:
-        """Each [project].dependencies entry is pinned in requirements.lock at a version it allows, with hashes."""
+        """Each [project].dependencies and `worker` extra entry is pinned in requirements.lock at a version
+        it allows, with hashes (the image runs the worker)."""
         project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
         pins = _lock(DEPLOY / "requirements.lock")
-        for spec in project["dependencies"]:
+        for spec in [*project["dependencies"], *project["optional-dependencies"]["worker"]]:
             requirement = Requirement(spec)
             name = str(canonicalize_name(requirement.name))
             assert name in pins, f"{name} missing from requirements.lock: run deploy/lock.sh"
