@@ -471,25 +471,32 @@ class _SchemaSource:
 class _Validator:
     """The worker's own checks (:class:`worker.validation.Validators` and each command's
     ``check``), in the worker's order: a command that fails here would be rejected by the
-    worker with the same code, path and message."""
+    worker with the same code, path and message.
+
+    The vendors' command declarations are loaded at the first check, not when the client is
+    made (importing every vendor's modules takes a moment)."""
 
     def __init__(
         self, payload_schemas: Mapping[str, dict[str, Any]] | None, registry: Registry | None
     ) -> None:
+        self._registry = registry
         self._checks: dict[str, Check | None] = {}
-        if payload_schemas is not None:
-            self._validators = Validators.of_schemas(dict(payload_schemas))
-            return
+        self._validators: Validators | None = (
+            None if payload_schemas is None else Validators.of_schemas(dict(payload_schemas))
+        )
+
+    def _load(self) -> Validators:
+        registry = self._registry
         if registry is None:
             from handlers import build_registry  # the composition root: every vendor's commands
 
             registry = build_registry()
-        self._validators = Validators(
-            list(registry.commands), {t: spec.schema for t, spec in registry.commands.items()}
-        )
         self._checks = {t: spec.check for t, spec in registry.commands.items()}
+        return Validators(list(registry.commands), {t: spec.schema for t, spec in registry.commands.items()})
 
     def check(self, envelope: dict[str, Any]) -> None:
+        if self._validators is None:
+            self._validators = self._load()
         self._validators.check_envelope(envelope)
         self._validators.check_type(envelope["type"])
         self._validators.check_payload(
