@@ -11,6 +11,8 @@ import pika
 import pytest
 from pydantic import BaseModel
 
+from worker.breaker import CircuitBreaker
+from worker.clock import ManualClock
 from worker.controls import Controls
 from worker.dispatcher import Delivery, Dispatcher, DispatchSettings
 from worker.errors import OutcomeUnknown, RateLimited, VendorRejected, VendorUnavailable
@@ -79,14 +81,15 @@ class Harness:
         self.outbox = FakeOutbox()
         self.channel = FakeChannel()
         self.controls = Controls(None)
-        self.now = time.time()
+        self.clock = ManualClock()
+        self.breakers: dict[str, CircuitBreaker] = {}
         self.windows: dict[tuple[str, str], SendingWindow] = {}
         self.dispatcher = Dispatcher(
             self.registry,
             {("acme", "default"): object()},
             stores,
             self.outbox,  # type: ignore[arg-type]
-            {},
+            self.breakers,
             DispatchSettings(
                 max_message_bytes=4096,
                 lease_seconds=60,
@@ -97,13 +100,22 @@ class Harness:
             ),
             controls=self.controls,
             windows=self.windows,
-            clock=lambda: self.now,
+            clock=self.clock,
         )
         # The payload schema of the fake commands is the envelope schema; give them a permissive one.
         from worker.validation import SchemaValidator
 
         for name in ("echo", "charge"):
             self.dispatcher.validators.payloads[name] = SchemaValidator({"type": "object"}, prefix="/payload")
+
+    @property
+    def now(self) -> float:
+        """The dispatcher's clock (claims, ages, retries, sending windows)."""
+        return self.clock.now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.clock.now = value
 
     @staticmethod
     async def _ok(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
@@ -438,7 +450,7 @@ async def test_copy_claimed_in_the_same_worker_keeps_its_lease_renewed(h: Harnes
     h.outbox.delay = delay_while_the_copy_starts  # type: ignore[method-assign]
     await h.deliver("charge")
     try:
-        assert ("default", "c-1") in h.dispatcher._held, "the running copy's lease would no longer be renewed"
+        assert ("default", "c-1") in h.dispatcher.leases.held, "the running copy's lease would no longer be renewed"
     finally:
         finish.set()
         await second[0]
@@ -452,11 +464,11 @@ async def test_store_error_before_the_vendor_call_gives_the_claim_back(h: Harnes
         async def admit(self) -> bool:
             raise ConnectionError("store unavailable")
 
-    h.dispatcher.breakers = {"acme": FailingBreaker()}  # type: ignore[dict-item]
+    h.breakers["acme"] = FailingBreaker()  # type: ignore[assignment]
     await h.deliver("charge")
     assert h.channel.nacked == [1]
     assert h.calls == 0
-    h.dispatcher.breakers = {}
+    del h.breakers["acme"]
     await h.deliver("charge")
     assert h.calls == 1
     assert h.statuses() == ["succeeded"]
@@ -497,10 +509,10 @@ async def test_a_refused_send_back_returns_the_command_to_the_queue(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A retry the broker nacks is given back (nack, requeue) on the open channel, not held unacked."""
-    from worker import dispatcher as dispatcher_module
+    from worker import executor
     from worker.amqp import PublishNacked
 
-    monkeypatch.setattr(dispatcher_module, "RETURN_AFTER_BROKER_ERROR_SECONDS", 0.0)
+    monkeypatch.setattr(executor, "RETURN_AFTER_BROKER_ERROR_SECONDS", 0.0)
 
     async def refused(body: bytes, original: Any, **kwargs: Any) -> None:
         raise PublishNacked("broker nacked the message")
