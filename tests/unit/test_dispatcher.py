@@ -57,6 +57,10 @@ class Account(BaseModel):
     base_url: str = "http://vendor.invalid"
 
 
+def _squeeze_number(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "to": str(payload.get("to", "")).replace(" ", "")}
+
+
 Behaviour = Callable[[dict[str, Any], CommandContext[Any]], Awaitable[dict[str, Any] | Continue]]
 
 
@@ -75,6 +79,16 @@ class Harness:
             self.registry.command(
                 name, vendor="acme", safe_to_repeat=safe, schema="command", recipient=lambda p: p.get("to")
             )(handler)
+        self.received: list[dict[str, Any]] = []
+
+        async def text(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any] | Continue:
+            self.received.append(payload)
+            return await handler(payload, ctx)
+
+        # A type whose check normalises: "+1 212 555 0123" and "+12125550123" are one number.
+        self.registry.command(
+            "text", vendor="acme", safe_to_repeat=False, schema="command", check=_squeeze_number
+        )(text)
         conn = connect(":memory:")
         self.store = SQLiteIdempotencyStore(conn, 3600)
         stores = Stores(self.store, SQLiteSuppressionList(conn), SQLiteDeduper(conn), "sqlite")
@@ -105,7 +119,7 @@ class Harness:
         # The payload schema of the fake commands is the envelope schema; give them a permissive one.
         from worker.validation import SchemaValidator
 
-        for name in ("echo", "charge"):
+        for name in ("echo", "charge", "text"):
             self.dispatcher.validators.payloads[name] = SchemaValidator({"type": "object"}, prefix="/payload")
 
     @property
@@ -450,7 +464,9 @@ async def test_copy_claimed_in_the_same_worker_keeps_its_lease_renewed(h: Harnes
     h.outbox.delay = delay_while_the_copy_starts  # type: ignore[method-assign]
     await h.deliver("charge")
     try:
-        assert ("default", "c-1") in h.dispatcher.leases.held, "the running copy's lease would no longer be renewed"
+        assert ("default", "c-1") in h.dispatcher.leases.held, (
+            "the running copy's lease would no longer be renewed"
+        )
     finally:
         finish.set()
         await second[0]
@@ -526,3 +542,89 @@ async def test_a_refused_send_back_returns_the_command_to_the_queue(
     assert h.channel.acked == []
     assert h.channel.nacked == [1]
     assert h.outbox.events == []
+
+
+async def test_the_handler_gets_the_checked_payload_and_the_fingerprint_is_the_published_one(
+    h: Harness,
+) -> None:
+    """check's normalised payload reaches the handler; the record is keyed on the payload as published."""
+    from worker.dispatcher import fingerprint
+
+    await h.deliver("text", payload={"to": "+1 212 555 0123"})
+    assert h.received == [{"to": "+12125550123"}]
+    claim = await h.store.claim("default", "c-1", fingerprint("text", {"to": "+1 212 555 0123"}), h.now, 60)
+    assert claim.status is ClaimStatus.DONE
+
+
+async def test_same_id_with_a_payload_that_only_normalises_equal_is_a_conflict(h: Harness) -> None:
+    """One id, one published payload: a different spelling of the same number is idempotency_conflict, not a duplicate."""
+    await h.deliver("text", payload={"to": "+1 212 555 0123"})
+    await h.deliver("text", payload={"to": "+12125550123"})
+    assert h.statuses() == ["succeeded", "rejected"]
+    assert h.outbox.events[1]["error"]["code"] == "idempotency_conflict"
+    await h.deliver("text", payload={"to": "+1 212 555 0123"})
+    assert h.outbox.events[2]["event_id"] == h.outbox.events[0]["event_id"], "the same payload is a duplicate"
+    assert len(h.received) == 1
+
+
+async def test_the_command_is_frozen(h: Harness) -> None:
+    """Nothing downstream can rewrite the command it was fingerprinted from."""
+    import dataclasses
+
+    from worker.envelope import Command
+
+    command = Command("c", "echo", {}, "default", {}, None, b"", pika.BasicProperties(), "echo")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        command.payload = {"n": 2}  # type: ignore[misc]
+
+
+async def test_invalid_payload_raised_by_a_handler_is_a_stored_failure_not_a_rejection(h: Harness) -> None:
+    """A handler cannot reject: InvalidPayload after the claim ends failed (code and path kept), stored and dead-lettered."""
+    from worker.errors import InvalidPayload
+
+    async def picky(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
+        raise InvalidPayload("the vendor says this number is a landline", path="/payload/to")
+
+    h.behaviour = picky
+    await h.deliver("echo")
+    event = h.outbox.events[0]
+    assert (event["status"], event["error"]["code"]) == ("failed", "invalid_payload")
+    assert event["error"]["details"]["path"] == "/payload/to"
+    assert h.outbox.dead[0]["status"] == "failed"
+    await h.deliver("echo")
+    assert h.calls == 1, "a stored outcome: the redelivery does not run the handler again"
+    assert h.outbox.events[1]["event_id"] == event["event_id"]
+
+
+async def test_ages_follow_the_injected_clock(h: Harness) -> None:
+    """A retry past max age gives up by the dispatcher's clock, with no sleeping."""
+
+    async def down(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
+        raise VendorUnavailable("down")
+
+    import dataclasses
+
+    h.behaviour = down
+    policy = RetryPolicy(max_attempts=3, base_seconds=0.1, max_age_seconds=600)
+    h.dispatcher.settings = dataclasses.replace(h.dispatcher.settings, policy=policy)
+    await h.deliver("echo")
+    assert h.outbox.delayed[0][1]["x-switchboard-delay-reason"] == "retry"
+    assert h.outbox.delayed[0][1]["x-switchboard-first-seen"] == int(h.now * 1000)
+    h.now += 601
+    await h.deliver("echo")
+    event = h.outbox.events[0]
+    assert event["status"] == "failed"
+    assert "older than" in event["error"]["message"]
+
+
+async def test_claims_follow_the_injected_clock(h: Harness) -> None:
+    """A lease is live or lapsed by the dispatcher's clock: moved past it, an unsafe command ends outcome_unknown."""
+    from worker.dispatcher import fingerprint
+
+    await h.store.claim("default", "c-1", fingerprint("charge", {"n": 1}), h.now, 60)
+    await h.deliver("charge")
+    assert h.outbox.delayed[0][1]["x-switchboard-delay-reason"] == "claimed_elsewhere"
+    h.now += 61
+    await h.deliver("charge")
+    assert h.outbox.events[0]["error"]["code"] == "outcome_unknown"
+    assert h.calls == 0
