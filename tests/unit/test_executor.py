@@ -272,3 +272,30 @@ async def test_republish_sends_the_stored_event_and_its_dead_letter_again(p: Par
     assert p.kinds()[-1] == "ack"
     assert {"event confirmed", "dead_letter confirmed"} <= set(p.kinds())
     assert p.observer.seen == [("duplicate", "echo", "failed")]
+
+
+def test_observer_set_is_chosen_once_and_spans_only_with_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tracing off: no span observer at all (no tracing cost per command); on: spans too; a ramp only when asked."""
+    from worker import observers, tracing
+
+    monkeypatch.setattr(tracing.state, "enabled", False)
+    assert [type(o) for o in observers.observers()] == [observers.Metrics]
+    monkeypatch.setattr(tracing.state, "enabled", True)
+    assert [type(o) for o in observers.observers(print)] == [
+        observers.Metrics,
+        observers.Spans,
+        observers.Ramp,
+    ]
+
+
+def test_the_ramp_hears_only_transient_failures() -> None:
+    """The prefetch ramp restarts its batch on a transient vendor failure, not on results or refusals."""
+    from worker.errors import VendorRejected
+    from worker.observers import Ramp
+
+    heard: list[str] = []
+    ramp = Ramp(heard.append)
+    ramp.handled("echo", "acme", 0.05, {"ok": True})
+    ramp.handled("echo", "acme", 0.05, VendorRejected("no"))
+    ramp.handled("echo", "acme", 0.05, RateLimited("slow"))
+    assert heard == ["acme"]
