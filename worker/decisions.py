@@ -74,7 +74,8 @@ class InFlight:
     command: Command
     spec: CommandSpec
     fingerprint: str
-    """Of the command as published (before ``check`` normalises it): one id, one payload."""
+    """Of the command as published (before ``check`` normalises it): one id, one payload.
+    Taken once the gates before the claim have passed."""
     started: float
     """Monotonic seconds when the delivery arrived."""
     payload: dict[str, Any]

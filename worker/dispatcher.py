@@ -38,7 +38,14 @@ from worker.clock import SYSTEM, Clock
 from worker.controls import Controls
 from worker.decisions import Continue, Decision, Defer, Finish, InFlight, Reject, Republish
 from worker.envelope import Command, Rejection, decode
-from worker.errors import CommandRejected, PermanentError, SwitchboardError, TransientError, VendorUnavailable
+from worker.errors import (
+    CommandRejected,
+    InvalidPayload,
+    PermanentError,
+    SwitchboardError,
+    TransientError,
+    VendorUnavailable,
+)
 from worker.executor import RETURN_AFTER_BROKER_ERROR_SECONDS, Executor
 from worker.leases import Leases
 from worker.metrics import type_label
@@ -230,20 +237,20 @@ class Dispatcher:
             vendor=spec.vendor,
             account=command.account,
         )
-        run = InFlight(
-            command,
-            spec,
-            fingerprint(command.type, command.payload),
-            started,
-            command.payload,
-            redeliveries=delivery.redeliveries,
-        )
+        run = InFlight(command, spec, "", started, command.payload, redeliveries=delivery.redeliveries)
         now = self.clock.time()
         for gate in self.before_claim:
             decision = gate(run, now)
             if decision is not None:
                 await execute(delivery, started, decision, run)
                 return
+        # After the gates (a payload they refuse may not even encode), of the payload as published.
+        try:
+            run.fingerprint = fingerprint(command.type, command.payload)
+        except orjson.JSONEncodeError:
+            error = InvalidPayload("the payload cannot be encoded (nested too deeply)", path="/payload")
+            await execute(delivery, started, gates.rejection(run, error), run)
+            return
         decision = await self._claim(run, now)
         if decision is not None:
             await execute(delivery, started, decision, run)

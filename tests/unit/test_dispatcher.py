@@ -628,3 +628,19 @@ async def test_claims_follow_the_injected_clock(h: Harness) -> None:
     await h.deliver("charge")
     assert h.outbox.events[0]["error"]["code"] == "outcome_unknown"
     assert h.calls == 0
+
+
+async def test_a_payload_too_deep_to_fingerprint_is_rejected_not_returned(h: Harness) -> None:
+    """A payload its schema allows but that cannot be encoded for the fingerprint is rejected once, not nacked in a loop."""
+    import orjson as json
+
+    deep: dict[str, Any] = {}
+    for _ in range(300):
+        deep = {"d": deep}
+    body = b'{"id": "c-1", "type": "echo", "payload": ' + b'{"d": ' * 300 + b"{}" + b"}" * 300 + b"}"
+    properties = pika.BasicProperties(content_type="application/json", message_id="c-1")
+    with pytest.raises(json.JSONEncodeError):
+        json.dumps(deep)  # orjson's own depth limit: what the fingerprint would hit
+    await h.dispatcher.handle(Delivery(h.channel, 1, "echo", properties, body))  # type: ignore[arg-type]
+    assert (h.statuses(), h.outbox.events[0]["error"]["code"]) == (["rejected"], "invalid_payload")
+    assert (h.channel.acked, h.channel.nacked, h.calls) == ([1], [], 0)
