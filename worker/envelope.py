@@ -41,9 +41,13 @@ let a publisher write where its own permissions do not reach.
 JSON_CONTENT_TYPES = frozenset({"application/json", "text/json", "application/vnd.switchboard.command+json"})
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Command:
-    """A command whose envelope is valid (its payload is checked later)."""
+    """A command whose envelope is valid, as it was published (its payload is checked later).
+
+    Frozen: the idempotency fingerprint is taken from it, and ``check``'s normalised
+    payload is a value of its own (the handler's), never written back here.
+    """
 
     id: str
     type: str

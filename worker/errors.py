@@ -20,6 +20,9 @@ for the others it ends the command with ``outcome_unknown`` rather than risk a
 second text.
 
 Handlers raise these; they never decide about retries, acks or events.
+``rejected`` is only for what is found before a command is claimed (the
+envelope, the schema, ``check``): a ``CommandRejected`` raised by a handler
+ends the command ``failed`` with its code and details kept, and is stored.
 """
 
 from __future__ import annotations

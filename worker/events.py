@@ -27,7 +27,9 @@ def build(
     meta: dict[str, Any],
     result: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
+    occurred_at: float | None = None,
 ) -> dict[str, Any]:
+    """An event; ``occurred_at`` is Unix seconds (default: now)."""
     event: dict[str, Any] = {
         "event_id": str(uuid.uuid4()),
         "command_id": command_id,
@@ -35,7 +37,7 @@ def build(
         "account": account,
         "status": status,
         "attempts": attempts,
-        "occurred_at": utc_iso(),
+        "occurred_at": utc_iso(occurred_at),
         "duration_ms": round(duration_ms, 3),
         "meta": meta,
     }

@@ -26,9 +26,13 @@ class RetryPolicy:
         return (rng or random).uniform(0, ceiling)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Retry:
+    """Run the command again after ``delay_seconds`` (a decision the dispatcher's executor carries out)."""
+
     delay_seconds: float
+    error: TransientError | None = None
+    """The error that is retried: its code labels the retry metric and the log line."""
 
 
 def decide(
@@ -51,7 +55,7 @@ def decide(
     delay = max(policy.backoff(attempts, rng), error.retry_after or 0.0)
     if age_seconds + delay > policy.max_age_seconds:
         return _gave_up(error, f"gave up: older than {policy.max_age_seconds:.0f}s", attempts)
-    return Retry(delay)
+    return Retry(delay, error)
 
 
 def _gave_up(error: TransientError, why: str, attempts: int) -> PermanentError:

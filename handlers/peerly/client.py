@@ -305,5 +305,5 @@ def _consume_exception(task: asyncio.Task[_Token]) -> None:
 
 
 def make_client(account: PeerlyAccount, http: VendorHTTP) -> PeerlyClient:
-    """The ``VendorSpec.make_client`` of Peerly."""
+    """The ``Vendor.make_client`` of Peerly."""
     return PeerlyClient(account, http)

@@ -11,6 +11,8 @@ import pika
 import pytest
 from pydantic import BaseModel
 
+from worker.breaker import CircuitBreaker
+from worker.clock import ManualClock
 from worker.controls import Controls
 from worker.dispatcher import Delivery, Dispatcher, DispatchSettings
 from worker.errors import OutcomeUnknown, RateLimited, VendorRejected, VendorUnavailable
@@ -55,6 +57,10 @@ class Account(BaseModel):
     base_url: str = "http://vendor.invalid"
 
 
+def _squeeze_number(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "to": str(payload.get("to", "")).replace(" ", "")}
+
+
 Behaviour = Callable[[dict[str, Any], CommandContext[Any]], Awaitable[dict[str, Any] | Continue]]
 
 
@@ -79,6 +85,14 @@ class Harness:
             commands.command(name, safe_to_repeat=safe, schema="command", recipient=lambda p: p.get("to"))(
                 handler
             )
+        self.received: list[dict[str, Any]] = []
+
+        async def text(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any] | Continue:
+            self.received.append(payload)
+            return await handler(payload, ctx)
+
+        # A type whose check normalises: "+1 212 555 0123" and "+12125550123" are one number.
+        commands.command("text", safe_to_repeat=False, schema="command", check=_squeeze_number)(text)
         self.registry = Registry(
             [
                 Vendor(
@@ -92,14 +106,15 @@ class Harness:
         self.outbox = FakeOutbox()
         self.channel = FakeChannel()
         self.controls = Controls(None)
-        self.now = time.time()
+        self.clock = ManualClock()
+        self.breakers: dict[str, CircuitBreaker] = {}
         self.windows: dict[tuple[str, str], SendingWindow] = {}
         self.dispatcher = Dispatcher(
             self.registry,
             {("acme", "default"): NoClient()},
             stores,
             self.outbox,  # type: ignore[arg-type]
-            {},
+            self.breakers,
             DispatchSettings(
                 max_message_bytes=4096,
                 lease_seconds=60,
@@ -110,13 +125,22 @@ class Harness:
             ),
             controls=self.controls,
             windows=self.windows,
-            clock=lambda: self.now,
+            clock=self.clock,
         )
         # The payload schema of the fake commands is the envelope schema; give them a permissive one.
         from worker.validation import SchemaValidator
 
-        for name in ("echo", "charge"):
+        for name in ("echo", "charge", "text"):
             self.dispatcher.validators.payloads[name] = SchemaValidator({"type": "object"}, prefix="/payload")
+
+    @property
+    def now(self) -> float:
+        """The dispatcher's clock (claims, ages, retries, sending windows)."""
+        return self.clock.now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.clock.now = value
 
     @staticmethod
     async def _ok(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
@@ -451,7 +475,9 @@ async def test_copy_claimed_in_the_same_worker_keeps_its_lease_renewed(h: Harnes
     h.outbox.delay = delay_while_the_copy_starts  # type: ignore[method-assign]
     await h.deliver("charge")
     try:
-        assert ("default", "c-1") in h.dispatcher._held, "the running copy's lease would no longer be renewed"
+        assert ("default", "c-1") in h.dispatcher.leases.held, (
+            "the running copy's lease would no longer be renewed"
+        )
     finally:
         finish.set()
         await second[0]
@@ -465,11 +491,11 @@ async def test_store_error_before_the_vendor_call_gives_the_claim_back(h: Harnes
         async def admit(self) -> bool:
             raise ConnectionError("store unavailable")
 
-    h.dispatcher.breakers = {"acme": FailingBreaker()}  # type: ignore[dict-item]
+    h.breakers["acme"] = FailingBreaker()  # type: ignore[assignment]
     await h.deliver("charge")
     assert h.channel.nacked == [1]
     assert h.calls == 0
-    h.dispatcher.breakers = {}
+    del h.breakers["acme"]
     await h.deliver("charge")
     assert h.calls == 1
     assert h.statuses() == ["succeeded"]
@@ -510,10 +536,10 @@ async def test_a_refused_send_back_returns_the_command_to_the_queue(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A retry the broker nacks is given back (nack, requeue) on the open channel, not held unacked."""
-    from worker import dispatcher as dispatcher_module
+    from worker import executor
     from worker.amqp import PublishNacked
 
-    monkeypatch.setattr(dispatcher_module, "RETURN_AFTER_BROKER_ERROR_SECONDS", 0.0)
+    monkeypatch.setattr(executor, "RETURN_AFTER_BROKER_ERROR_SECONDS", 0.0)
 
     async def refused(body: bytes, original: Any, **kwargs: Any) -> None:
         raise PublishNacked("broker nacked the message")
@@ -527,3 +553,105 @@ async def test_a_refused_send_back_returns_the_command_to_the_queue(
     assert h.channel.acked == []
     assert h.channel.nacked == [1]
     assert h.outbox.events == []
+
+
+async def test_the_handler_gets_the_checked_payload_and_the_fingerprint_is_the_published_one(
+    h: Harness,
+) -> None:
+    """check's normalised payload reaches the handler; the record is keyed on the payload as published."""
+    from worker.dispatcher import fingerprint
+
+    await h.deliver("text", payload={"to": "+1 212 555 0123"})
+    assert h.received == [{"to": "+12125550123"}]
+    claim = await h.store.claim("default", "c-1", fingerprint("text", {"to": "+1 212 555 0123"}), h.now, 60)
+    assert claim.status is ClaimStatus.DONE
+
+
+async def test_same_id_with_a_payload_that_only_normalises_equal_is_a_conflict(h: Harness) -> None:
+    """One id, one published payload: a different spelling of the same number is idempotency_conflict, not a duplicate."""
+    await h.deliver("text", payload={"to": "+1 212 555 0123"})
+    await h.deliver("text", payload={"to": "+12125550123"})
+    assert h.statuses() == ["succeeded", "rejected"]
+    assert h.outbox.events[1]["error"]["code"] == "idempotency_conflict"
+    await h.deliver("text", payload={"to": "+1 212 555 0123"})
+    assert h.outbox.events[2]["event_id"] == h.outbox.events[0]["event_id"], "the same payload is a duplicate"
+    assert len(h.received) == 1
+
+
+async def test_the_command_is_frozen(h: Harness) -> None:
+    """Nothing downstream can rewrite the command it was fingerprinted from."""
+    import dataclasses
+
+    from worker.envelope import Command
+
+    command = Command("c", "echo", {}, "default", {}, None, b"", pika.BasicProperties(), "echo")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        command.payload = {"n": 2}  # type: ignore[misc]
+
+
+async def test_invalid_payload_raised_by_a_handler_is_a_stored_failure_not_a_rejection(h: Harness) -> None:
+    """A handler cannot reject: InvalidPayload after the claim ends failed (code and path kept), stored and dead-lettered."""
+    from worker.errors import InvalidPayload
+
+    async def picky(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
+        raise InvalidPayload("the vendor says this number is a landline", path="/payload/to")
+
+    h.behaviour = picky
+    await h.deliver("echo")
+    event = h.outbox.events[0]
+    assert (event["status"], event["error"]["code"]) == ("failed", "invalid_payload")
+    assert event["error"]["details"]["path"] == "/payload/to"
+    assert h.outbox.dead[0]["status"] == "failed"
+    await h.deliver("echo")
+    assert h.calls == 1, "a stored outcome: the redelivery does not run the handler again"
+    assert h.outbox.events[1]["event_id"] == event["event_id"]
+
+
+async def test_ages_follow_the_injected_clock(h: Harness) -> None:
+    """A retry past max age gives up by the dispatcher's clock, with no sleeping."""
+
+    async def down(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
+        raise VendorUnavailable("down")
+
+    import dataclasses
+
+    h.behaviour = down
+    policy = RetryPolicy(max_attempts=3, base_seconds=0.1, max_age_seconds=600)
+    h.dispatcher.settings = dataclasses.replace(h.dispatcher.settings, policy=policy)
+    await h.deliver("echo")
+    assert h.outbox.delayed[0][1]["x-switchboard-delay-reason"] == "retry"
+    assert h.outbox.delayed[0][1]["x-switchboard-first-seen"] == int(h.now * 1000)
+    h.now += 601
+    await h.deliver("echo")
+    event = h.outbox.events[0]
+    assert event["status"] == "failed"
+    assert "older than" in event["error"]["message"]
+
+
+async def test_claims_follow_the_injected_clock(h: Harness) -> None:
+    """A lease is live or lapsed by the dispatcher's clock: moved past it, an unsafe command ends outcome_unknown."""
+    from worker.dispatcher import fingerprint
+
+    await h.store.claim("default", "c-1", fingerprint("charge", {"n": 1}), h.now, 60)
+    await h.deliver("charge")
+    assert h.outbox.delayed[0][1]["x-switchboard-delay-reason"] == "claimed_elsewhere"
+    h.now += 61
+    await h.deliver("charge")
+    assert h.outbox.events[0]["error"]["code"] == "outcome_unknown"
+    assert h.calls == 0
+
+
+async def test_a_payload_too_deep_to_fingerprint_is_rejected_not_returned(h: Harness) -> None:
+    """A payload its schema allows but that cannot be encoded for the fingerprint is rejected once, not nacked in a loop."""
+    import orjson as json
+
+    deep: dict[str, Any] = {}
+    for _ in range(300):
+        deep = {"d": deep}
+    body = b'{"id": "c-1", "type": "echo", "payload": ' + b'{"d": ' * 300 + b"{}" + b"}" * 300 + b"}"
+    properties = pika.BasicProperties(content_type="application/json", message_id="c-1")
+    with pytest.raises(json.JSONEncodeError):
+        json.dumps(deep)  # orjson's own depth limit: what the fingerprint would hit
+    await h.dispatcher.handle(Delivery(h.channel, 1, "echo", properties, body))  # type: ignore[arg-type]
+    assert (h.statuses(), h.outbox.events[0]["error"]["code"]) == (["rejected"], "invalid_payload")
+    assert (h.channel.acked, h.channel.nacked, h.calls) == ([1], [], 0)
