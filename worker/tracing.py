@@ -131,6 +131,8 @@ def passthrough(headers: Mapping[str, Any] | None, meta: Mapping[str, Any] | Non
     Only a well-formed ``traceparent`` is carried (and its ``tracestate``, bounded):
     an event header must not become a channel for arbitrary publisher bytes.
     """
+    if not ((headers and "traceparent" in headers) or (meta and "traceparent" in meta)):
+        return {}  # the usual case: nothing to carry, nothing to parse
     for source in (headers or {}, meta or {}):
         traceparent = _text(source.get("traceparent"))
         if traceparent is not None and _TRACEPARENT.match(traceparent.strip()):
