@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
         "--redis-url", default="redis://127.0.0.1:6379/15", help="the store for --store redis"
     )
     parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("SWITCHBOARD_BENCH_POSTGRES_URL", scenarios.POSTGRES_URL),
+        help="the database --store postgres drops and creates afresh for each worker",
+    )
+    parser.add_argument(
         "--commands", type=int, help="commands a throughput scenario (default 20,000; quick 2,000)"
     )
     parser.add_argument(
@@ -112,6 +117,7 @@ def _config(args: argparse.Namespace, workdir: Path, stamp: str) -> RunConfig:
         stamp=stamp,
         profile=args.profile,
         redis_url=args.redis_url,
+        postgres_url=args.postgres_url,
     )
 
 
@@ -231,7 +237,9 @@ def _document(
 
 def _settings(config: RunConfig) -> dict[str, Any]:
     """The run's settings, without paths or URLs (which may hold credentials)."""
-    hidden = {"workdir", "results_dir", "stamp", "amqp_url", "redis_url", "account_key", "token"}
+    hidden = {
+        "workdir", "results_dir", "stamp", "amqp_url", "redis_url", "postgres_url", "account_key", "token",
+    }  # fmt: skip
     return {key: value for key, value in dataclasses.asdict(config).items() if key not in hidden}
 
 

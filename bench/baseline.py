@@ -1,13 +1,21 @@
-"""The bare ceiling: the least a consumer of these commands can do, on the same broker and simulator.
+"""The bare ceiling: the leanest consumer of these commands we can write, on the same broker and simulator.
 
 pika's asyncio adapter + one shared aiohttp ClientSession, and nothing else:
-no validation, no idempotency, no metrics, no logging. For each message:
+no validation, no idempotency, no metrics, no logging. One channel consumes,
+a second one publishes (in confirm mode, like the worker's). For each message:
 ``orjson.loads``, POST the form to the simulator (Basic auth), publish a small
-result event to ``switchboard.events`` (``send_text.succeeded``), then ack.
+result event to ``switchboard.events`` (``send_text.succeeded``).
 
 With ``--confirms`` (the default, and the fair comparison: the worker acks a
-command only after the broker confirmed its event) the ack waits for the
-publisher confirm of the event; ``--no-confirms`` acks straight after publishing.
+command only after the broker confirmed its event) a command is acked when
+its event's confirm arrives, straight from pika's confirm callback: no future
+or task per publish. A confirm with ``multiple`` settles every publish up to
+its tag, and the acks go out as few frames as the order allows: the longest
+run of settled deliveries at the front of the unacked ones in one
+``basic.ack(multiple=True)``, the rest one by one. ``--no-confirms`` acks
+straight after publishing (reported, not the ceiling).
+
+The one task per message is the HTTP call: aiohttp needs a coroutine.
 
 Run alone: ``python -m bench.baseline --sim-url http://127.0.0.1:PORT/api/2020``
 prints ``READY`` on stdout once consuming, and stops on SIGTERM or ``--max-seconds``.
@@ -21,6 +29,7 @@ import base64
 import contextlib
 import signal
 import sys
+from collections import OrderedDict
 from typing import Any
 
 import aiohttp
@@ -33,8 +42,43 @@ from bench.amqp import BASELINE_QUEUE, EVENTS_EXCHANGE
 _EVENT_PROPERTIES = pika.BasicProperties(delivery_mode=2, content_type="application/json")
 
 
+class Acks:
+    """Deliveries of the consume channel not acked yet, in delivery order; acks them in as few frames as it can."""
+
+    def __init__(self) -> None:
+        self.channel: Any = None
+        # delivery tag -> settled; OrderedDict: O(1) at the front however much was removed behind it.
+        self.unacked: OrderedDict[int, bool] = OrderedDict()
+
+    def delivered(self, tag: int) -> None:
+        self.unacked[tag] = False
+
+    def settle(self, tags: list[int]) -> None:
+        """These deliveries may be acked: a prefix of settled ones in one multiple ack, the others each alone."""
+        unacked = self.unacked
+        for tag in tags:
+            unacked[tag] = True
+        last = 0
+        while unacked:
+            tag, settled = next(iter(unacked.items()))
+            if not settled:
+                break
+            unacked.popitem(last=False)
+            last = tag
+        if last:
+            self.channel.basic_ack(last, multiple=True)
+        for tag in tags:
+            if tag > last and unacked.pop(tag, None) is not None:
+                self.channel.basic_ack(tag)
+
+    def reject(self, tags: list[int]) -> None:
+        for tag in tags:
+            if self.unacked.pop(tag, None) is not None:
+                self.channel.basic_nack(tag, requeue=True)
+
+
 class Baseline:
-    """One connection, one channel, ``prefetch`` messages in flight."""
+    """One connection, a consume channel (``prefetch`` messages in flight) and a publish channel."""
 
     def __init__(
         self,
@@ -55,22 +99,25 @@ class Baseline:
         self.prefetch = prefetch
         self.queue = queue
         self.tasks: set[asyncio.Task[None]] = set()
-        self.unconfirmed: dict[int, asyncio.Future[bool]] = {}
+        self.acks = Acks()
+        # publish sequence number -> the delivery tag of the command it answers, in publish order
+        self.unconfirmed: OrderedDict[int, int] = OrderedDict()
         self.published = 0
         self.closed = asyncio.Event()
         self.session: aiohttp.ClientSession | None = None
-        self.channel: Any = None
+        self.consume_channel: Any = None
+        self.publish_channel: Any = None
         self.connection: AsyncioConnection | None = None
 
     async def start(self) -> None:
-        """Connect, open the channel, and consume; returns once the broker acknowledged the consumer."""
+        """Connect, open both channels, and consume; returns once the broker acknowledged the consumer."""
         loop = asyncio.get_running_loop()
         # As many connections as messages in flight: the ceiling must not queue on aiohttp's default of 100.
         connector = aiohttp.TCPConnector(limit=self.prefetch)
         self.session = aiohttp.ClientSession(connector=connector)
         opened: asyncio.Future[None] = loop.create_future()
 
-        def step(future: asyncio.Future[None], value: Any = None) -> None:
+        def step(future: asyncio.Future[Any], value: Any = None) -> None:
             if not future.done():
                 future.set_result(value)
 
@@ -87,22 +134,30 @@ class Baseline:
             custom_ioloop=loop,
         )
         await opened
-        channel_open: asyncio.Future[Any] = loop.create_future()
-        self.connection.channel(on_open_callback=lambda ch: step(channel_open, ch))
-        self.channel = await channel_open
+
+        async def channel() -> Any:
+            assert self.connection is not None
+            channel_open: asyncio.Future[Any] = loop.create_future()
+            self.connection.channel(on_open_callback=lambda ch: step(channel_open, ch))
+            return await channel_open
+
+        self.publish_channel = await channel()
         if self.confirms:
             confirm_ok: asyncio.Future[None] = loop.create_future()
-            self.channel.confirm_delivery(self._on_confirm, callback=lambda _f: step(confirm_ok))
+            self.publish_channel.confirm_delivery(self._on_confirm, callback=lambda _f: step(confirm_ok))
             await confirm_ok
+        self.consume_channel = self.acks.channel = await channel()
         qos_ok: asyncio.Future[None] = loop.create_future()
-        self.channel.basic_qos(prefetch_count=self.prefetch, callback=lambda _f: step(qos_ok))
+        self.consume_channel.basic_qos(prefetch_count=self.prefetch, callback=lambda _f: step(qos_ok))
         await qos_ok
         consume_ok: asyncio.Future[None] = loop.create_future()
-        self.channel.basic_consume(self.queue, self._on_message, callback=lambda _f: step(consume_ok))
+        self.consume_channel.basic_consume(self.queue, self._on_message, callback=lambda _f: step(consume_ok))
         await consume_ok
 
     def _on_message(self, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:
-        task = asyncio.get_running_loop().create_task(self._handle(method.delivery_tag, body))
+        tag = method.delivery_tag
+        self.acks.delivered(tag)
+        task = asyncio.get_running_loop().create_task(self._handle(tag, body))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -122,27 +177,31 @@ class Baseline:
                 "meta": command.get("meta", {}),
             }
         )
-        self.channel.basic_publish(EVENTS_EXCHANGE, f"send_text.{status}", event, _EVENT_PROPERTIES)
+        self.publish_channel.basic_publish(EVENTS_EXCHANGE, f"send_text.{status}", event, _EVENT_PROPERTIES)
         if self.confirms:
             self.published += 1
-            confirmed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            self.unconfirmed[self.published] = confirmed
-            if not await confirmed:
-                self.channel.basic_nack(delivery_tag, requeue=True)
-                return
-        self.channel.basic_ack(delivery_tag)
+            self.unconfirmed[self.published] = delivery_tag
+        else:
+            self.acks.settle([delivery_tag])
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
-        acked = method.NAME == "Basic.Ack"
-        tags = [method.delivery_tag]
+        unconfirmed = self.unconfirmed
         if method.multiple:
-            # Sequence numbers grow, and the dict keeps insertion order: settle from the front.
-            tags = [tag for tag in self.unconfirmed if tag <= method.delivery_tag]
-        for tag in tags:
-            future = self.unconfirmed.pop(tag, None)
-            if future is not None and not future.done():
-                future.set_result(acked)
+            # Sequence numbers grow in publish order: settle from the front up to the tag.
+            tags = []
+            while unconfirmed:
+                sequence = next(iter(unconfirmed))
+                if sequence > method.delivery_tag:
+                    break
+                tags.append(unconfirmed.popitem(last=False)[1])
+        else:
+            one = unconfirmed.pop(method.delivery_tag, None)
+            tags = [] if one is None else [one]
+        if method.NAME == "Basic.Ack":
+            self.acks.settle(tags)
+        else:
+            self.acks.reject(tags)
 
     async def close(self) -> None:
         if self.connection is not None and not self.connection.is_closed:

@@ -16,7 +16,13 @@ TARGETS = {
     "worker_0ms_ratio": 0.6,
     "replays_rate": 5000.0,
     "backlog_peak_rss_mb": 200.0,
+    # issue 16, at 50 ms against the leanest baseline (bench/baseline.py)
+    "sqlite_50ms_ratio": 0.85,
+    "postgres_50ms_ratio": 0.8,
+    "tracing_sampled_0.1_cost": 0.08,  # at most this far below the same store with tracing off
+    "tracing_sampled_all_cost": 0.30,
 }
+STORE_RATIO_TARGETS = {"worker [sqlite]": "sqlite_50ms_ratio", "worker [postgres]": "postgres_50ms_ratio"}
 
 
 def ceiling(rows: Sequence[Row], latency_ms: float) -> float:
@@ -103,6 +109,11 @@ def targets(rows: Sequence[Row]) -> list[dict[str, Any]]:
             check("worker_50ms_rate", row, row.rate, row.rate >= TARGETS["worker_50ms_rate"])
             ratio = ratio_of(row, rows)
             check("worker_50ms_ratio", row, ratio, ratio >= TARGETS["worker_50ms_ratio"])
+            if name := STORE_RATIO_TARGETS.get(row.system):
+                check(name, row, ratio, ratio >= TARGETS[name])
+            if cost_target := _tracing_target(row.system):
+                cost = tracing_cost(row, rows)
+                check(cost_target, row, cost, cost <= TARGETS[cost_target])
         elif row.scenario == "throughput" and row.vendor_latency_ms == 0:
             ratio = ratio_of(row, rows)
             check("worker_0ms_ratio", row, ratio, ratio >= TARGETS["worker_0ms_ratio"])
@@ -113,6 +124,28 @@ def targets(rows: Sequence[Row]) -> list[dict[str, Any]]:
                 "backlog_peak_rss_mb", row, row.peak_rss_mb, row.peak_rss_mb < TARGETS["backlog_peak_rss_mb"]
             )
     return checks
+
+
+def _tracing_target(system: str) -> str | None:
+    """``worker [sqlite+tracing]`` -> the all-sampled target, ``...+tracing@0.1]`` -> the one-in-ten one."""
+    if "+tracing@0.1]" in system:
+        return "tracing_sampled_0.1_cost"
+    if system.endswith("+tracing]"):
+        return "tracing_sampled_all_cost"
+    return None
+
+
+def tracing_cost(row: Row, rows: Sequence[Row]) -> float:
+    """How far below the same store with tracing off (same latency, same run) a traced row's rate is."""
+    untraced = row.system.split("+", 1)[0] + "]"
+    for other in rows:
+        if (other.system, other.scenario, other.vendor_latency_ms) == (
+            untraced,
+            row.scenario,
+            row.vendor_latency_ms,
+        ) and other.rate > 0:
+            return 1 - row.rate / other.rate
+    return math.nan
 
 
 def target_lines(checks: Sequence[dict[str, Any]]) -> list[str]:

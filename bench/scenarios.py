@@ -25,6 +25,8 @@ from bench.measure import Measured, Plan, run, say
 from bench.otlp_sink import OtlpSink
 from bench.profile import summarize
 
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/switchboard_bench"
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -46,7 +48,7 @@ class RunConfig:
     profile: bool = False
     worker_log_level: str = "WARNING"
     redis_url: str = "redis://127.0.0.1:6379/15"
-    postgres_url: str = "postgresql://postgres@127.0.0.1:5432/switchboard_bench"
+    postgres_url: str = POSTGRES_URL
     account_key: str = "bench-key"
     token: str = "bench-token"
 

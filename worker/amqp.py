@@ -175,6 +175,10 @@ class Channel:
         self._rpcs: set[asyncio.Future[Any]] = set()
         self.closed_reason: BaseException | None = None
         self._returned: set[int] = set()
+        # Deliveries on this channel not acked or nacked yet, in delivery order, with whether an
+        # ack is due (see ack); acks due are sent once per loop turn, as few frames as possible.
+        self._unacked: OrderedDict[int, bool] = OrderedDict()
+        self._acks_due: list[int] = []
         raw.add_on_close_callback(self._on_close)
         raw.add_on_return_callback(self._on_return)
 
@@ -238,8 +242,19 @@ class Channel:
         await self._wait(future)
 
     async def consume(self, queue: str, on_message: OnMessage) -> str:
+        unacked = self._unacked
+
+        def delivered(
+            channel: pika.channel.Channel,
+            method: pika.spec.Basic.Deliver,
+            properties: pika.spec.BasicProperties,
+            body: bytes,
+        ) -> None:
+            unacked[method.delivery_tag] = False
+            on_message(channel, method, properties, body)
+
         future, done = self._rpc()
-        tag: str = self.raw.basic_consume(queue, on_message, auto_ack=False, callback=done)
+        tag: str = self.raw.basic_consume(queue, delivered, auto_ack=False, callback=done)
         await self._wait(future)
         return tag
 
@@ -251,15 +266,48 @@ class Channel:
         await self._wait(future)
 
     def ack(self, delivery_tag: int) -> bool:
-        """Ack if the channel that delivered the message is still open."""
+        """Ack if the channel that delivered the message is still open.
+
+        The ack leaves at the end of this loop turn, with the others due by then:
+        the longest run of them at the front of the unacked deliveries as one
+        ``basic.ack(multiple=True)``, the rest one by one. Confirms arrive in
+        batches (``multiple``), so most acks share a frame, and the broker
+        settles them in one go. Never a tag that is not due: a multiple ack
+        covers only deliveries this channel was told to ack.
+        """
         if not self.raw.is_open:
             return False
-        self.raw.basic_ack(delivery_tag)
+        if delivery_tag not in self._unacked:
+            self.raw.basic_ack(delivery_tag)  # not from consume (basic.get): nothing to batch with
+            return True
+        self._unacked[delivery_tag] = True
+        if not self._acks_due:
+            self._loop.call_soon(self._send_acks)
+        self._acks_due.append(delivery_tag)
         return True
+
+    def _send_acks(self) -> None:
+        due, self._acks_due = self._acks_due, []
+        if not self.raw.is_open:
+            return
+        unacked = self._unacked
+        last = 0
+        while unacked:
+            tag, ack = next(iter(unacked.items()))
+            if not ack:
+                break
+            unacked.popitem(last=False)
+            last = tag
+        if last:
+            self.raw.basic_ack(last, multiple=True)
+        for tag in due:
+            if tag > last and unacked.pop(tag, None) is not None:
+                self.raw.basic_ack(tag)
 
     def nack(self, delivery_tag: int, *, requeue: bool) -> bool:
         if not self.raw.is_open:
             return False
+        self._unacked.pop(delivery_tag, None)
         self.raw.basic_nack(delivery_tag, requeue=requeue)
         return True
 
@@ -343,6 +391,8 @@ class Channel:
 
     def _on_close(self, channel: pika.channel.Channel, reason: BaseException) -> None:
         self.closed_reason = reason
+        self._unacked.clear()  # the broker gives them all back
+        self._acks_due.clear()
         for rpc in self._rpcs:
             if not rpc.done():
                 rpc.set_exception(ConnectionLost(f"channel closed: {reason}"))

@@ -111,6 +111,15 @@ def decode(
             command_id=_string_id(properties.message_id),
         )
     try:
+        document = orjson.loads(body)  # straight from the bytes: no decoded copy of the body
+    except orjson.JSONDecodeError:
+        return _unreadable(body, properties)
+    return _check_envelope(document, body, properties, routing_key, validators, reply_to_allow)
+
+
+def _unreadable(body: bytes, properties: pika.spec.BasicProperties) -> Rejection:
+    """Why a body orjson refused is unreadable: not UTF-8, or not JSON (positions in characters)."""
+    try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         return Rejection(
@@ -118,13 +127,12 @@ def decode(
             command_id=_string_id(properties.message_id),
         )
     try:
-        document = orjson.loads(text)
+        orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        return Rejection(
-            _reject("not_json", f"body is not JSON: {exc.msg} at position {exc.pos}"),
-            command_id=_string_id(properties.message_id),
-        )
-    return _check_envelope(document, body, properties, routing_key, validators, reply_to_allow)
+        problem = f"body is not JSON: {exc.msg} at position {exc.pos}"
+    else:  # pragma: no cover - valid UTF-8 that orjson reads as text reads as bytes too
+        problem = "body is not JSON"
+    return Rejection(_reject("not_json", problem), command_id=_string_id(properties.message_id))
 
 
 def reply_to_allowed(reply_to: str | None, allow: Collection[str] = ()) -> bool:

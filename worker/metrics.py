@@ -11,10 +11,60 @@ publisher inventing types must not be able to create series (see
 from __future__ import annotations
 
 from collections.abc import Container
+from typing import TYPE_CHECKING, Any, Self
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+import prometheus_client
+from prometheus_client import Info
 
 from worker import __version__
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics import MetricWrapperBase as _Base
+else:
+    _Base = object
+
+
+class _CachedLabels(_Base):
+    """``labels(...)`` answered from a dict once a label set has been seen.
+
+    prometheus_client checks the label count, converts every value to ``str``
+    and takes a lock on each ``labels()`` call; the worker calls it several
+    times per command with the same few label sets. The children are still
+    prometheus_client's, so what is exported does not change.
+    """
+
+    _children: dict[tuple[Any, ...], Any] | None = None
+
+    def labels(self, *values: Any, **named: Any) -> Self:
+        if named:
+            return super().labels(*values, **named)
+        if self._children is None:
+            self._children = {}
+        child: Self | None = self._children.get(values)
+        if child is None:
+            child = self._children[values] = super().labels(*values)
+        return child
+
+    def remove(self, *values: Any) -> None:
+        self._children = None
+        super().remove(*values)
+
+    def clear(self) -> None:
+        self._children = None
+        super().clear()
+
+
+class Counter(_CachedLabels, prometheus_client.Counter):
+    pass
+
+
+class Gauge(_CachedLabels, prometheus_client.Gauge):
+    pass
+
+
+class Histogram(_CachedLabels, prometheus_client.Histogram):
+    pass
+
 
 UNKNOWN_TYPE = "unknown"
 """The one ``type`` label value for every command type no handler is registered for."""

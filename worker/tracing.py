@@ -23,6 +23,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 TRACER_NAME = "switchboard"
@@ -30,9 +31,31 @@ TRACER_NAME = "switchboard"
 
 class _State:
     enabled = False
+    provider: object = None
+    tracer: trace.Tracer | None = None
 
 
 state = _State()
+
+
+class _Resource(Resource):
+    """A Resource whose hash is computed once.
+
+    The OTLP encoder groups every exported span by its resource, and
+    ``Resource.__hash__`` serialises all the attributes to JSON each time:
+    about 2 % of the worker's CPU with every command sampled. A resource never
+    changes after start-up, so its hash need not either.
+    """
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return super().__eq__(other)
 
 
 def setup(service_name: str = "switchboard-worker") -> bool:
@@ -44,11 +67,10 @@ def setup(service_name: str = "switchboard-worker") -> bool:
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return False
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
+    resource = _Resource(Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)}))
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
@@ -62,11 +84,26 @@ def enable_for_tests() -> None:
 
 
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    """The tracer of the installed provider, made once per provider.
+
+    ``trace.get_tracer`` builds a new Tracer (and InstrumentationScope, through
+    a deprecation wrapper) on every call: with one command in ten sampled, that
+    was the largest cost tracing added to a command (8 % of the worker's CPU).
+    """
+    provider = trace.get_tracer_provider()
+    if state.tracer is None or state.provider is not provider:
+        state.tracer = provider.get_tracer(TRACER_NAME)
+        state.provider = provider
+    return state.tracer
+
+
+_NO_PARENT = otel_context.Context()
 
 
 def extract(headers: Mapping[str, Any] | None, meta: Mapping[str, Any] | None) -> otel_context.Context:
     """The publisher's context: AMQP headers first, then ``meta.traceparent``."""
+    if not ((headers and "traceparent" in headers) or (meta and "traceparent" in meta)):
+        return _NO_PARENT  # nothing to extract: skip the propagators (a root span follows)
     carrier: dict[str, str] = {}
     for source in (meta or {}, headers or {}):
         for key in ("traceparent", "tracestate"):
@@ -94,6 +131,8 @@ def passthrough(headers: Mapping[str, Any] | None, meta: Mapping[str, Any] | Non
     Only a well-formed ``traceparent`` is carried (and its ``tracestate``, bounded):
     an event header must not become a channel for arbitrary publisher bytes.
     """
+    if not ((headers and "traceparent" in headers) or (meta and "traceparent" in meta)):
+        return {}  # the usual case: nothing to carry, nothing to parse
     for source in (headers or {}, meta or {}):
         traceparent = _text(source.get("traceparent"))
         if traceparent is not None and _TRACEPARENT.match(traceparent.strip()):

@@ -38,9 +38,27 @@ def test_targets_say_met_missed_or_not_measured() -> None:
     assert verdicts == {
         "worker_50ms_rate": False,
         "worker_50ms_ratio": False,
+        "sqlite_50ms_ratio": False,
         "replays_rate": True,
         "backlog_peak_rss_mb": False,
     }
+
+
+def test_tracing_cost_is_against_the_same_store_untraced_in_the_same_run() -> None:
+    """1 in 10 sampled may cost 8 %, all sampled 30 %, of the same store's rate with tracing off."""
+    rows = [
+        _row("baseline", 2000),
+        _row("worker [sqlite]", 1000),
+        _row("worker [sqlite+tracing@0.1]", 950),
+        _row("worker [sqlite+tracing]", 600),
+        _row("worker [postgres]", 1700),
+    ]
+    checks = {(item["target"], item["system"]): item for item in report.targets(rows)}
+    one_in_ten = checks[("tracing_sampled_0.1_cost", "worker [sqlite+tracing@0.1]")]
+    assert one_in_ten["met"] is True and abs(one_in_ten["value"] - 0.05) < 1e-9
+    every = checks[("tracing_sampled_all_cost", "worker [sqlite+tracing]")]
+    assert every["met"] is False and abs(every["value"] - 0.4) < 1e-9
+    assert checks[("postgres_50ms_ratio", "worker [postgres]")]["met"] is True
 
 
 def test_table_has_a_line_per_row_and_dashes_for_missing_numbers() -> None:

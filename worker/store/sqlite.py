@@ -158,19 +158,25 @@ class SQLiteIdempotencyStore:
             return Claim(ClaimStatus.DONE, done[0], done[1], done[2], None, event=done[3])
 
         def op(conn: sqlite3.Connection) -> Claim:
-            row = conn.execute(
-                "SELECT fingerprint, status, attempts, first_attempt_at, attempt_started_at, lease_until, state, event,"
-                " expires_at FROM commands WHERE account = ? AND command_id = ?",
+            # A new command (the usual case) in one statement: inserted, or written over an
+            # expired record; any other record is left as it is and read back below.
+            cursor = conn.execute(
+                "INSERT INTO commands (account, command_id, fingerprint, status, attempts, first_attempt_at,"
+                " attempt_started_at, lease_until, expires_at) VALUES (?, ?, ?, 'running', 1, ?, ?, ?, ?)"
+                " ON CONFLICT (account, command_id) DO UPDATE SET fingerprint = excluded.fingerprint,"
+                " status = 'running', attempts = 1, first_attempt_at = excluded.first_attempt_at,"
+                " attempt_started_at = excluded.attempt_started_at, lease_until = excluded.lease_until,"
+                " state = NULL, event = NULL, expires_at = excluded.expires_at"
+                " WHERE commands.expires_at < excluded.first_attempt_at",
+                (account, command_id, fingerprint, now, now, now + lease_seconds, now + self.retention),
+            )
+            if cursor.rowcount == 1:
+                return Claim(ClaimStatus.ACQUIRED, 1, now, now, now + lease_seconds)
+            stored_fp, status, attempts, first, started, lease_until, state, event = conn.execute(
+                "SELECT fingerprint, status, attempts, first_attempt_at, attempt_started_at, lease_until, state, event"
+                " FROM commands WHERE account = ? AND command_id = ?",
                 (account, command_id),
             ).fetchone()
-            if row is None or row[8] < now:
-                conn.execute(
-                    "INSERT OR REPLACE INTO commands (account, command_id, fingerprint, status, attempts, first_attempt_at,"
-                    " attempt_started_at, lease_until, expires_at) VALUES (?, ?, ?, 'running', 1, ?, ?, ?, ?)",
-                    (account, command_id, fingerprint, now, now, now + lease_seconds, now + self.retention),
-                )
-                return Claim(ClaimStatus.ACQUIRED, 1, now, now, now + lease_seconds)
-            stored_fp, status, attempts, first, started, lease_until, state, event, _ = row
             if stored_fp != fingerprint:
                 return Claim(ClaimStatus.CONFLICT, attempts, first, started, lease_until)
             if status == "done":
@@ -238,21 +244,21 @@ class SQLiteIdempotencyStore:
         self, account: str, command_id: str, fingerprint: str, event: bytes, now: float
     ) -> bytes:
         def op(conn: sqlite3.Connection) -> bytes:
-            row = conn.execute(
-                "SELECT status, event FROM commands WHERE account = ? AND command_id = ?",
-                (account, command_id),
-            ).fetchone()
-            if row is not None and row[0] == "done":
-                stored: bytes = row[1]
-                return stored
-            conn.execute(
+            # One statement in the usual case: the upsert changes nothing when an outcome is
+            # already stored (the first one wins), and only then is that one read back.
+            cursor = conn.execute(
                 "INSERT INTO commands (account, command_id, fingerprint, status, attempts, first_attempt_at, event,"
                 " expires_at) VALUES (?, ?, ?, 'done', 0, ?, ?, ?)"
                 " ON CONFLICT (account, command_id) DO UPDATE SET status = 'done', event = excluded.event,"
-                " lease_until = NULL, expires_at = excluded.expires_at",
+                " lease_until = NULL, expires_at = excluded.expires_at WHERE commands.status != 'done'",
                 (account, command_id, fingerprint, now, event, now + self.retention),
             )
-            return event
+            if cursor.rowcount == 1:
+                return event
+            stored: bytes = conn.execute(
+                "SELECT event FROM commands WHERE account = ? AND command_id = ?", (account, command_id)
+            ).fetchone()[0]
+            return stored
 
         return await self.conn.write(op)
 
