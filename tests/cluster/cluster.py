@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import signal
 import socket
@@ -192,6 +193,10 @@ def running(node: Node) -> bool:
 
 
 def os_pid(node: Node) -> int:
+    """The node's VM process id, from the pid file the server writes at start (asking the node
+    with rabbitmqctl costs seconds on a loaded machine, and a drill's kill must land on time)."""
+    with contextlib.suppress(OSError, ValueError):
+        return int((node.home / "node.pid").read_text().strip())
     return int(ctl(node, "eval", "list_to_integer(os:getpid()).").strip())
 
 
@@ -251,6 +256,24 @@ def leader_of(queue: str, vhost: str = VHOST) -> Node:
         if name == queue:
             return next(n for n in NODES if n.name == leader.strip())
     raise RuntimeError(f"no queue {queue} in vhost {vhost}")
+
+
+HELD_QUERY = """[begin
+    {ok, Q} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"%(vhost)s">>, queue, Name)),
+    {ok, {_, O}, _} = ra:leader_query(amqqueue:get_pid(Q), fun rabbit_fifo:overview/1),
+    {Name, maps:get(num_discarded, O, 0) + maps:get(num_discard_checked_out, O, 0)}
+  end || Name <- [%(names)s]]."""
+
+
+def held_dead_letters(queues: list[str], vhost: str = VHOST) -> dict[str, int]:
+    """Messages each quorum queue has dead-lettered (at-least-once) but not yet handed over.
+
+    They are in no queue's ready count: a wait queue whose expired command is still on its way
+    back to ``switchboard.commands`` looks empty to ``queue.declare``.
+    """
+    query = HELD_QUERY % {"vhost": vhost, "names": ",".join(f'<<"{q}">>' for q in queues)}
+    out = ctl(any_running(), "eval", query, timeout=60)
+    return {name: int(count) for name, count in re.findall(r'<<"([^"]+)">>,(\d+)', out)}
 
 
 def vhost_of(url: str) -> str:
