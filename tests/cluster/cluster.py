@@ -75,6 +75,15 @@ class Node:
 
 NODES = (Node(1), Node(2), Node(3))
 
+DEAD_LETTER_RETRY_MS = 5000
+ADVANCED_CONFIG = f"""[{{rabbit, [
+  %% What deploy/rabbitmq/advanced.config sets (README: Broker cluster). A wait queue's expired
+  %% command that switchboard.pidj refuses while it elects a leader is sent again after this
+  %% long; RabbitMQ's default, 180 s, outlasted the drill and looked like a lost command.
+  {{dead_letter_worker_publisher_confirm_timeout, {DEAD_LETTER_RETRY_MS}}}
+]}}].
+"""
+
 
 def amqp_url(vhost: str = VHOST) -> str:
     """``SWITCHBOARD_AMQP_URL`` for the whole cluster: the first URL, then host:port of the others."""
@@ -131,6 +140,7 @@ def _write_files(node: Node, management: bool) -> dict[str, str]:
     (node.home / "rabbitmq.conf").write_text("\n".join(config) + "\n")
     (node.home / "enabled_plugins").write_text("[rabbitmq_management].\n" if management else "[].\n")
     (node.home / "rabbitmq-env.conf").write_text("ERL_EPMD_ADDRESS=127.0.0.1\n")
+    (node.home / "advanced.config").write_text(ADVANCED_CONFIG)
     subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", str(node.home)], check=True)
     return {
         "HOME": RABBITMQ_HOME,
@@ -158,9 +168,6 @@ def _env_of(node: Node) -> dict[str, str]:
 def start_node(node: Node, *, management: bool = False, timeout: float = 120.0) -> None:
     """Start one node (its data kept from before, if any) and wait until it runs."""
     env = _write_files(node, management) if not (node.home / "rabbitmq.conf").exists() else _env_of(node)
-    if not (node.home / "advanced.config").exists():
-        (node.home / "advanced.config").write_text("[].\n")
-        subprocess.run(["chown", "rabbitmq:rabbitmq", str(node.home / "advanced.config")], check=True)
     with (node.home / "log" / "console.log").open("ab") as console:
         subprocess.Popen(
             ["runuser", "-u", "rabbitmq", "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()), SERVER],

@@ -59,3 +59,46 @@ def test_a_held_dead_letter_is_counted_though_the_queue_looks_empty(
         assert channel.queue_declare(name, passive=True).method.message_count == 0
     finally:
         channel.queue_delete(name)
+
+
+def test_a_held_dead_letter_goes_on_within_seconds_once_it_can(
+    cluster_url: str, channel: pika.adapters.blocking_connection.BlockingChannel
+) -> None:
+    """A dead letter nothing could take is sent again within seconds once it can (the nodes' advanced.config),
+    not after RabbitMQ's default 180 s: the short drill lost commands refused while a leader was elected."""
+    name = f"switchboard.test.retried.{os.getpid()}"
+    target = f"{name}.target"
+    channel.queue_declare(
+        name,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-message-ttl": 100,
+            "x-dead-letter-exchange": target,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
+    try:
+        channel.confirm_delivery()
+        channel.basic_publish("", name, b"retried", pika.BasicProperties(delivery_mode=2))
+        vhost = cluster.vhost_of(cluster_url)
+        deadline = time.monotonic() + 60
+        while cluster.held_dead_letters([name], vhost) != {name: 1}:
+            assert time.monotonic() < deadline, "the expired message was never held"
+            time.sleep(0.5)
+        channel.exchange_declare(target, "fanout", durable=True)
+        channel.queue_declare(target, durable=True, arguments={"x-queue-type": "quorum"})
+        channel.queue_bind(target, target)
+        taken_at = time.monotonic()
+        # Two retry periods at most (the broker's timer, then the message's own wait).
+        deadline = taken_at + 3 * cluster.DEAD_LETTER_RETRY_MS / 1000
+        while (depth := channel.queue_declare(target, passive=True).method.message_count) == 0:
+            assert time.monotonic() < deadline, cluster.held_dead_letters([name], vhost)
+            time.sleep(0.2)
+        assert depth == 1
+        assert cluster.held_dead_letters([name], vhost) == {name: 0}
+    finally:
+        channel.queue_delete(name)
+        channel.queue_delete(target)
+        channel.exchange_delete(target)
