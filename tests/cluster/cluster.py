@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import signal
 import socket
@@ -73,6 +74,15 @@ class Node:
 
 
 NODES = (Node(1), Node(2), Node(3))
+
+DEAD_LETTER_RETRY_MS = 5000
+ADVANCED_CONFIG = f"""[{{rabbit, [
+  %% What deploy/rabbitmq/advanced.config sets (README: Broker cluster). A wait queue's expired
+  %% command that switchboard.pidj refuses while it elects a leader is sent again after this
+  %% long; RabbitMQ's default, 180 s, outlasted the drill and looked like a lost command.
+  {{dead_letter_worker_publisher_confirm_timeout, {DEAD_LETTER_RETRY_MS}}}
+]}}].
+"""
 
 
 def amqp_url(vhost: str = VHOST) -> str:
@@ -130,6 +140,7 @@ def _write_files(node: Node, management: bool) -> dict[str, str]:
     (node.home / "rabbitmq.conf").write_text("\n".join(config) + "\n")
     (node.home / "enabled_plugins").write_text("[rabbitmq_management].\n" if management else "[].\n")
     (node.home / "rabbitmq-env.conf").write_text("ERL_EPMD_ADDRESS=127.0.0.1\n")
+    (node.home / "advanced.config").write_text(ADVANCED_CONFIG)
     subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", str(node.home)], check=True)
     return {
         "HOME": RABBITMQ_HOME,
@@ -157,9 +168,6 @@ def _env_of(node: Node) -> dict[str, str]:
 def start_node(node: Node, *, management: bool = False, timeout: float = 120.0) -> None:
     """Start one node (its data kept from before, if any) and wait until it runs."""
     env = _write_files(node, management) if not (node.home / "rabbitmq.conf").exists() else _env_of(node)
-    if not (node.home / "advanced.config").exists():
-        (node.home / "advanced.config").write_text("[].\n")
-        subprocess.run(["chown", "rabbitmq:rabbitmq", str(node.home / "advanced.config")], check=True)
     with (node.home / "log" / "console.log").open("ab") as console:
         subprocess.Popen(
             ["runuser", "-u", "rabbitmq", "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()), SERVER],
@@ -192,6 +200,10 @@ def running(node: Node) -> bool:
 
 
 def os_pid(node: Node) -> int:
+    """The node's VM process id, from the pid file the server writes at start (asking the node
+    with rabbitmqctl costs seconds on a loaded machine, and a drill's kill must land on time)."""
+    with contextlib.suppress(OSError, ValueError):
+        return int((node.home / "node.pid").read_text().strip())
     return int(ctl(node, "eval", "list_to_integer(os:getpid()).").strip())
 
 
@@ -251,6 +263,24 @@ def leader_of(queue: str, vhost: str = VHOST) -> Node:
         if name == queue:
             return next(n for n in NODES if n.name == leader.strip())
     raise RuntimeError(f"no queue {queue} in vhost {vhost}")
+
+
+HELD_QUERY = """[begin
+    {ok, Q} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"%(vhost)s">>, queue, Name)),
+    {ok, {_, O}, _} = ra:leader_query(amqqueue:get_pid(Q), fun rabbit_fifo:overview/1),
+    {Name, maps:get(num_discarded, O, 0) + maps:get(num_discard_checked_out, O, 0)}
+  end || Name <- [%(names)s]]."""
+
+
+def held_dead_letters(queues: list[str], vhost: str = VHOST) -> dict[str, int]:
+    """Messages each quorum queue has dead-lettered (at-least-once) but not yet handed over.
+
+    They are in no queue's ready count: a wait queue whose expired command is still on its way
+    back to ``switchboard.commands`` looks empty to ``queue.declare``.
+    """
+    query = HELD_QUERY % {"vhost": vhost, "names": ",".join(f'<<"{q}">>' for q in queues)}
+    out = ctl(any_running(), "eval", query, timeout=60)
+    return {name: int(count) for name, count in re.findall(r'<<"([^"]+)">>,(\d+)', out)}
 
 
 def vhost_of(url: str) -> str:

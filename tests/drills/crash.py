@@ -286,7 +286,7 @@ def run_drill(config: DrillConfig, progress: Progress = lambda _: None) -> Summa
                 effects=simulator.effects_by_command(),
                 faults=simulator.faults_by_command(),
                 dead_letters=[],
-                leftovers=queue_depths(WORK_QUEUES),
+                leftovers=_leftovers(config),
                 published_at=publisher.sent_at,
             )
             seen.dead_letters = drain_queue(topology.DEAD_QUEUE)
@@ -320,14 +320,14 @@ def _chaos(
 ) -> None:
     """Publish while killing workers, bursting 429s and restarting the broker once (midway)."""
     publish_seconds = len(publisher.messages) / config.rate
+    nodes = (
+        NodeChaos(summary, publish_seconds, progress) if config.cluster and config.restart_broker else None
+    )
     start = time.monotonic()
     next_kill = start + (config.kill_every or float("inf"))
     next_burst = start + (config.faults.burst_every or float("inf"))
     restart_at = (
         start + publish_seconds / 2 + 1.3 if config.restart_broker and not config.cluster else float("inf")
-    )
-    nodes = (
-        NodeChaos(summary, publish_seconds, progress) if config.cluster and config.restart_broker else None
     )
     publisher.start()
     if nodes is not None:
@@ -365,6 +365,19 @@ def _chaos(
     )
 
 
+def _leftovers(config: DrillConfig) -> dict[str, int]:
+    """Ready messages per work queue; on the cluster also what each wait queue still holds in its
+    at-least-once dead-lettering hop (in no ready count, so it would otherwise look empty)."""
+    depths = queue_depths(WORK_QUEUES)
+    if config.cluster:
+        from tests.cluster import cluster
+
+        delay_queues = [topology.delay_queue(s) for s in topology.DELAY_BUCKETS_SECONDS]
+        held = cluster.held_dead_letters(delay_queues, cluster.vhost_of(amqp.AMQP_URL))
+        depths.update({f"{name} (dead-lettering)": count for name, count in held.items()})
+    return depths
+
+
 def _all_ready(summary: Summary, workers: Workers) -> bool:
     summary.crashed.extend(workers.replace_crashed())
     return all(workers.ready())
@@ -375,11 +388,16 @@ class NodeChaos(threading.Thread):
     publishing), then SIGKILL another node and start it again (at 2/3), beside the worker kills."""
 
     def __init__(self, summary: Summary, publish_seconds: float, progress: Progress) -> None:
+        from tests.cluster import cluster
+
         super().__init__(name="drill-nodes", daemon=True)
         self.summary = summary
         self.publish_seconds = publish_seconds
         self.progress = progress
         self.error: BaseException | None = None
+        # Asked before publishing starts (nothing moves the leader until the stop): rabbitmqctl
+        # took up to 44 s on two cores at load 10, which put the stop after the publishing.
+        self.leader = cluster.leader_of(topology.vendor_queue("pidj"), cluster.vhost_of(amqp.AMQP_URL))
 
     def run(self) -> None:
         try:
@@ -391,8 +409,8 @@ class NodeChaos(threading.Thread):
         from tests.cluster import cluster
 
         start = time.monotonic()
+        leader = self.leader
         time.sleep(max(0.0, self.publish_seconds / 3))
-        leader = cluster.leader_of(topology.vendor_queue("pidj"), cluster.vhost_of(amqp.AMQP_URL))
         self.progress(f"{time.monotonic() - start:6.1f}s  stopping {leader.name}, leader of switchboard.pidj")
         cluster.stop_node(leader)
         self.summary.cluster_events.append(f"stopped leader {leader.name}")
