@@ -20,6 +20,7 @@ import logging
 import re
 import sys
 import threading
+import time
 from collections.abc import MutableMapping
 from contextvars import ContextVar
 from types import TracebackType
@@ -64,6 +65,24 @@ def merge_context(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Muta
     if not context:
         return event_dict
     return {**context, **event_dict}
+
+
+_second: tuple[int, str] = (-1, "")
+"""The last whole second formatted (``2026-01-01T00:00:00``): many lines share it."""
+
+
+def add_timestamp(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: ``timestamp`` as ``TimeStamper(fmt="iso", utc=True)`` writes it
+    (``2026-01-01T00:00:00.123456Z``), the date and time formatted once a second, not per line."""
+    global _second
+    whole, nanos = divmod(time.time_ns(), 1_000_000_000)
+    second, text = _second
+    if second != whole:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = (whole, text)
+    micros = nanos // 1000
+    event_dict["timestamp"] = f"{text}.{micros:06d}Z" if micros else f"{text}Z"
+    return event_dict
 
 
 def _mask_match(match: re.Match[str]) -> str:
@@ -161,7 +180,7 @@ def configure(level: str = "INFO", fmt: str = "auto") -> None:
     shared: list[Any] = [
         merge_context,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_timestamp,
     ]
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, mask_processor, renderer],
