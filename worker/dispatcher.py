@@ -32,6 +32,7 @@ import pika.spec
 import structlog
 
 from worker import deadline, gates, results, tracing
+from worker import logging as logcontext
 from worker.amqp import Channel
 from worker.breaker import CircuitBreaker
 from worker.clock import SYSTEM, Clock
@@ -182,7 +183,7 @@ class Dispatcher:
 
     async def handle(self, delivery: Delivery) -> None:
         """Process one delivery to its end; never raises for bad input."""
-        structlog.contextvars.clear_contextvars()
+        logcontext.clear_context()
         try:
             await self._handle(delivery)
         except Exception as exc:
@@ -211,7 +212,7 @@ class Dispatcher:
         ) as span:
             trace_id = tracing.trace_id_hex(span)
             if trace_id:
-                structlog.contextvars.bind_contextvars(trace_id=trace_id)
+                logcontext.bind_context(trace_id=trace_id)
             await self._route(delivery, decoded, started)
 
     async def _route(self, delivery: Delivery, decoded: Command | Rejection, started: float) -> None:
@@ -220,9 +221,7 @@ class Dispatcher:
             label = type_label(decoded.type, self.registry.commands)
             for observer in self.observers:
                 observer.received(label)
-            structlog.contextvars.bind_contextvars(
-                command_id=decoded.command_id, type=decoded.type, attempt=0
-            )
+            logcontext.bind_context(command_id=decoded.command_id, type=decoded.type, attempt=0)
             await execute(delivery, started, Reject(decoded), None)
             return
         command = decoded
@@ -230,7 +229,7 @@ class Dispatcher:
             observer.received(command.type)
         spec = self.registry.commands[command.type]
         previous = command.headers.get(H_ATTEMPT, 0)
-        structlog.contextvars.bind_contextvars(
+        logcontext.bind_context(
             command_id=command.id,
             type=command.type,
             attempt=previous if isinstance(previous, int) else 0,
@@ -343,7 +342,7 @@ class Dispatcher:
 
     async def _run(self, run: InFlight) -> Decision:
         """The command is ours: reconcile, the held gates, the handler, and what its outcome means."""
-        structlog.contextvars.bind_contextvars(attempt=run.attempts)
+        logcontext.bind_context(attempt=run.attempts)
         if run.reconcile:
             found = await self._reconcile(run)
             if found is not None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
+import math
+import os
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,10 +12,37 @@ import orjson
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "rejected"})
 
+# The hex digit of a UUID's variant nibble (10xx: RFC 9562) for any random nibble.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID, as ``str(uuid.uuid4())`` writes it, at a third of its cost:
+    built from the hex of 16 random bytes, without a ``UUID`` object per event."""
+    digits = os.urandom(16).hex()
+    return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{_VARIANT[digits[16]]}{digits[17:20]}-{digits[20:]}"
+
+
+_second: tuple[int, str] = (-1, "")
+"""The last whole second formatted (``2026-01-01T00:00:00``): events come many a second."""
+
 
 def utc_iso(timestamp: float | None = None) -> str:
-    moment = datetime.now(UTC) if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """RFC 3339 UTC with milliseconds (``2026-01-01T00:00:00.123Z``), as ``datetime.isoformat`` writes it."""
+    global _second
+    if timestamp is None:
+        timestamp = time.time()
+    fraction, whole = math.modf(timestamp)
+    micros = round(fraction * 1_000_000)  # as datetime.fromtimestamp rounds, then milliseconds cut
+    if micros < 0 or micros >= 1_000_000:
+        moment = datetime.fromtimestamp(timestamp, UTC)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    second, text = _second
+    if second != whole:
+        second = int(whole)
+        text = datetime.fromtimestamp(second, UTC).isoformat()[:19]
+        _second = (second, text)
+    return f"{text}.{micros // 1000:03d}Z"
 
 
 def build(
@@ -31,7 +60,7 @@ def build(
 ) -> dict[str, Any]:
     """An event; ``occurred_at`` is Unix seconds (default: now)."""
     event: dict[str, Any] = {
-        "event_id": str(uuid.uuid4()),
+        "event_id": new_event_id(),
         "command_id": command_id,
         "type": type,
         "account": account,

@@ -7,8 +7,11 @@ sandboxes) and in ``__del__`` methods (Python would print those as plain text
 on stderr).
 
 Context about the command being processed (``command_id``, ``type``,
-``attempt``, ``vendor``) is bound through contextvars by the dispatcher, so
-every line logged while a command runs carries it, handlers included.
+``attempt``, ``vendor``) is bound by the dispatcher (:func:`clear_context`,
+:func:`bind_context`), so every line logged while a command runs carries it,
+handlers included. It is one contextvar holding one dict per command, not
+structlog's contextvar per key: binding five keys that way cost more than the
+rest of the logging of a command (issue 16).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import logging
 import re
 import sys
 import threading
+import time
 from collections.abc import MutableMapping
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any
 
@@ -30,6 +35,54 @@ import structlog
 # A run counts as a phone number with a leading + and 8+ digits, or 10+ digits
 # without one (so dates and durations stay readable).
 _PHONE = re.compile(r"(?<![\w+])\+?\d[\d\- ().]{5,}\d(?![\w])")
+
+
+_context: ContextVar[dict[str, Any] | None] = ContextVar("switchboard_log_context", default=None)
+
+
+def clear_context() -> None:
+    """Start a fresh context for this task (and the tasks it starts): one command's keys."""
+    _context.set({})
+
+
+def bind_context(**fields: Any) -> None:
+    """Add keys to every line logged from here on in this context (after :func:`clear_context`)."""
+    context = _context.get()
+    if context is None:
+        _context.set(fields)
+    else:
+        context.update(fields)
+
+
+def context() -> dict[str, Any]:
+    """A copy of the keys bound in this context."""
+    return dict(_context.get() or {})
+
+
+def merge_context(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: the bound keys first, the line's own keys win."""
+    context = _context.get()
+    if not context:
+        return event_dict
+    return {**context, **event_dict}
+
+
+_second: tuple[int, str] = (-1, "")
+"""The last whole second formatted (``2026-01-01T00:00:00``): many lines share it."""
+
+
+def add_timestamp(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: ``timestamp`` as ``TimeStamper(fmt="iso", utc=True)`` writes it
+    (``2026-01-01T00:00:00.123456Z``), the date and time formatted once a second, not per line."""
+    global _second
+    whole, nanos = divmod(time.time_ns(), 1_000_000_000)
+    second, text = _second
+    if second != whole:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = (whole, text)
+    micros = nanos // 1000
+    event_dict["timestamp"] = f"{text}.{micros:06d}Z" if micros else f"{text}Z"
+    return event_dict
 
 
 def _mask_match(match: re.Match[str]) -> str:
@@ -64,7 +117,11 @@ _UNMASKED_KEYS = frozenset(
 def mask_processor(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: mask phone numbers in every value but ids and times."""
     for key, value in event_dict.items():
-        if key not in _UNMASKED_KEYS and isinstance(value, str | dict | list | tuple):
+        if key in _UNMASKED_KEYS:
+            continue
+        if isinstance(value, str):  # most values: the regex at once, no _mask_value dispatch
+            event_dict[key] = _PHONE.sub(_mask_match, value)
+        elif isinstance(value, dict | list | tuple):
             event_dict[key] = _mask_value(value)
     return event_dict
 
@@ -121,9 +178,9 @@ def configure(level: str = "INFO", fmt: str = "auto") -> None:
     if not isinstance(numeric_level, int):
         numeric_level = logging.INFO
     shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
+        merge_context,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_timestamp,
     ]
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, mask_processor, renderer],

@@ -441,6 +441,7 @@ class Runtime:
     def _on_message(self, vendor: str, queue: str, channel: Channel) -> Any:
         gauge = IN_FLIGHT.labels(vendor)
         loop = asyncio.get_running_loop()
+        settled = self._settled(gauge, vendor)  # one callback per subscription, not one per message
 
         def on_message(
             _: pika.channel.Channel,
@@ -452,7 +453,7 @@ class Runtime:
             gauge.inc()
             task = loop.create_task(self.dispatcher.handle(delivery))
             self.tasks.add(task)
-            task.add_done_callback(self._settled(gauge, vendor))
+            task.add_done_callback(settled)
 
         return on_message
 
