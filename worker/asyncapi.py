@@ -99,7 +99,10 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "rejected",
         "This `id` was already used (same account) for a command of another type or payload.",
     ),
-    "file_too_large": ("rejected", "The file is larger than the vendor accepts (`details.path`)."),
+    "file_too_large": (
+        "failed",
+        "The file is larger than the vendor accepts (`details.path`); found as the file is read, so it ends `failed`.",
+    ),
     "permanent_error": ("failed", "Valid, but cannot be done (generic)."),
     "vendor_rejected": ("failed", "The vendor refused the request (4xx, or an answer that says failure)."),
     "vendor_auth_failed": ("failed", "The vendor refused the account's credentials, also after a refresh."),
@@ -149,6 +152,12 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
 }
 """Every ``error.code`` an event can carry. Codes of transient errors end a
 command as ``failed`` only once retries give up (``details.gave_up``)."""
+
+ALSO_FAILED = frozenset({"invalid_payload"})
+"""Rejection codes a command can also end ``failed`` with: a check a handler makes at run time
+(on the account's settings: an upload URL off the allow-list, a path outside ``upload_dir``,
+a file with no valid row) cannot reject, since the command is already claimed; it ends
+``failed``, its code kept, and is stored like any outcome."""
 
 TRACE_HEADERS: dict[str, Any] = {
     "title": "trace headers",
@@ -303,8 +312,14 @@ def _rewrite(node: Any, base: str) -> Any:
     return {"$ref": reference}
 
 
+def codes_of(status: str) -> list[str]:
+    """The codes an event of ``status`` may carry (sorted)."""
+    extra = ALSO_FAILED if status == "failed" else frozenset()
+    return sorted(code for code, (where, _) in ERROR_CODES.items() if where == status or code in extra)
+
+
 def _code_schema(status: str) -> dict[str, Any]:
-    codes = sorted(code for code, (where, _) in ERROR_CODES.items() if where == status)
+    codes = codes_of(status)
     descriptions = [ERROR_CODES[code][1] for code in codes]
     listing = "\n".join(f"- `{code}`: {text}" for code, text in zip(codes, descriptions, strict=True))
     return {
