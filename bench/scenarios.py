@@ -201,9 +201,16 @@ def baseline(config: RunConfig, sim: Simulator, *, confirms: bool, paced: bool =
         amqp_url=config.amqp_url, sim_url=sim.base_url, confirms=confirms, prefetch=config.max_in_flight,
         account_key=config.account_key, token=config.token, logdir=config.logdir, max_seconds=3600,
     )  # fmt: skip
+    profile = config.results_dir / f"profile-{config.stamp}-{system.replace(', ', '-').replace(' ', '-')}.txt"
+    spy = procs.start_py_spy(managed.pid, profile, config.logdir) if config.profile else None
     try:
         return _flood_and_paced(config, sim, system, amqp.BASELINE_KEY, managed.pid, paced)
     finally:
+        if spy is not None:
+            # Profiled like the worker, so the two can be compared stage by stage.
+            spy.stop(grace=30, signum=signal.SIGINT)
+            if profile.exists():
+                profile.with_suffix(".md").write_text(summarize(profile))
         managed.stop()
 
 

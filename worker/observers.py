@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import structlog
-from opentelemetry import trace
 
 from worker import tracing
 from worker.errors import TransientError
@@ -104,12 +103,12 @@ class Spans(Observer):
     """The outcome on the command's ``process`` span (only installed with tracing on)."""
 
     def retrying(self, type: str, error: TransientError, delay_seconds: float) -> None:
-        tracing.record_outcome(trace.get_current_span(), "retry", error.code)
+        tracing.record_outcome(tracing.current_command_span(), "retry", error.code)
 
     def finished(
         self, type: str, status: str, code: str | None, attempts: int, duration_ms: float, dead_lettered: bool
     ) -> None:
-        tracing.record_outcome(trace.get_current_span(), status, code)
+        tracing.record_outcome(tracing.current_command_span(), status, code)
 
 
 class Ramp(Observer):

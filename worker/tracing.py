@@ -19,12 +19,17 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from worker.spans import Recorder
 
 TRACER_NAME = "switchboard"
 
@@ -33,9 +38,42 @@ class _State:
     enabled = False
     provider: object = None
     tracer: trace.Tracer | None = None
+    recorder_provider: object = None
+    recorder: Recorder | None = None
 
 
 state = _State()
+
+# The command's ``process`` span, sampled or not, for the task that handles it. An
+# unsampled command's span is never made current in the OpenTelemetry context
+# (attaching and detaching it cost more than the rest of its tracing); what needs
+# it -- the events' traceparent, the client and publish spans' "is it sampled" --
+# reads it here.
+_command_span: ContextVar[Span | None] = ContextVar("switchboard_command_span", default=None)
+
+
+class _Provider(TracerProvider):
+    """A provider whose commands' spans :class:`worker.spans.Recorder` records (see :func:`provider`)."""
+
+
+def provider(resource: Resource | None = None, sampler: Any = None) -> TracerProvider:
+    """The SDK provider the worker uses; add span processors, then ``trace.set_tracer_provider``.
+
+    Its sampler is the one the ``OTEL_TRACES_SAMPLER`` variables choose (or
+    ``sampler``). A command's spans under it are sampled up front and recorded by
+    :mod:`worker.spans`, without the SDK's per-span cost; under any other provider
+    the SDK makes them.
+    """
+    return _Provider(resource=resource, sampler=sampler)
+
+
+def _recorder() -> Recorder | None:
+    """The recorder of the installed provider, when it is one :func:`provider` built."""
+    installed = trace.get_tracer_provider()
+    if state.recorder_provider is not installed:
+        state.recorder_provider = installed
+        state.recorder = Recorder(installed, TRACER_NAME) if isinstance(installed, _Provider) else None
+    return state.recorder
 
 
 class _Resource(Resource):
@@ -67,13 +105,12 @@ def setup(service_name: str = "switchboard-worker") -> bool:
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return False
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     resource = _Resource(Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)}))
-    provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
+    installed = provider(resource)
+    installed.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(installed)
     state.enabled = True
     return True
 
@@ -144,9 +181,32 @@ def passthrough(headers: Mapping[str, Any] | None, meta: Mapping[str, Any] | Non
     return {}
 
 
+_W3C_ONLY = os.environ.get("OTEL_PROPAGATORS", "tracecontext,baggage").replace(" ", "") in (
+    "tracecontext,baggage",
+    "tracecontext",
+)
+
+
 def inject(headers: dict[str, Any]) -> None:
-    """Carry the current context on in outgoing AMQP headers."""
-    propagate.inject(headers)
+    """Carry the current context on in outgoing AMQP headers.
+
+    An unsampled command's span is not in the OpenTelemetry context (see
+    ``_command_span``): its W3C ``traceparent`` is written here, as the
+    tracecontext propagator writes it (it carries no baggage: none is extracted).
+    """
+    span = _command_span.get()
+    if span is None or span.is_recording():
+        propagate.inject(headers)
+        return
+    if not _W3C_ONLY:
+        propagate.inject(headers, context=trace.set_span_in_context(span))
+        return
+    span_context = span.get_span_context()
+    headers["traceparent"] = (
+        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+    )
+    if span_context.trace_state:
+        headers["tracestate"] = span_context.trace_state.to_header()
 
 
 @contextlib.contextmanager
@@ -162,6 +222,7 @@ def process_span(
     if not state.enabled:
         yield None
         return
+    name = f"process {queue}"
     attributes = {
         "messaging.system": "rabbitmq",
         "messaging.operation.type": "process",
@@ -172,10 +233,93 @@ def process_span(
     }
     if message_id:
         attributes["messaging.message.id"] = message_id
-    with tracer().start_as_current_span(
-        f"process {queue}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
-    ) as span:
+    recorder = _recorder()
+    if recorder is None:
+        with tracer().start_as_current_span(
+            name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+        ) as sdk_span:
+            token = _command_span.set(sdk_span)
+            try:
+                yield sdk_span
+            finally:
+                _command_span.reset(token)
+        return
+    span = _start(recorder, parent, trace.get_current_span(parent), name, SpanKind.CONSUMER, attributes)
+    if not span.is_recording():
+        # Unsampled: nothing to record, and the OpenTelemetry context is left alone
+        # (attach/detach would cost more than the rest): what needs this span reads it
+        # from _command_span.
+        token = _command_span.set(span)
+        try:
+            yield span
+        finally:
+            _command_span.reset(token)
+        return
+    with _current(span, parent):
         yield span
+
+
+def _start(
+    recorder: Recorder,
+    context: otel_context.Context,
+    parent_span: Span,
+    name: str,
+    kind: SpanKind,
+    attributes: dict[str, Any],
+) -> Span:
+    """A span as the SDK's ``Tracer.start_span`` would make it: the provider's sampler decides."""
+    parent = parent_span.get_span_context()
+    trace_id = parent.trace_id if parent.is_valid else recorder.ids.generate_trace_id()
+    decision = recorder.provider.sampler.should_sample(context, trace_id, name, kind, attributes)
+    sampled = decision.decision is Decision.RECORD_AND_SAMPLE
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    if not sampled and decision.decision is not Decision.RECORD_ONLY:
+        return NonRecordingSpan(
+            SpanContext(
+                trace_id,
+                recorder.ids.generate_span_id(),
+                is_remote=False,
+                trace_flags=flags,
+                trace_state=decision.trace_state,
+            )
+        )
+    return recorder.start(
+        name,
+        kind,
+        dict(decision.attributes),
+        trace_id=trace_id,
+        parent=parent if parent.is_valid else None,
+        trace_state=decision.trace_state,
+        flags=flags,
+    )
+
+
+@contextlib.contextmanager
+def _current(span: Span, parent: otel_context.Context | None = None) -> Iterator[None]:
+    """The span current (for this command and in the OpenTelemetry context) until it ends.
+
+    Like the SDK's ``start_as_current_span``: an exception leaving it is recorded on
+    the span, which then ends with an error status.
+    """
+    context_token = otel_context.attach(trace.set_span_in_context(span, parent))
+    token = _command_span.set(span)
+    try:
+        yield
+    except BaseException as exc:
+        if not isinstance(exc, GeneratorExit):
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        _command_span.reset(token)
+        otel_context.detach(context_token)
+        span.end()
+
+
+def current_command_span() -> Span:
+    """The span of the command this task handles (invalid outside one, or with tracing off)."""
+    span = _command_span.get()
+    return span if span is not None else trace.get_current_span()
 
 
 def trace_id_hex(span: Span | None) -> str | None:
@@ -193,11 +337,13 @@ def publish_span(
     if not state.enabled:
         yield
         return
-    if not trace.get_current_span().is_recording():
+    command = current_command_span()
+    if not command.is_recording():
         # Not sampled: no span to make, but the context (sampled=0) still goes on.
         inject(headers)
         yield
         return
+    name = f"publish {exchange or '(default)'}"
     attributes = {
         "messaging.system": "rabbitmq",
         "messaging.operation.type": "publish",
@@ -206,9 +352,14 @@ def publish_span(
     }
     if message_id:
         attributes["messaging.message.id"] = message_id
-    with tracer().start_as_current_span(
-        f"publish {exchange or '(default)'}", kind=SpanKind.PRODUCER, attributes=attributes
-    ):
+    recorder = _recorder()
+    if recorder is None:
+        with tracer().start_as_current_span(name, kind=SpanKind.PRODUCER, attributes=attributes):
+            inject(headers)
+            yield
+        return
+    span = _start(recorder, trace.set_span_in_context(command), command, name, SpanKind.PRODUCER, attributes)
+    with _current(span):
         inject(headers)
         yield
 
@@ -218,7 +369,11 @@ def client_span(
     vendor: str, method: str, endpoint: str, url_host: str | None, port: int | None
 ) -> Iterator[Span | None]:
     """A vendor HTTP call; the route template, never the concrete path (it may hold a phone number)."""
-    if not state.enabled or not trace.get_current_span().is_recording():
+    if not state.enabled:
+        yield None
+        return
+    command = current_command_span()
+    if not command.is_recording():
         yield None
         return
     attributes: dict[str, Any] = {
@@ -230,9 +385,14 @@ def client_span(
         attributes["server.address"] = url_host
     if port:
         attributes["server.port"] = port
-    with tracer().start_as_current_span(
-        f"{method} {endpoint}", kind=SpanKind.CLIENT, attributes=attributes
-    ) as span:
+    name = f"{method} {endpoint}"
+    recorder = _recorder()
+    if recorder is None:
+        with tracer().start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes) as sdk_span:
+            yield sdk_span
+        return
+    span = _start(recorder, trace.set_span_in_context(command), command, name, SpanKind.CLIENT, attributes)
+    with _current(span):
         yield span
 
 
@@ -256,3 +416,10 @@ def record_outcome(span: Span | None, status: str, code: str | None) -> None:
         span.set_attribute("error.type", code)
     if status in ("failed", "rejected", "retry"):
         span.set_status(Status(StatusCode.ERROR))
+
+
+def encode_for_export(spans: Any) -> bytes:
+    """The OTLP/HTTP body the exporter would send for ``spans`` (for bench.dispatch_micro)."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    return bytes(encode_spans(spans).SerializePartialToString())

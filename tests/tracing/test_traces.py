@@ -19,6 +19,7 @@ from handlers.pidj.sandbox import PidjSimulator
 from handlers.simulator import Fault
 from tests.runtime.conftest import SEND, pidj_env
 from tests.support.amqp import AMQP_URL, EventTap, command_body, publish_raw
+from tests.support.otel import install
 from tests.support.worker import free_port
 from worker import tracing
 from worker.config import load_settings
@@ -30,11 +31,12 @@ pytestmark = pytest.mark.integration
 EXPORTER = InMemorySpanExporter()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def sdk() -> Iterator[None]:
-    provider = TracerProvider()
+@pytest.fixture(scope="module", autouse=True, params=["recorded", "sdk"])
+def sdk(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Both ways spans are made: recorded by worker.spans (the worker's provider), and by the SDK (any other)."""
+    provider = tracing.provider() if request.param == "recorded" else TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
-    trace.set_tracer_provider(provider)
+    install(provider)
     tracing.enable_for_tests()
     yield
     tracing.state.enabled = False

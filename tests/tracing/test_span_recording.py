@@ -1,0 +1,194 @@
+"""Spans of a command, sampled up front and recorded by worker.spans, against what the SDK makes.
+
+No broker: ``process_span``, ``client_span`` and ``publish_span`` are driven as the
+dispatcher, VendorHTTP and the outbox drive them, under the provider the worker
+installs (``tracing.provider()``) and under a plain SDK provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBasedTraceIdRatio, Sampler, TraceIdRatioBased
+from opentelemetry.trace import SpanKind, StatusCode
+
+from tests.support.otel import install
+from worker import tracing
+
+TRACEPARENT = "00-{trace:032x}-{span:016x}-{flags}"
+REMOTE_TRACE, REMOTE_SPAN = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
+
+
+def setup_tracing(provider: TracerProvider) -> InMemorySpanExporter:
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    install(provider)
+    tracing.enable_for_tests()
+    return exporter
+
+
+@pytest.fixture(autouse=True)
+def tracing_off_after() -> Iterator[None]:
+    yield
+    tracing.state.enabled = False
+
+
+def one_command(headers_in: dict[str, Any] | None = None, fail: bool = False) -> dict[str, Any]:
+    """One command's spans as the worker makes them; returns the event's headers."""
+    parent = tracing.extract(headers_in, None)
+    event_headers: dict[str, Any] = {}
+    with tracing.process_span("switchboard.pidj", "send_text", "cmd-1", "send_text", "pidj", parent):
+        with tracing.client_span("pidj", "POST", "/send", "vendor.example", 443) as client:
+            tracing.record_status(client, 200)
+        with tracing.publish_span("switchboard.events", "send_text.succeeded", "evt-1", event_headers):
+            pass
+        tracing.record_outcome(tracing.current_command_span(), "succeeded", None)
+        if fail:
+            raise RuntimeError("handler blew up")
+    return event_headers
+
+
+def parse(traceparent: str) -> tuple[int, int, str]:
+    _, trace_id, span_id, flags = traceparent.split("-")
+    return int(trace_id, 16), int(span_id, 16), flags
+
+
+def shape(spans: tuple[ReadableSpan, ...]) -> list[tuple[Any, ...]]:
+    """What a trace backend sees of a command's spans, ids replaced by their place in the tree."""
+    ids = {s.context.span_id: n for n, s in enumerate(spans) if s.context is not None}
+    return sorted(
+        (
+            s.name,
+            s.kind,
+            dict(s.attributes or {}),
+            s.status.status_code,
+            s.status.description,
+            ids.get(s.parent.span_id, "remote") if s.parent is not None else None,
+            [
+                (e.name, {k: v for k, v in (e.attributes or {}).items() if k != "exception.stacktrace"})
+                for e in s.events
+            ],
+            s.instrumentation_scope.name if s.instrumentation_scope else None,
+        )
+        for s in spans
+    )
+
+
+def test_unsampled_commands_record_nothing_and_carry_their_trace_on() -> None:
+    """Ratio 1/2: a command is recorded exactly when its event's traceparent says sampled, as the sampler says."""
+    exporter = setup_tracing(tracing.provider(sampler=ParentBasedTraceIdRatio(0.5)))
+    bound = TraceIdRatioBased.get_bound_for_rate(0.5)
+    seen = {"01": 0, "00": 0}
+    for _ in range(200):
+        exporter.clear()
+        trace_id, span_id, flags = parse(one_command()["traceparent"])
+        seen[flags] += 1
+        # The ratio sampler's rule, on the trace id the event carries.
+        assert (flags == "01") == ((trace_id & 0xFFFFFFFFFFFFFFFF) < bound)
+        spans = {s.name: s for s in exporter.get_finished_spans()}
+        if flags == "00":
+            assert spans == {}
+            continue
+        assert set(spans) == {"process switchboard.pidj", "POST /send", "publish switchboard.events"}
+        process = spans["process switchboard.pidj"]
+        assert process.context is not None and process.context.trace_id == trace_id
+        assert process.parent is None
+        for child in ("POST /send", "publish switchboard.events"):
+            assert spans[child].parent is not None
+            assert spans[child].parent.span_id == process.context.span_id  # type: ignore[union-attr]
+        # The event's context is the publish span's.
+        assert spans["publish switchboard.events"].context.span_id == span_id  # type: ignore[union-attr]
+    assert seen["00"] > 0 and seen["01"] > 0
+
+
+def test_a_sampled_publisher_is_followed_whatever_the_ratio() -> None:
+    exporter = setup_tracing(tracing.provider(sampler=ParentBasedTraceIdRatio(0.0)))
+    headers = {
+        "traceparent": TRACEPARENT.format(trace=REMOTE_TRACE, span=REMOTE_SPAN, flags="01"),
+        "tracestate": "vendor=abc",
+    }
+    event = one_command(headers)
+    trace_id, span_id, flags = parse(event["traceparent"])
+    assert (trace_id, flags) == (REMOTE_TRACE, "01")
+    publish = next(s for s in exporter.get_finished_spans() if s.name == "publish switchboard.events")
+    assert publish.context is not None and publish.context.span_id == span_id
+    assert event["tracestate"] == "vendor=abc"
+    process = next(s for s in exporter.get_finished_spans() if s.name == "process switchboard.pidj")
+    assert process.parent is not None and process.parent.span_id == REMOTE_SPAN
+    assert process.parent.is_remote
+
+
+def test_an_unsampled_publisher_is_followed_too() -> None:
+    """Its trace id and state go on, under a span id of our own, not sampled; nothing recorded."""
+    exporter = setup_tracing(tracing.provider(sampler=ParentBasedTraceIdRatio(1.0)))
+    headers = {
+        "traceparent": TRACEPARENT.format(trace=REMOTE_TRACE, span=REMOTE_SPAN, flags="00"),
+        "tracestate": "vendor=abc",
+    }
+    event = one_command(headers)
+    trace_id, span_id, flags = parse(event["traceparent"])
+    assert (trace_id, flags) == (REMOTE_TRACE, "00")
+    assert span_id not in (0, REMOTE_SPAN)
+    assert event["tracestate"] == "vendor=abc"
+    assert exporter.get_finished_spans() == ()
+
+
+def test_the_unsampled_traceparent_is_the_propagators() -> None:
+    """Written directly for speed, it must be what propagate.inject writes for the same span."""
+    setup_tracing(tracing.provider(sampler=ParentBasedTraceIdRatio(1.0)))
+    headers = {
+        "traceparent": TRACEPARENT.format(trace=REMOTE_TRACE, span=REMOTE_SPAN, flags="00"),
+        "tracestate": "a=1,b=2",
+    }
+    parent = tracing.extract(headers, None)
+    with tracing.process_span("q", "send_text", None, "send_text", "pidj", parent) as span:
+        ours: dict[str, Any] = {}
+        tracing.inject(ours)
+        theirs: dict[str, Any] = {}
+        assert span is not None
+        propagate.inject(theirs, context=trace.set_span_in_context(span))
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("fail", [False, True])
+@pytest.mark.parametrize(
+    "sampler",
+    [ALWAYS_ON, ParentBasedTraceIdRatio(1.0), TraceIdRatioBased(1.0)],
+    ids=lambda s: type(s).__name__,
+)
+def test_recorded_spans_are_what_the_sdk_makes(sampler: Sampler, fail: bool) -> None:
+    """Names, kinds, attributes, status, exception events, tree and scope: the same under both providers."""
+    shapes = []
+    for provider in (tracing.provider(sampler=sampler), TracerProvider(sampler=sampler)):
+        exporter = setup_tracing(provider)
+        try:
+            one_command(fail=fail)
+        except RuntimeError:
+            assert fail
+        spans = exporter.get_finished_spans()
+        assert len(spans) == 3
+        shapes.append(shape(spans))
+    assert shapes[0] == shapes[1]
+    if fail:
+        process = next(s for s in shapes[0] if s[0] == "process switchboard.pidj")
+        assert process[3] is StatusCode.ERROR and [name for name, _ in process[6]] == ["exception"]
+
+
+def test_a_recorded_span_is_finished_once() -> None:
+    exporter = setup_tracing(tracing.provider())
+    with tracing.process_span(
+        "q", "send_text", None, "send_text", "pidj", tracing.extract(None, None)
+    ) as span:
+        assert span is not None and span.is_recording()
+    assert span is not None and not span.is_recording()
+    span.end()
+    span.set_attribute("late", 1)
+    (recorded,) = exporter.get_finished_spans()
+    assert "late" not in (recorded.attributes or {})
+    assert recorded.kind is SpanKind.CONSUMER
