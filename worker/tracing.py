@@ -66,13 +66,14 @@ def setup(service_name: str = "switchboard-worker") -> bool:
         return False
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return False
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    from worker.otlp import FastOTLPSpanExporter
+
     resource = _Resource(Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)}))
     provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider.add_span_processor(BatchSpanProcessor(FastOTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     state.enabled = True
     return True
