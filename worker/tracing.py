@@ -104,12 +104,13 @@ def setup(service_name: str = "switchboard-worker") -> bool:
         return False
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return False
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from worker.otlp import FastOTLPSpanExporter
 
     resource = _Resource(Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)}))
     installed = provider(resource)
-    installed.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    installed.add_span_processor(BatchSpanProcessor(FastOTLPSpanExporter()))
     trace.set_tracer_provider(installed)
     state.enabled = True
     return True
@@ -420,6 +421,6 @@ def record_outcome(span: Span | None, status: str, code: str | None) -> None:
 
 def encode_for_export(spans: Any) -> bytes:
     """The OTLP/HTTP body the exporter would send for ``spans`` (for bench.dispatch_micro)."""
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from worker.otlp import encode_spans
 
-    return bytes(encode_spans(spans).SerializePartialToString())
+    return encode_spans(spans)
