@@ -1,7 +1,9 @@
 """The bare ceiling: the leanest consumer of these commands we can write, on the same broker and simulator.
 
 pika's asyncio adapter + one shared aiohttp ClientSession, and nothing else:
-no validation, no idempotency, no metrics, no logging. One channel consumes,
+no validation, no idempotency, no metrics, no logging; pika's transport, the
+garbage collector and the form encoding as the worker has them
+(``worker.amqp_tuning``, ``worker.collector``). One channel consumes,
 a second one publishes (in confirm mode, like the worker's). For each message:
 ``orjson.loads``, POST the form to the simulator (Basic auth), publish a small
 result event to ``switchboard.events`` (``send_text.succeeded``).
@@ -31,6 +33,7 @@ import signal
 import sys
 from collections import OrderedDict
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
@@ -38,6 +41,7 @@ import pika
 from pika.adapters.asyncio_connection import AsyncioConnection
 
 from bench.amqp import BASELINE_QUEUE, EVENTS_EXCHANGE
+from worker import amqp_tuning, collector
 
 _EVENT_PROPERTIES = pika.BasicProperties(delivery_mode=2, content_type="application/json")
 
@@ -92,9 +96,8 @@ class Baseline:
     ) -> None:
         self.amqp_url = amqp_url
         self.send_url = sim_url.rstrip("/") + "/send"
-        self.headers = {
-            "Authorization": authorization
-        }  # built once: aiohttp's auth= is deprecated and slower
+        # Built once: aiohttp's auth= is deprecated and slower.
+        self.headers = {"Authorization": authorization, "Content-Type": "application/x-www-form-urlencoded"}
         self.confirms = confirms
         self.prefetch = prefetch
         self.queue = queue
@@ -165,7 +168,10 @@ class Baseline:
         command = orjson.loads(body)
         assert self.session is not None
         async with self.session.post(
-            self.send_url, data=command["payload"], headers=self.headers
+            # The form encoded here, as the worker's client does: aiohttp's FormData for a dict costs more.
+            self.send_url,
+            data=urlencode(command["payload"]).encode("ascii"),
+            headers=self.headers,
         ) as response:
             await response.read()
             status = "succeeded" if response.status == 200 else "failed"
@@ -246,7 +252,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefetch", type=int, default=256)
     parser.add_argument("--confirms", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--max-seconds", type=float, default=3600.0, help="stop by itself after this long")
-    sys.exit(asyncio.run(_run(parser.parse_args(argv))))
+    parser.add_argument(
+        "--gc-young-threshold",
+        type=int,
+        default=collector.DEFAULT_YOUNG_THRESHOLD,
+        help="the worker's collector settings by default (worker/collector.py): the ratio then compares"
+        " the work done, not the collector's settings; 0 = Python's defaults",
+    )
+    args = parser.parse_args(argv)
+    # pika's transport as the worker tunes it (frames joined into one send, larger reads).
+    amqp_tuning.apply()
+    collector.tune(args.gc_young_threshold)
+    sys.exit(asyncio.run(_run(args)))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import click
 import orjson
 
 import schemas as schema_files
-from worker import control_cli
+from worker import collector, control_cli
 from worker import dlq as dead_letters
 from worker.config import ConfigError, Settings, load_settings, redacted
 from worker.logging import configure
@@ -65,7 +65,9 @@ def run(sandbox: bool | None) -> None:
         settings = settings.model_copy(update={"sandbox": sandbox})
     configure(settings.log_level, settings.log_format)
     try:
-        code = asyncio.run(Runtime(settings, _registry()).run())
+        registry = _registry()
+        collector.tune(settings.gc_young_threshold)
+        code = asyncio.run(Runtime(settings, registry).run())
     except ConfigError as exc:
         for line in exc.lines:
             click.echo(f"config error: {line}", err=True)
@@ -84,7 +86,9 @@ def webhooks(port: int | None) -> None:
         settings = settings.model_copy(update={"metrics_port": port})
     configure(settings.log_level, settings.log_format)
     try:
-        code = asyncio.run(Runtime(settings, _registry(), consume=False, webhooks=True).run())
+        registry = _registry()
+        collector.tune(settings.gc_young_threshold)
+        code = asyncio.run(Runtime(settings, registry, consume=False, webhooks=True).run())
     except ConfigError as exc:  # an unknown SWITCHBOARD_* variable, a bad account: one line each
         for line in exc.lines:
             click.echo(f"config error: {line}", err=True)

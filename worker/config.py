@@ -84,6 +84,12 @@ class Settings(BaseSettings):
 
     max_in_flight: int = Field(256, ge=1, le=65535, description="Unacked commands per vendor queue.")
     max_message_bytes: int = Field(1024 * 1024, ge=1024)
+    gc_young_threshold: int = Field(
+        50_000,
+        ge=0,
+        description="Net new objects between the garbage collector's young collections (worker.collector);"
+        " 0 = Python's default (700) and no freeze.",
+    )
     handler_timeout_seconds: float = Field(60.0, gt=0)
     lease_seconds: float = Field(120.0, gt=0)
     live_lease_seconds: float = Field(
