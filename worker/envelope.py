@@ -148,15 +148,14 @@ def _check_envelope(
     validators: Validators,
     reply_to_allow: Collection[str] = (),
 ) -> Command | Rejection:
-    readable = _readable_parts(document, properties)
     try:
         validators.check_envelope(document)
     except CommandRejected as error:
-        return Rejection(error, **readable)
+        return Rejection(error, **_readable_parts(document, properties))
     if properties.message_id is not None and properties.message_id != document["id"]:
         return Rejection(
             _reject("message_id_mismatch", "AMQP message_id must equal the command id", path="/id"),
-            **readable,
+            **_readable_parts(document, properties),
         )
     if not reply_to_allowed(properties.reply_to, reply_to_allow):
         return Rejection(
@@ -166,13 +165,13 @@ def _check_envelope(
                 "(amq.rabbitmq.reply-to) or a queue on SWITCHBOARD_REPLY_TO_ALLOW",
                 reply_to=str(properties.reply_to)[:255],
             ),
-            **readable,
+            **_readable_parts(document, properties),
         )
     command_type = document["type"]
     try:
         validators.check_type(command_type)
     except CommandRejected as error:
-        return Rejection(error, **readable)
+        return Rejection(error, **_readable_parts(document, properties))
     if routing_key != command_type:
         return Rejection(
             _reject(
@@ -180,7 +179,7 @@ def _check_envelope(
                 f"published with routing key {routing_key!r}; it must be the command type {command_type!r}",
                 path="/type",
             ),
-            **readable,
+            **_readable_parts(document, properties),
         )
     return Command(
         id=document["id"],
