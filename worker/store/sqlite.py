@@ -147,16 +147,8 @@ class SQLiteIdempotencyStore:
     async def claim(
         self, account: str, command_id: str, fingerprint: str, now: float, lease_seconds: float
     ) -> Claim:
-        # A finished command (a replay, a duplicate) needs no write lock: answer
-        # from a plain read. A done record never changes but by expiring.
-        done = self.conn.execute(
-            "SELECT attempts, first_attempt_at, attempt_started_at, event FROM commands"
-            " WHERE account = ? AND command_id = ? AND status = 'done' AND fingerprint = ? AND expires_at >= ?",
-            (account, command_id, fingerprint, now),
-        ).fetchone()
-        if done is not None:
-            return Claim(ClaimStatus.DONE, done[0], done[1], done[2], None, event=done[3])
-
+        # No read before the batch: a new command (the usual case) is one statement in the
+        # loop turn's transaction, and a replay, a duplicate or a conflict is read back there.
         def op(conn: sqlite3.Connection) -> Claim:
             # A new command (the usual case) in one statement: inserted, or written over an
             # expired record; any other record is left as it is and read back below.
