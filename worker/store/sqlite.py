@@ -244,8 +244,19 @@ class SQLiteIdempotencyStore:
         self, account: str, command_id: str, fingerprint: str, event: bytes, now: float
     ) -> bytes:
         def op(conn: sqlite3.Cursor) -> bytes:
-            # One statement in the usual case: the upsert changes nothing when an outcome is
-            # already stored (the first one wins), and only then is that one read back.
+            # One statement in the usual case, the outcome of a command claimed here: a plain
+            # UPDATE, cheaper than the upsert below (no row to build for an insert first).
+            if (
+                conn.execute(
+                    "UPDATE commands SET status = 'done', event = ?, lease_until = NULL, expires_at = ?"
+                    " WHERE account = ? AND command_id = ? AND status != 'done'",
+                    (event, now + self.retention, account, command_id),
+                ).rowcount
+                == 1
+            ):
+                return event
+            # No record, or an outcome already stored: the upsert changes nothing when there is
+            # one (the first one wins), and only then is that one read back.
             cursor = conn.execute(
                 "INSERT INTO commands (account, command_id, fingerprint, status, attempts, first_attempt_at, event,"
                 " expires_at) VALUES (?, ?, ?, 'done', 0, ?, ?, ?)"
