@@ -52,6 +52,8 @@ OUTAGE_WAIT_SECONDS = 10.0
 PRUNE_BATCH = 5000
 """Rows deleted per statement, so pruning never holds many row locks or a long transaction."""
 _STALE_READ_RETRIES = 5
+KEPT_CONNECTIONS = 4
+"""Connections kept out of the pool between calls, ready for the next (see :class:`Database`)."""
 BATCH_MAX = 500
 """Calls per statement at most: the arrays stay small and one statement's row locks few."""
 
@@ -348,6 +350,11 @@ class Database:
     def __init__(self, pool: Any, *, outage_wait_seconds: float = OUTAGE_WAIT_SECONDS) -> None:
         self.pool = pool
         self.outage_wait_seconds = outage_wait_seconds
+        # Connections kept out of the pool between calls: asyncpg's acquire and release (a queue,
+        # a proxy, a shielded task and the reset) cost about as much CPU as the call itself. At most
+        # one fewer than the pool holds, so a caller waiting on the pool is always given one back.
+        self._kept: list[Any] = []
+        self._keep = min(KEPT_CONNECTIONS, pool.get_max_size() - 1)
 
     async def call(self, method: str, sql: str, *args: Any) -> Any:
         """``connection.<method>(sql, *args)`` on a pooled connection, asked again while the server is away."""
@@ -367,10 +374,15 @@ class Database:
             delay = min(delay * 2, 1.0)
 
     async def _once(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
-        try:
-            conn = await self.pool.acquire()
-        except TimeoutError as exc:  # connecting timed out (a command timeout is not retried)
-            raise ConnectionError("timed out connecting") from exc
+        conn = self._kept.pop() if self._kept else None
+        if conn is not None and _closed(conn):  # lost while kept: the pool reconnects its holder
+            await self._release(conn)
+            conn = None
+        if conn is None:
+            try:
+                conn = await self.pool.acquire()
+            except TimeoutError as exc:  # connecting timed out (a command timeout is not retried)
+                raise ConnectionError("timed out connecting") from exc
         try:
             result = await getattr(conn, method)(sql, *args)
         except BaseException as exc:
@@ -383,7 +395,10 @@ class Database:
             if broken and not isinstance(exc, _CONNECTION_LOST):
                 raise ConnectionError(f"connection broken: {exc}") from exc
             raise
-        await self._release(conn)
+        if len(self._kept) < self._keep and not conn.is_in_transaction():
+            self._kept.append(conn)  # as the pool's reset would: only an open transaction needs undoing
+        else:
+            await self._release(conn)
         return result
 
     async def _release(self, conn: Any) -> None:
@@ -392,6 +407,9 @@ class Database:
             await self.pool.release(conn)
 
     async def close(self) -> None:
+        kept, self._kept, self._keep = self._kept, [], 0
+        for conn in kept:
+            await self._release(conn)
         try:
             await asyncio.wait_for(self.pool.close(), timeout=5)
         except TimeoutError:
