@@ -36,6 +36,20 @@ class TestClaimBatch:
         ] * 200
         assert [c.state for c in again] == [{"key": key} for key in keys]
 
+    async def test_times_come_back_exactly(self, stores: Stores) -> None:
+        """Times of claims sent together are stored to the last bit: a take-over naming the lease seen works."""
+        store = stores.idempotency
+        nows = [1_764_638_783.123_456_7 + n / 3 for n in range(20)] + [0.1 + 0.2, 1e-7 + 3]
+        claims = await asyncio.gather(
+            *(store.claim(A, f"t-{n}", FP, now, 1 / 3) for n, now in enumerate(nows))
+        )
+        assert [(c.first_attempt_at, c.attempt_started_at, c.lease_until) for c in claims] == [
+            (now, now, now + 1 / 3) for now in nows
+        ]
+        later = nows[0] + 10
+        taken = await store.take_over(A, "t-0", nows[0] + 1 / 3, later, LEASE)
+        assert (taken.status, taken.attempts) == (ClaimStatus.ACQUIRED, 2)
+
     async def test_more_calls_in_one_turn_than_one_statement_takes(self, stores: Stores) -> None:
         """1,200 claims in one turn (more than a batch holds) are all answered, each key ACQUIRED once."""
         keys = [f"cmd-{n}" for n in range(1200)]
