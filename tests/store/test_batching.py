@@ -187,6 +187,28 @@ class TestPostgresBatching:
         await asyncio.gather(*(pg_stores.suppressions.contains(A, f"+1888555{n:04d}") for n in range(100)))
         assert calls == [pg._CLAIM_MANY, pg._COMPLETE_MANY, pg._CONTAINS_MANY]
 
+    async def test_completes_not_all_accounted_for_are_asked_again(
+        self, pg_stores: Stores, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """When a batch's answer does not account for every key (another worker completed one mid-statement),
+        the keys are asked again one by one, and each call still gets the event that is stored."""
+        store = pg_stores.idempotency
+        assert isinstance(store, pg.PostgresIdempotencyStore)
+        await store.complete(A, "cmd-3", FP, b"earlier", T0)
+        real = store.db.call
+
+        async def one_short(method: str, sql: str, *args: Any) -> Any:
+            rows = await real(method, sql, *args)
+            if sql != pg._COMPLETE_MANY:
+                return rows
+            return [(None, None, None, row[3] - 1) if row[0] is None else tuple(row) for row in rows]
+
+        monkeypatch.setattr(store.db, "call", one_short)
+        stored = await asyncio.gather(
+            *(store.complete(A, f"cmd-{n}", FP, f"e{n}".encode(), T0) for n in range(6))
+        )
+        assert stored == [b"e0", b"e1", b"e2", b"earlier", b"e4", b"e5"]
+
     async def test_failed_batch_fails_every_call(
         self, pg_stores: Stores, monkeypatch: pytest.MonkeyPatch
     ) -> None:

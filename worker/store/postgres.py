@@ -223,14 +223,15 @@ WITH input AS ("""
     ON CONFLICT (account, command_id) DO UPDATE SET
         status = 'done', event = excluded.event, lease_until = NULL, expires_at = excluded.expires_at
     WHERE c.status <> 'done'
-    RETURNING c.account, c.command_id, true AS ours, NULL::bytea AS event
+    RETURNING c.account, c.command_id
 )
-SELECT * FROM stored
+SELECT NULL::text AS account, NULL::text AS command_id, NULL::bytea AS event, count(*)::int AS stored FROM stored
 UNION ALL
-SELECT account, command_id, false, event FROM cur
+SELECT account, command_id, event, NULL FROM cur
 WHERE status = 'done' AND NOT EXISTS (SELECT 1 FROM stored s WHERE s.account = cur.account AND s.command_id = cur.command_id)
 """
 )
+"""Rows: one with how many events were stored, and one per key whose event another call stored first."""
 
 _CONTAINS_MANY = (
     """
@@ -602,14 +603,23 @@ class PostgresIdempotencyStore:
             )
         except asyncpg.DeadlockDetectedError:
             return list(await asyncio.gather(*(self._complete_one(item) for item in items)))
-        found = {(row["account"], row["command_id"]): row for row in rows}
+        stored = 0
+        earlier: dict[tuple[str, str], bytes] = {}  # the keys whose outcome another call stored first
+        for row in rows:
+            if row[0] is None:
+                stored = row[3]
+            else:
+                earlier[(row[0], row[1])] = row[2]
+        if stored == len(items):  # the usual case: one short row back, not one per key
+            return [item[3] for item in items]
+        if stored + len(earlier) == len(items):
+            return [earlier.get((item[0], item[1]), item[3]) for item in items]
+        # Some key was completed by another worker mid-statement: ask again for each key not known to
+        # be another's; asking again for one stored here reads back its own event.
         events: list[bytes] = []
         for item in items:
-            row = found.get(_key(item))
-            if row is None:  # another worker completed it mid-statement: ask again to read its event
-                events.append(await self._complete_one(item))
-            else:
-                events.append(item[3] if row["ours"] else row["event"])
+            event = earlier.get((item[0], item[1]))
+            events.append(await self._complete_one(item) if event is None else event)
         return events
 
     async def _complete_one(self, args: _CompleteArgs) -> bytes:
