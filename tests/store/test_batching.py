@@ -7,11 +7,12 @@ tests at the end check that the calls were in fact sent as a few statements.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
-from tests.store.conftest import POSTGRES_URL, clean_postgres
+from tests.store.conftest import POSTGRES_URL, OpenBackend, clean_postgres, wait_past
 from worker.store import ClaimStatus, Stores, open_stores
 from worker.store import postgres as pg
 
@@ -49,6 +50,22 @@ class TestClaimBatch:
         later = nows[0] + 10
         taken = await store.take_over(A, "t-0", nows[0] + 1 / 3, later, LEASE)
         assert (taken.status, taken.attempts) == (ClaimStatus.ACQUIRED, 2)
+
+    async def test_expired_records_reclaimed_among_new_ones(self, open_backend: OpenBackend) -> None:
+        """Records past their retention, claimed in one turn with new keys, start afresh like the new ones."""
+        store = (await open_backend(retention_seconds=0.3)).idempotency
+        await store.complete(A, "old-done", FP, b'{"old":1}', time.time())
+        await store.claim(A, "old-pending", FP, time.time(), LEASE)
+        await store.release(A, "old-pending", {"x": 1})
+        await wait_past(time.time() + 0.3 + 0.05)
+        now = time.time()
+        keys = ["new-1", "old-done", "new-2", "old-pending"]
+        claims = await asyncio.gather(*(store.claim(A, key, "other-fp", now, LEASE) for key in keys))
+        assert [
+            (c.status, c.attempts, c.first_attempt_at, c.attempt_started_at, c.state, c.event) for c in claims
+        ] == [(ClaimStatus.ACQUIRED, 1, now, now, None, None)] * 4
+        again = await asyncio.gather(*(store.claim(A, key, "other-fp", now + 0.1, LEASE) for key in keys))
+        assert [c.status for c in again] == [ClaimStatus.BUSY] * 4
 
     async def test_more_calls_in_one_turn_than_one_statement_takes(self, stores: Stores) -> None:
         """1,200 claims in one turn (more than a batch holds) are all answered, each key ACQUIRED once."""

@@ -143,14 +143,14 @@ SELECT false, event FROM cur WHERE status = 'done' AND NOT EXISTS (SELECT 1 FROM
 # lock shared rows in the same order; no key appears twice (ON CONFLICT cannot update a row twice).
 # The rows arrive as one JSON array of arrays (see :func:`_rows`): asyncpg encodes an array parameter
 # element by element, with abstract-class checks on each, several times the CPU of orjson for the lot.
-_INPUT = "SELECT {} FROM json_array_elements($1::json) AS e"
+_INPUT = "SELECT {} FROM json_array_elements($1::json) WITH ORDINALITY AS t(e, n)"
 
 _CLAIM_MANY = (
     """
 WITH input AS ("""
     + _INPUT.format(
         "e->>0 AS account, e->>1 AS command_id, e->>2 AS fingerprint, (e->>3)::float8 AS now,"
-        " (e->>4)::float8 AS lease_until, (e->>5)::float8 AS expires_at"
+        " (e->>4)::float8 AS lease_until, (e->>5)::float8 AS expires_at, n"
     )
     + """
 ), cur AS (
@@ -185,8 +185,18 @@ WITH input AS ("""
        OR (c.fingerprint = excluded.fingerprint AND c.status IN ('pending', 'waiting'))
     RETURNING c.account, c.command_id, 'acquired'::text AS outcome, c.attempts, c.first_attempt_at,
               c.attempt_started_at, c.lease_until, c.state, NULL::bytea AS event
+), fresh AS (
+    -- Acquired as a new command is (attempt 1, first and started now, no state): the caller knows all that.
+    SELECT a.*, a.attempts = 1 AND a.first_attempt_at = i.now AND a.state IS NULL AS fresh, i.n
+    FROM acquired a JOIN input i ON i.account = a.account AND i.command_id = a.command_id
 )
-SELECT * FROM acquired
+SELECT NULL::text AS account, NULL::text AS command_id, 'fresh'::text AS outcome, NULL::integer AS attempts,
+       NULL::float8 AS first_attempt_at, NULL::float8 AS attempt_started_at, NULL::float8 AS lease_until,
+       NULL::bytea AS state, NULL::bytea AS event, array_agg(n) AS fresh
+FROM fresh WHERE fresh
+UNION ALL
+SELECT account, command_id, outcome, attempts, first_attempt_at, attempt_started_at, lease_until, state, event, NULL
+FROM fresh WHERE NOT fresh
 UNION ALL
 SELECT account, command_id,
        CASE WHEN expires_at < now OR status IN ('pending', 'waiting') AND fingerprint = asked THEN 'stale'
@@ -194,11 +204,12 @@ SELECT account, command_id,
             WHEN status = 'done' THEN 'done'
             WHEN lease_until > now THEN 'busy'
             ELSE 'expired' END,
-       attempts, first_attempt_at, attempt_started_at, lease_until, state, event
+       attempts, first_attempt_at, attempt_started_at, lease_until, state, event, NULL
 FROM cur
 WHERE NOT EXISTS (SELECT 1 FROM acquired a WHERE a.account = cur.account AND a.command_id = cur.command_id)
 """
 )
+"""Rows: one with the positions (from 1) of the keys acquired as new commands, and one per other key answered."""
 
 _COMPLETE_MANY = (
     """
@@ -536,9 +547,21 @@ class PostgresIdempotencyStore:
         except asyncpg.DeadlockDetectedError:
             # Another worker's batch locked some of the same keys: each on its own instead.
             return list(await asyncio.gather(*(self._claim_one(item) for item in items)))
-        found = {(row["account"], row["command_id"]): row for row in rows}
+        fresh: list[int] = []
+        found: dict[tuple[str, str], Any] = {}
+        for row in rows:
+            if row[0] is None:
+                fresh = row[9] or []
+            else:
+                found[(row[0], row[1])] = row
+        if len(fresh) == len(items):  # the usual case: all new commands, one short row back
+            return [Claim(ClaimStatus.ACQUIRED, 1, item[3], item[3], item[4]) for item in items]
+        new = set(fresh)
         claims: list[Claim] = []
-        for item in items:
+        for position, item in enumerate(items, 1):
+            if position in new:
+                claims.append(Claim(ClaimStatus.ACQUIRED, 1, item[3], item[3], item[4]))
+                continue
             row = found.get(_key(item))
             if row is None or row["outcome"] == "stale":
                 # Another worker changed the record mid-statement: ask again for this key alone.
