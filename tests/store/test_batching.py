@@ -7,11 +7,12 @@ tests at the end check that the calls were in fact sent as a few statements.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
-from tests.store.conftest import POSTGRES_URL, clean_postgres
+from tests.store.conftest import POSTGRES_URL, OpenBackend, clean_postgres, wait_past
 from worker.store import ClaimStatus, Stores, open_stores
 from worker.store import postgres as pg
 
@@ -35,6 +36,36 @@ class TestClaimBatch:
             (ClaimStatus.ACQUIRED, 2, T0)
         ] * 200
         assert [c.state for c in again] == [{"key": key} for key in keys]
+
+    async def test_times_come_back_exactly(self, stores: Stores) -> None:
+        """Times of claims sent together are stored to the last bit: a take-over naming the lease seen works."""
+        store = stores.idempotency
+        nows = [1_764_638_783.123_456_7 + n / 3 for n in range(20)] + [0.1 + 0.2, 1e-7 + 3]
+        claims = await asyncio.gather(
+            *(store.claim(A, f"t-{n}", FP, now, 1 / 3) for n, now in enumerate(nows))
+        )
+        assert [(c.first_attempt_at, c.attempt_started_at, c.lease_until) for c in claims] == [
+            (now, now, now + 1 / 3) for now in nows
+        ]
+        later = nows[0] + 10
+        taken = await store.take_over(A, "t-0", nows[0] + 1 / 3, later, LEASE)
+        assert (taken.status, taken.attempts) == (ClaimStatus.ACQUIRED, 2)
+
+    async def test_expired_records_reclaimed_among_new_ones(self, open_backend: OpenBackend) -> None:
+        """Records past their retention, claimed in one turn with new keys, start afresh like the new ones."""
+        store = (await open_backend(retention_seconds=0.3)).idempotency
+        await store.complete(A, "old-done", FP, b'{"old":1}', time.time())
+        await store.claim(A, "old-pending", FP, time.time(), LEASE)
+        await store.release(A, "old-pending", {"x": 1})
+        await wait_past(time.time() + 0.3 + 0.05)
+        now = time.time()
+        keys = ["new-1", "old-done", "new-2", "old-pending"]
+        claims = await asyncio.gather(*(store.claim(A, key, "other-fp", now, LEASE) for key in keys))
+        assert [
+            (c.status, c.attempts, c.first_attempt_at, c.attempt_started_at, c.state, c.event) for c in claims
+        ] == [(ClaimStatus.ACQUIRED, 1, now, now, None, None)] * 4
+        again = await asyncio.gather(*(store.claim(A, key, "other-fp", now + 0.1, LEASE) for key in keys))
+        assert [c.status for c in again] == [ClaimStatus.BUSY] * 4
 
     async def test_more_calls_in_one_turn_than_one_statement_takes(self, stores: Stores) -> None:
         """1,200 claims in one turn (more than a batch holds) are all answered, each key ACQUIRED once."""
@@ -172,6 +203,28 @@ class TestPostgresBatching:
         await asyncio.gather(*(store.complete(A, key, FP, b"{}", T0) for key in keys))
         await asyncio.gather(*(pg_stores.suppressions.contains(A, f"+1888555{n:04d}") for n in range(100)))
         assert calls == [pg._CLAIM_MANY, pg._COMPLETE_MANY, pg._CONTAINS_MANY]
+
+    async def test_completes_not_all_accounted_for_are_asked_again(
+        self, pg_stores: Stores, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """When a batch's answer does not account for every key (another worker completed one mid-statement),
+        the keys are asked again one by one, and each call still gets the event that is stored."""
+        store = pg_stores.idempotency
+        assert isinstance(store, pg.PostgresIdempotencyStore)
+        await store.complete(A, "cmd-3", FP, b"earlier", T0)
+        real = store.db.call
+
+        async def one_short(method: str, sql: str, *args: Any) -> Any:
+            rows = await real(method, sql, *args)
+            if sql != pg._COMPLETE_MANY:
+                return rows
+            return [(None, None, None, row[3] - 1) if row[0] is None else tuple(row) for row in rows]
+
+        monkeypatch.setattr(store.db, "call", one_short)
+        stored = await asyncio.gather(
+            *(store.complete(A, f"cmd-{n}", FP, f"e{n}".encode(), T0) for n in range(6))
+        )
+        assert stored == [b"e0", b"e1", b"e2", b"earlier", b"e4", b"e5"]
 
     async def test_failed_batch_fails_every_call(
         self, pg_stores: Stores, monkeypatch: pytest.MonkeyPatch

@@ -221,6 +221,29 @@ class TestComplete:
         assert claim.event == event
         assert (claim.attempts, claim.first_attempt_at) == (2, T0)
 
+    async def test_replays_change_nothing(self, stores: Stores) -> None:
+        """Replays of a finished command, alone and among new ones, answer DONE and leave the record as it was."""
+        store, controls = stores.idempotency, stores.controls
+        assert controls is not None
+        await store.claim(A, ID, FP, T0, LEASE)
+        await store.complete(A, ID, FP, b'{"e":1}', T0 + 1)
+        before = await controls.peek(A, ID)
+        alone = await store.claim(A, ID, FP, T0 + 2, LEASE)
+        mixed = await asyncio.gather(
+            store.claim(A, "new-1", FP, T0 + 3, LEASE),
+            store.claim(A, ID, FP, T0 + 3, LEASE),
+            store.claim(A, "new-2", FP, T0 + 3, LEASE),
+        )
+        assert (alone.status, alone.event, alone.attempts, alone.first_attempt_at) == (
+            ClaimStatus.DONE,
+            b'{"e":1}',
+            1,
+            T0,
+        )
+        assert [c.status for c in mixed] == [ClaimStatus.ACQUIRED, ClaimStatus.DONE, ClaimStatus.ACQUIRED]
+        assert mixed[1].event == b'{"e":1}'
+        assert await controls.peek(A, ID) == before
+
     async def test_first_event_wins(self, stores: Stores) -> None:
         """A second complete() keeps and returns the first event: one command, one outcome."""
         store = stores.idempotency

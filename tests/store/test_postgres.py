@@ -131,6 +131,36 @@ class TestBulkAdd:
             await stores.close()
 
 
+class TestKeptConnections:
+    async def test_a_kept_connection_lost_is_replaced(self) -> None:
+        """A connection kept between calls that was lost meanwhile is not used: the next call gets another."""
+        await clean_postgres()
+        db = await pg.connect(POSTGRES_URL, max_size=3)
+        try:
+            assert await db.call("fetchval", "SELECT 1") == 1
+            assert len(db._kept) == 1
+            db._kept[0].terminate()
+            assert await db.call("fetchval", "SELECT 2") == 2
+        finally:
+            await db.close()
+
+    async def test_callers_waiting_on_a_small_pool_are_served(self) -> None:
+        """More concurrent calls than a pool of two holds all finish: kept connections never starve the pool."""
+        await clean_postgres()
+        db = await pg.connect(POSTGRES_URL, max_size=2)
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(
+                    *(db.call("fetchval", "SELECT $1::int FROM pg_sleep(0.01)", n) for n in range(20))
+                ),
+                timeout=30,
+            )
+            assert results == list(range(20))
+            assert len(db._kept) <= 1
+        finally:
+            await db.close()
+
+
 @pytest.fixture
 async def pg_stores(server_restored: None) -> AsyncIterator[Stores]:
     await clean_postgres()

@@ -52,6 +52,8 @@ OUTAGE_WAIT_SECONDS = 10.0
 PRUNE_BATCH = 5000
 """Rows deleted per statement, so pruning never holds many row locks or a long transaction."""
 _STALE_READ_RETRIES = 5
+KEPT_CONNECTIONS = 4
+"""Connections kept out of the pool between calls, ready for the next (see :class:`Database`)."""
 BATCH_MAX = 500
 """Calls per statement at most: the arrays stay small and one statement's row locks few."""
 
@@ -139,14 +141,16 @@ SELECT false, event FROM cur WHERE status = 'done' AND NOT EXISTS (SELECT 1 FROM
 
 # The statements above for N keys. ``input`` is in (account, command_id) order, so concurrent batches
 # lock shared rows in the same order; no key appears twice (ON CONFLICT cannot update a row twice).
-_INPUT = "SELECT * FROM unnest({}) AS i({})"
+# The rows arrive as one JSON array of arrays (see :func:`_rows`): asyncpg encodes an array parameter
+# element by element, with abstract-class checks on each, several times the CPU of orjson for the lot.
+_INPUT = "SELECT {} FROM json_array_elements($1::json) WITH ORDINALITY AS t(e, n)"
 
 _CLAIM_MANY = (
     """
 WITH input AS ("""
     + _INPUT.format(
-        "$1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::float8[]",
-        "account, command_id, fingerprint, now, lease_until, expires_at",
+        "e->>0 AS account, e->>1 AS command_id, e->>2 AS fingerprint, (e->>3)::float8 AS now,"
+        " (e->>4)::float8 AS lease_until, (e->>5)::float8 AS expires_at, n"
     )
     + """
 ), cur AS (
@@ -181,8 +185,18 @@ WITH input AS ("""
        OR (c.fingerprint = excluded.fingerprint AND c.status IN ('pending', 'waiting'))
     RETURNING c.account, c.command_id, 'acquired'::text AS outcome, c.attempts, c.first_attempt_at,
               c.attempt_started_at, c.lease_until, c.state, NULL::bytea AS event
+), fresh AS (
+    -- Acquired as a new command is (attempt 1, first and started now, no state): the caller knows all that.
+    SELECT a.*, a.attempts = 1 AND a.first_attempt_at = i.now AND a.state IS NULL AS fresh, i.n
+    FROM acquired a JOIN input i ON i.account = a.account AND i.command_id = a.command_id
 )
-SELECT * FROM acquired
+SELECT NULL::text AS account, NULL::text AS command_id, 'fresh'::text AS outcome, NULL::integer AS attempts,
+       NULL::float8 AS first_attempt_at, NULL::float8 AS attempt_started_at, NULL::float8 AS lease_until,
+       NULL::bytea AS state, NULL::bytea AS event, array_agg(n) AS fresh
+FROM fresh WHERE fresh
+UNION ALL
+SELECT account, command_id, outcome, attempts, first_attempt_at, attempt_started_at, lease_until, state, event, NULL
+FROM fresh WHERE NOT fresh
 UNION ALL
 SELECT account, command_id,
        CASE WHEN expires_at < now OR status IN ('pending', 'waiting') AND fingerprint = asked THEN 'stale'
@@ -190,18 +204,19 @@ SELECT account, command_id,
             WHEN status = 'done' THEN 'done'
             WHEN lease_until > now THEN 'busy'
             ELSE 'expired' END,
-       attempts, first_attempt_at, attempt_started_at, lease_until, state, event
+       attempts, first_attempt_at, attempt_started_at, lease_until, state, event, NULL
 FROM cur
 WHERE NOT EXISTS (SELECT 1 FROM acquired a WHERE a.account = cur.account AND a.command_id = cur.command_id)
 """
 )
+"""Rows: one with the positions (from 1) of the keys acquired as new commands, and one per other key answered."""
 
 _COMPLETE_MANY = (
     """
 WITH input AS ("""
     + _INPUT.format(
-        "$1::text[], $2::text[], $3::text[], $4::bytea[], $5::float8[], $6::float8[]",
-        "account, command_id, fingerprint, event, now, expires_at",
+        "e->>0 AS account, e->>1 AS command_id, e->>2 AS fingerprint, decode(e->>3, 'hex') AS event,"
+        " (e->>4)::float8 AS now, (e->>5)::float8 AS expires_at"
     )
     + """
 ), cur AS (
@@ -219,19 +234,24 @@ WITH input AS ("""
     ON CONFLICT (account, command_id) DO UPDATE SET
         status = 'done', event = excluded.event, lease_until = NULL, expires_at = excluded.expires_at
     WHERE c.status <> 'done'
-    RETURNING c.account, c.command_id, true AS ours, NULL::bytea AS event
+    RETURNING c.account, c.command_id
 )
-SELECT * FROM stored
+SELECT NULL::text AS account, NULL::text AS command_id, NULL::bytea AS event, count(*)::int AS stored FROM stored
 UNION ALL
-SELECT account, command_id, false, event FROM cur
+SELECT account, command_id, event, NULL FROM cur
 WHERE status = 'done' AND NOT EXISTS (SELECT 1 FROM stored s WHERE s.account = cur.account AND s.command_id = cur.command_id)
 """
 )
+"""Rows: one with how many events were stored, and one per key whose event another call stored first."""
 
-_CONTAINS_MANY = """
+_CONTAINS_MANY = (
+    """
 SELECT account, number FROM switchboard_suppressions
-WHERE (account, number) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+WHERE (account, number) IN ("""
+    + _INPUT.format("e->>0, e->>1")
+    + """)
 """
+)
 
 _PRUNE = """
 WITH doomed AS (
@@ -348,6 +368,11 @@ class Database:
     def __init__(self, pool: Any, *, outage_wait_seconds: float = OUTAGE_WAIT_SECONDS) -> None:
         self.pool = pool
         self.outage_wait_seconds = outage_wait_seconds
+        # Connections kept out of the pool between calls: asyncpg's acquire and release (a queue,
+        # a proxy, a shielded task and the reset) cost about as much CPU as the call itself. At most
+        # one fewer than the pool holds, so a caller waiting on the pool is always given one back.
+        self._kept: list[Any] = []
+        self._keep = min(KEPT_CONNECTIONS, pool.get_max_size() - 1)
 
     async def call(self, method: str, sql: str, *args: Any) -> Any:
         """``connection.<method>(sql, *args)`` on a pooled connection, asked again while the server is away."""
@@ -367,10 +392,15 @@ class Database:
             delay = min(delay * 2, 1.0)
 
     async def _once(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
-        try:
-            conn = await self.pool.acquire()
-        except TimeoutError as exc:  # connecting timed out (a command timeout is not retried)
-            raise ConnectionError("timed out connecting") from exc
+        conn = self._kept.pop() if self._kept else None
+        if conn is not None and _closed(conn):  # lost while kept: the pool reconnects its holder
+            await self._release(conn)
+            conn = None
+        if conn is None:
+            try:
+                conn = await self.pool.acquire()
+            except TimeoutError as exc:  # connecting timed out (a command timeout is not retried)
+                raise ConnectionError("timed out connecting") from exc
         try:
             result = await getattr(conn, method)(sql, *args)
         except BaseException as exc:
@@ -383,7 +413,10 @@ class Database:
             if broken and not isinstance(exc, _CONNECTION_LOST):
                 raise ConnectionError(f"connection broken: {exc}") from exc
             raise
-        await self._release(conn)
+        if len(self._kept) < self._keep and not conn.is_in_transaction():
+            self._kept.append(conn)  # as the pool's reset would: only an open transaction needs undoing
+        else:
+            await self._release(conn)
         return result
 
     async def _release(self, conn: Any) -> None:
@@ -392,6 +425,9 @@ class Database:
             await self.pool.release(conn)
 
     async def close(self) -> None:
+        kept, self._kept, self._keep = self._kept, [], 0
+        for conn in kept:
+            await self._release(conn)
         try:
             await asyncio.wait_for(self.pool.close(), timeout=5)
         except TimeoutError:
@@ -466,9 +502,13 @@ def _key(item: tuple[Any, ...]) -> tuple[str, str]:
     return (item[0], item[1])
 
 
-def _columns(items: list[Any], width: int) -> list[list[Any]]:
-    """Rows -> one list per column, the arrays ``unnest()`` takes."""
-    return [[item[n] for item in items] for n in range(width)]
+def _rows(items: list[Any]) -> str:
+    """Rows (tuples of str and float) -> the JSON array of arrays the ``_MANY`` statements take.
+
+    A float goes as its shortest repr that reads back to the same double, so a time stored
+    from here compares equal to the same float sent as a parameter later (take_over's lease).
+    """
+    return orjson.dumps(items).decode()
 
 
 def _claim(row: Any) -> Claim:
@@ -503,13 +543,25 @@ class PostgresIdempotencyStore:
         if len(items) == 1:
             return [await self._claim_one(items[0])]
         try:
-            rows = await self.db.call("fetch", _CLAIM_MANY, *_columns(items, 6))
+            rows = await self.db.call("fetch", _CLAIM_MANY, _rows(items))
         except asyncpg.DeadlockDetectedError:
             # Another worker's batch locked some of the same keys: each on its own instead.
             return list(await asyncio.gather(*(self._claim_one(item) for item in items)))
-        found = {(row["account"], row["command_id"]): row for row in rows}
+        fresh: list[int] = []
+        found: dict[tuple[str, str], Any] = {}
+        for row in rows:
+            if row[0] is None:
+                fresh = row[9] or []
+            else:
+                found[(row[0], row[1])] = row
+        if len(fresh) == len(items):  # the usual case: all new commands, one short row back
+            return [Claim(ClaimStatus.ACQUIRED, 1, item[3], item[3], item[4]) for item in items]
+        new = set(fresh)
         claims: list[Claim] = []
-        for item in items:
+        for position, item in enumerate(items, 1):
+            if position in new:
+                claims.append(Claim(ClaimStatus.ACQUIRED, 1, item[3], item[3], item[4]))
+                continue
             row = found.get(_key(item))
             if row is None or row["outcome"] == "stale":
                 # Another worker changed the record mid-statement: ask again for this key alone.
@@ -567,17 +619,30 @@ class PostgresIdempotencyStore:
         if len(items) == 1:
             return [await self._complete_one(items[0])]
         try:
-            rows = await self.db.call("fetch", _COMPLETE_MANY, *_columns(items, 6))
+            rows = await self.db.call(
+                "fetch",
+                _COMPLETE_MANY,
+                _rows([(a, c, f, event.hex(), n, e) for a, c, f, event, n, e in items]),
+            )
         except asyncpg.DeadlockDetectedError:
             return list(await asyncio.gather(*(self._complete_one(item) for item in items)))
-        found = {(row["account"], row["command_id"]): row for row in rows}
+        stored = 0
+        earlier: dict[tuple[str, str], bytes] = {}  # the keys whose outcome another call stored first
+        for row in rows:
+            if row[0] is None:
+                stored = row[3]
+            else:
+                earlier[(row[0], row[1])] = row[2]
+        if stored == len(items):  # the usual case: one short row back, not one per key
+            return [item[3] for item in items]
+        if stored + len(earlier) == len(items):
+            return [earlier.get((item[0], item[1]), item[3]) for item in items]
+        # Some key was completed by another worker mid-statement: ask again for each key not known to
+        # be another's; asking again for one stored here reads back its own event.
         events: list[bytes] = []
         for item in items:
-            row = found.get(_key(item))
-            if row is None:  # another worker completed it mid-statement: ask again to read its event
-                events.append(await self._complete_one(item))
-            else:
-                events.append(item[3] if row["ours"] else row["event"])
+            event = earlier.get((item[0], item[1]))
+            events.append(await self._complete_one(item) if event is None else event)
         return events
 
     async def _complete_one(self, args: _CompleteArgs) -> bytes:
@@ -689,7 +754,7 @@ class PostgresSuppressionList:
         return await self._contains.submit((account, number))
 
     async def _contains_many(self, items: list[tuple[str, str]]) -> list[bool]:
-        rows = await self.db.call("fetch", _CONTAINS_MANY, *_columns(items, 2))
+        rows = await self.db.call("fetch", _CONTAINS_MANY, _rows(items))
         found = {(row["account"], row["number"]) for row in rows}
         return [item in found for item in items]
 
