@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote, urlencode
+from urllib.parse import quote, quote_plus, unquote, urlencode
 
 from handlers.pidj.settings import PidjAccount
 from worker.errors import InvalidPayload, PermanentError, VendorAuthFailed, VendorRejected
@@ -35,6 +35,40 @@ _MAX_MESSAGE = 300
 """Longest vendor message we copy into an error (a status line, not a page of HTML)."""
 
 Form = Mapping[str, str]
+
+_QUOTED: dict[str, str] = {}
+"""quote_plus of field names and phone numbers seen before (a campaign's sender above all):
+they repeat. Never of other values, so no message text is kept."""
+_QUOTED_MAX_ENTRIES = 4096
+
+
+def encode_form(form: Form) -> bytes:
+    """``urlencode(form).encode("ascii")``, byte for byte, with less work per field.
+
+    For a form of ``str`` names and values (what :func:`build_form` makes), each is
+    ``quote_plus``-ed as urlencode does, names and E.164 numbers remembered; anything
+    else goes to urlencode itself.
+    """
+    parts = []
+    for name, value in form.items():
+        if type(name) is not str or type(value) is not str:
+            return urlencode(form).encode("ascii")
+        quoted_name = _QUOTED.get(name)
+        if quoted_name is None:
+            quoted_name = _remember(name)
+        if len(value) <= 16 and value[:1] == "+" and value[1:].isdigit():  # an E.164 number
+            quoted = _QUOTED.get(value) or _remember(value)
+        else:
+            quoted = quote_plus(value)
+        parts.append(quoted_name + "=" + quoted)
+    return "&".join(parts).encode("ascii")
+
+
+def _remember(text: str) -> str:
+    quoted = quote_plus(text)
+    if len(_QUOTED) < _QUOTED_MAX_ENTRIES:
+        _QUOTED[text] = quoted
+    return quoted
 
 
 def path_segment(value: str) -> str:
@@ -79,6 +113,12 @@ class PidjClient:
         credentials = f"{account.account_key.get_secret_value()}:{account.token.get_secret_value()}"
         # Built once; never logged (VendorHTTP logs no headers).
         self._authorization = "Basic " + base64.b64encode(credentials.encode("utf-8")).decode("ascii")
+        # The same for every request (aiohttp copies it, never changes it).
+        self._headers = {
+            "Content-Type": FORM,
+            "Accept": "application/json",
+            "Authorization": self._authorization,
+        }
 
     async def close(self) -> None:
         """Nothing of our own to release: the session belongs to the runtime."""
@@ -120,12 +160,11 @@ class PidjClient:
         The document lists ``Content-Type: application/x-www-form-urlencoded`` as a
         required header, so every request carries it, with a (possibly empty) form body.
         """
-        body = urlencode(form or {}).encode("ascii")
-        headers = {"Content-Type": FORM, "Accept": "application/json", "Authorization": self._authorization}
-        kwargs: dict[str, Any] = {"headers": headers}
-        if method != "GET":
-            kwargs["data"] = body
-        answer = await self.http.request(method, endpoint, path, **kwargs)
+        if method == "GET":
+            answer = await self.http.request(method, endpoint, path, headers=self._headers)
+        else:
+            body = encode_form(form) if form else b""
+            answer = await self.http.request(method, endpoint, path, headers=self._headers, data=body)
         return interpret(answer, method=method, endpoint=endpoint, accept_failure=accept_failure)
 
 
