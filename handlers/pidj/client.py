@@ -18,6 +18,7 @@ as "Group has no phone number."), never credentials or the text we sent.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus, unquote, urlencode
@@ -59,13 +60,36 @@ def encode_form(form: Form) -> bytes:
         if len(value) <= 16 and value[:1] == "+" and value[1:].isdigit():  # an E.164 number
             quoted = _QUOTED.get(value) or _remember(value)
         else:
-            quoted = quote_plus(value)
+            quoted = quote_plus_fast(value)
         parts.append(quoted_name + "=" + quoted)
     return "&".join(parts).encode("ascii")
 
 
+_UNSAFE_ASCII = re.compile(r"[^A-Za-z0-9_.\-~ ]")
+_ESCAPED_ASCII = {chr(code): f"%{code:02X}" for code in range(128)}
+
+
+def _escape(match: re.Match[str]) -> str:
+    return _ESCAPED_ASCII[match.group()]
+
+
+def quote_plus_fast(text: str) -> str:
+    """``urllib.parse.quote_plus(text)``, the same string (and the same errors).
+
+    quote_plus escapes byte by byte in a Python loop once any byte needs it (any
+    punctuation but ``_.-~``: ~5 us for a 76-character text with a comma). For an
+    ASCII text a regex finds the characters to escape instead, and a text with none
+    is returned with its spaces as ``+``; any other text goes to quote_plus itself.
+    """
+    if not text.isascii():
+        return quote_plus(text)
+    if _UNSAFE_ASCII.search(text) is None:  # letters, digits, _.-~ and spaces only
+        return text.replace(" ", "+")
+    return _UNSAFE_ASCII.sub(_escape, text).replace(" ", "+")
+
+
 def _remember(text: str) -> str:
-    quoted = quote_plus(text)
+    quoted = quote_plus_fast(text)
     if len(_QUOTED) < _QUOTED_MAX_ENTRIES:
         _QUOTED[text] = quoted
     return quoted

@@ -10,14 +10,14 @@ import asyncio
 import base64
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
 
 import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from handlers.pidj.client import FORM, PidjClient, build_form, encode_form
+from handlers.pidj.client import FORM, PidjClient, build_form, encode_form, quote_plus_fast
 from handlers.pidj.settings import PidjAccount
 from worker.vendor_http import VendorHTTP
 
@@ -124,3 +124,21 @@ def test_a_lone_surrogate_fails_as_urlencode_does() -> None:
         urlencode({"text_body": "\ud800"})
     with pytest.raises(UnicodeEncodeError):
         encode_form({"text_body": "\ud800"})
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=300))
+def test_quote_plus_fast_is_quote_plus_for_ascii(text: str) -> None:
+    assert quote_plus_fast(text) == quote_plus(text)
+
+
+@given(st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=300))
+def test_quote_plus_fast_is_quote_plus(text: str) -> None:
+    assert quote_plus_fast(text) == quote_plus(text)
+
+
+def test_quote_plus_fast_every_ascii_character() -> None:
+    every = "".join(chr(code) for code in range(128))
+    assert quote_plus_fast(every) == quote_plus(every)
+    for char in every:
+        assert quote_plus_fast(char) == quote_plus(char)
+        assert quote_plus_fast(f"a {char} b") == quote_plus(f"a {char} b")
