@@ -63,9 +63,12 @@ class _NobodyOptedOut:
         return False
 
 
+TEXT = "bench"
+"""What ``text_body`` starts with (as bench.amqp publishes them); ``--text`` sets it."""
+
+
 def _payload(n: int) -> dict[str, Any]:
-    # As bench.amqp publishes them.
-    return {"to_number": "+18885553333", "from_number": "+18885552222", "text_body": f"bench {n}"}
+    return {"to_number": "+18885553333", "from_number": "+18885552222", "text_body": f"{TEXT} {n}"}
 
 
 def _handler_path(
@@ -191,7 +194,9 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=256, help="commands in flight at once")
     parser.add_argument("--bare", action="store_true", help="the baseline's urlencode + POST instead")
     parser.add_argument("--schema", action="store_true", help="validate each payload with its schema first")
+    parser.add_argument("--text", default=TEXT, help="text_body (the command's number is appended)")
     parsed = parser.parse_args()
+    TEXT = parsed.text
     # The log lines go nowhere, rendered as in production (the report is on stderr).
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
     worker_logging.configure("INFO", "json")
