@@ -198,6 +198,10 @@ def interpret(
     """Map one Pidj answer (2xx-4xx; VendorHTTP already raised for 429/5xx) to a body or an error."""
     status = answer.status
     body = answer.json()
+    if 200 <= status < 300 and isinstance(body, dict):
+        outcome = body.get("status")
+        if outcome == _OK or (accept_failure and outcome == "failure"):
+            return body  # the common answer: no message or details to build
     message = _message(body)
     details: dict[str, Any] = {"http_status": status, "endpoint": endpoint}
     if status == 401:
