@@ -24,6 +24,7 @@ typographic look-alikes (curly quotes, dashes) that would force UCS-2.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -123,8 +124,41 @@ def _utf16_units(char: str) -> int:
     return 2 if ord(char) > 0xFFFF else 1
 
 
+GSM7 = GSM7_BASIC | GSM7_EXTENSION
+"""Every character a GSM-7 text can carry."""
+_ONLY_BASIC = re.compile("[" + re.escape("".join(sorted(GSM7_BASIC))) + "]*")
+_EXTENSION_CHAR = re.compile("[" + re.escape("".join(sorted(GSM7_EXTENSION))) + "]")
+
+
 def analyse(text: str) -> Segmentation:
-    """Encoding, units and segments of ``text`` (an empty text is one segment)."""
+    """Encoding, units and segments of ``text`` (an empty text is one segment).
+
+    The same answer as filling segments character by character (:func:`_analyse_by_char`),
+    without a Python loop over the characters when nothing can straddle a segment
+    boundary: a text of one-unit characters only fills ``per segment`` units a segment.
+    """
+    if _ONLY_BASIC.fullmatch(text) is not None:  # the common case: one septet a character
+        return Segmentation("GSM-7", len(text), _uniform_segments(len(text), "GSM-7"), [])
+    if GSM7.issuperset(text):
+        units = len(text) + len(_EXTENSION_CHAR.findall(text))
+        if units <= SINGLE["GSM-7"]:
+            return Segmentation("GSM-7", units, 1, [])
+        return _analyse_by_char(text)  # escape pairs may straddle a boundary
+    forced = sorted(set(text).difference(GSM7), key=text.index)  # in order of first appearance
+    if max(text) <= "\uffff":  # no surrogate pairs: one UTF-16 unit a character
+        return Segmentation("UCS-2", len(text), _uniform_segments(len(text), "UCS-2"), forced)
+    return _analyse_by_char(text)
+
+
+def _uniform_segments(units: int, encoding: Encoding) -> int:
+    """Segments of a text whose characters are one unit each."""
+    if units <= SINGLE[encoding]:
+        return 1
+    return -(-units // PER_SEGMENT[encoding])
+
+
+def _analyse_by_char(text: str) -> Segmentation:
+    """:func:`analyse` one character at a time (escape and surrogate pairs kept whole)."""
     forced = list(dict.fromkeys(c for c in text if septets(c) is None))
     encoding: Encoding = "UCS-2" if forced else "GSM-7"
     sizes = [_utf16_units(c) for c in text] if forced else [septets(c) or 0 for c in text]

@@ -18,9 +18,10 @@ as "Group has no phone number."), never credentials or the text we sent.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote, urlencode
+from urllib.parse import quote, quote_plus, unquote, urlencode
 
 from handlers.pidj.settings import PidjAccount
 from worker.errors import InvalidPayload, PermanentError, VendorAuthFailed, VendorRejected
@@ -35,6 +36,63 @@ _MAX_MESSAGE = 300
 """Longest vendor message we copy into an error (a status line, not a page of HTML)."""
 
 Form = Mapping[str, str]
+
+_QUOTED: dict[str, str] = {}
+"""quote_plus of field names and phone numbers seen before (a campaign's sender above all):
+they repeat. Never of other values, so no message text is kept."""
+_QUOTED_MAX_ENTRIES = 4096
+
+
+def encode_form(form: Form) -> bytes:
+    """``urlencode(form).encode("ascii")``, byte for byte, with less work per field.
+
+    For a form of ``str`` names and values (what :func:`build_form` makes), each is
+    ``quote_plus``-ed as urlencode does, names and E.164 numbers remembered; anything
+    else goes to urlencode itself.
+    """
+    parts = []
+    for name, value in form.items():
+        if type(name) is not str or type(value) is not str:
+            return urlencode(form).encode("ascii")
+        quoted_name = _QUOTED.get(name)
+        if quoted_name is None:
+            quoted_name = _remember(name)
+        if len(value) <= 16 and value[:1] == "+" and value[1:].isdigit():  # an E.164 number
+            quoted = _QUOTED.get(value) or _remember(value)
+        else:
+            quoted = quote_plus_fast(value)
+        parts.append(quoted_name + "=" + quoted)
+    return "&".join(parts).encode("ascii")
+
+
+_UNSAFE_ASCII = re.compile(r"[^A-Za-z0-9_.\-~ ]")
+_ESCAPED_ASCII = {chr(code): f"%{code:02X}" for code in range(128)}
+
+
+def _escape(match: re.Match[str]) -> str:
+    return _ESCAPED_ASCII[match.group()]
+
+
+def quote_plus_fast(text: str) -> str:
+    """``urllib.parse.quote_plus(text)``, the same string (and the same errors).
+
+    quote_plus escapes byte by byte in a Python loop once any byte needs it (any
+    punctuation but ``_.-~``: ~5 us for a 76-character text with a comma). For an
+    ASCII text a regex finds the characters to escape instead, and a text with none
+    is returned with its spaces as ``+``; any other text goes to quote_plus itself.
+    """
+    if not text.isascii():
+        return quote_plus(text)
+    if _UNSAFE_ASCII.search(text) is None:  # letters, digits, _.-~ and spaces only
+        return text.replace(" ", "+")
+    return _UNSAFE_ASCII.sub(_escape, text).replace(" ", "+")
+
+
+def _remember(text: str) -> str:
+    quoted = quote_plus_fast(text)
+    if len(_QUOTED) < _QUOTED_MAX_ENTRIES:
+        _QUOTED[text] = quoted
+    return quoted
 
 
 def path_segment(value: str) -> str:
@@ -79,6 +137,12 @@ class PidjClient:
         credentials = f"{account.account_key.get_secret_value()}:{account.token.get_secret_value()}"
         # Built once; never logged (VendorHTTP logs no headers).
         self._authorization = "Basic " + base64.b64encode(credentials.encode("utf-8")).decode("ascii")
+        # The same for every request (aiohttp copies it, never changes it).
+        self._headers = {
+            "Content-Type": FORM,
+            "Accept": "application/json",
+            "Authorization": self._authorization,
+        }
 
     async def close(self) -> None:
         """Nothing of our own to release: the session belongs to the runtime."""
@@ -120,12 +184,11 @@ class PidjClient:
         The document lists ``Content-Type: application/x-www-form-urlencoded`` as a
         required header, so every request carries it, with a (possibly empty) form body.
         """
-        body = urlencode(form or {}).encode("ascii")
-        headers = {"Content-Type": FORM, "Accept": "application/json", "Authorization": self._authorization}
-        kwargs: dict[str, Any] = {"headers": headers}
-        if method != "GET":
-            kwargs["data"] = body
-        answer = await self.http.request(method, endpoint, path, **kwargs)
+        if method == "GET":
+            answer = await self.http.request(method, endpoint, path, headers=self._headers)
+        else:
+            body = encode_form(form) if form else b""
+            answer = await self.http.request(method, endpoint, path, headers=self._headers, data=body)
         return interpret(answer, method=method, endpoint=endpoint, accept_failure=accept_failure)
 
 
@@ -135,6 +198,10 @@ def interpret(
     """Map one Pidj answer (2xx-4xx; VendorHTTP already raised for 429/5xx) to a body or an error."""
     status = answer.status
     body = answer.json()
+    if 200 <= status < 300 and isinstance(body, dict):
+        outcome = body.get("status")
+        if outcome == _OK or (accept_failure and outcome == "failure"):
+            return body  # the common answer: no message or details to build
     message = _message(body)
     details: dict[str, Any] = {"http_status": status, "endpoint": endpoint}
     if status == 401:

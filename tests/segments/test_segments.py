@@ -259,3 +259,52 @@ def test_readme_examples(text: str, encoding: str, units: int, segments: int) ->
     """The examples in the README's "Segments and encoding" section are what analyse() says."""
     seg = analyse(text)
     assert (seg.encoding, seg.units, seg.segments) == (encoding, units, segments)
+
+
+# -- analyse's shortcuts against the character-by-character count it replaced -----------------
+
+
+def _reference(text: str) -> tuple[str, int, int, list[str]]:
+    """The implementation before the shortcuts (issue 16), kept here as the specification."""
+    forced = list(dict.fromkeys(c for c in text if septets(c) is None))
+    encoding = "UCS-2" if forced else "GSM-7"
+    sizes = [(2 if ord(c) > 0xFFFF else 1) for c in text] if forced else [septets(c) or 0 for c in text]
+    if sum(sizes) <= SINGLE[encoding]:
+        segments = 1
+    else:
+        segments, used = 1, 0
+        for size in sizes:
+            if used + size > PER_SEGMENT[encoding]:
+                segments, used = segments + 1, 0
+            used += size
+    return encoding, sum(sizes), segments, forced
+
+
+def _same_as_reference(text: str) -> None:
+    seg = analyse(text)
+    assert (seg.encoding, seg.units, seg.segments, seg.ucs2_forced_by) == _reference(text), repr(text)
+
+
+_MIXED = st.sampled_from(
+    GSM_CHARS + sorted(LOOKALIKES) + ["é", "ç", "\u00e1", "😀", "𝄞", "中", "\x00", "\x1b"]
+)
+
+
+@given(st.text(alphabet=_MIXED, max_size=700))
+def test_analyse_equals_the_character_by_character_count(text: str) -> None:
+    """GSM-7 (basic, extension), UCS-2 (BMP, astral), any length: the same as before the shortcuts."""
+    _same_as_reference(text)
+
+
+@given(st.text(max_size=400))
+def test_analyse_equals_the_character_by_character_count_for_any_text(text: str) -> None:
+    _same_as_reference(text)
+
+
+@pytest.mark.parametrize("filler", ["a", "€", "é", "😀", "a€", "aé", "a😀", "€😀", "\n", "\r\n"])
+@pytest.mark.parametrize(
+    "length", [0, 1, 66, 67, 68, 69, 70, 71, 134, 135, 152, 153, 154, 159, 160, 161, 306, 307]
+)
+def test_analyse_equals_the_character_by_character_count_at_boundaries(filler: str, length: int) -> None:
+    for text in ((filler * length)[:length], "a" * max(0, length - 1) + filler, filler + "b" * length):
+        _same_as_reference(text)
