@@ -38,8 +38,8 @@ _MAX_MESSAGE = 300
 Form = Mapping[str, str]
 
 _QUOTED: dict[str, str] = {}
-"""quote_plus of field names and phone numbers seen before (a campaign's sender above all):
-they repeat. Never of other values, so no message text is kept."""
+"""quote_plus of field names seen before: a few dozen, they repeat. Never of values: no
+phone number or message text is kept beyond its request."""
 _QUOTED_MAX_ENTRIES = 4096
 
 
@@ -47,8 +47,8 @@ def encode_form(form: Form) -> bytes:
     """``urlencode(form).encode("ascii")``, byte for byte, with less work per field.
 
     For a form of ``str`` names and values (what :func:`build_form` makes), each is
-    ``quote_plus``-ed as urlencode does, names and E.164 numbers remembered; anything
-    else goes to urlencode itself.
+    ``quote_plus``-ed as urlencode does, the names remembered; anything else goes to
+    urlencode itself.
     """
     parts = []
     for name, value in form.items():
@@ -57,11 +57,7 @@ def encode_form(form: Form) -> bytes:
         quoted_name = _QUOTED.get(name)
         if quoted_name is None:
             quoted_name = _remember(name)
-        if len(value) <= 16 and value[:1] == "+" and value[1:].isdigit():  # an E.164 number
-            quoted = _QUOTED.get(value) or _remember(value)
-        else:
-            quoted = quote_plus_fast(value)
-        parts.append(quoted_name + "=" + quoted)
+        parts.append(quoted_name + "=" + quote_plus_fast(value))
     return "&".join(parts).encode("ascii")
 
 

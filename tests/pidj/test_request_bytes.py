@@ -142,3 +142,12 @@ def test_quote_plus_fast_every_ascii_character() -> None:
     for char in every:
         assert quote_plus_fast(char) == quote_plus(char)
         assert quote_plus_fast(f"a {char} b") == quote_plus(f"a {char} b")
+
+
+def test_encode_form_keeps_no_value() -> None:
+    """Field names are remembered; phone numbers and texts are not kept beyond their request."""
+    from handlers.pidj import client
+
+    encode_form({"to_number": "+18885553333", "text_body": "hello there"})
+    assert "to_number" in client._QUOTED
+    assert "+18885553333" not in client._QUOTED and "hello there" not in client._QUOTED
