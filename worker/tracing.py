@@ -44,11 +44,11 @@ class _State:
 
 state = _State()
 
-# The command's ``process`` span, sampled or not, for the task that handles it. An
-# unsampled command's span is never made current in the OpenTelemetry context
-# (attaching and detaching it cost more than the rest of its tracing); what needs
-# it -- the events' traceparent, the client and publish spans' "is it sampled" --
-# reads it here.
+# The current span of the command the task handles: its ``process`` span, sampled or
+# not, or a client or publish span while one is open. An unsampled command's span is
+# never made current in the OpenTelemetry context (attaching and detaching it cost
+# more than the rest of its tracing); what needs it -- the events' traceparent, the
+# client and publish spans' "is it sampled" -- reads it here.
 _command_span: ContextVar[Span | None] = ContextVar("switchboard_command_span", default=None)
 
 
