@@ -28,7 +28,7 @@ import orjson
 import pika
 
 from worker import logging as worker_logging
-from worker import tracing
+from worker import otlp, tracing
 from worker.clock import SYSTEM
 from worker.dispatcher import Delivery, Dispatcher, DispatchSettings
 from worker.registry import CommandContext, Commands, Registry, Vendor
@@ -145,7 +145,7 @@ class _EncodeOnly:
     def on_end(self, span: Any) -> None:
         self.spans.append(span)
         if len(self.spans) >= self.batch:
-            self.encoded += len(tracing.encode_for_export(self.spans))
+            self.encoded += len(otlp.encode_spans(self.spans))
             self.spans = []
 
     def shutdown(self) -> None:

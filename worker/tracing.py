@@ -417,10 +417,3 @@ def record_outcome(span: Span | None, status: str, code: str | None) -> None:
         span.set_attribute("error.type", code)
     if status in ("failed", "rejected", "retry"):
         span.set_status(Status(StatusCode.ERROR))
-
-
-def encode_for_export(spans: Any) -> bytes:
-    """The OTLP/HTTP body the exporter would send for ``spans`` (for bench.dispatch_micro)."""
-    from worker.otlp import encode_spans
-
-    return encode_spans(spans)

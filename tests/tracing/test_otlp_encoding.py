@@ -22,7 +22,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from tests.support.otel import install
+from tests.support.otel import one_command, record_in_memory
 from worker import otlp, tracing
 from worker.otlp import FastOTLPSpanExporter, encode_spans, encode_spans_official
 
@@ -301,19 +301,11 @@ def test_exporter_drops_a_batch_over_max_request_size(collector: str) -> None:
 
 def test_spans_recorded_by_worker_spans() -> None:
     """A command's spans as the worker records them (worker.spans), sampled and with a remote parent."""
-    exporter = InMemorySpanExporter()
-    made = tracing.provider(resource=RESOURCE)
-    made.add_span_processor(SimpleSpanProcessor(exporter))
-    install(made)
-    tracing.enable_for_tests()
+    exporter = record_in_memory(tracing.provider(resource=RESOURCE))
+    remote = {"traceparent": f"00-{0xABC:032x}-{0xDEF:016x}-01", "tracestate": "vendor=abc"}
     try:
-        for parent in (tracing.extract(None, None), remote_parent()):
-            headers: dict[str, Any] = {}
-            with tracing.process_span("switchboard.pidj", "send_text", "c-1", "send_text", "pidj", parent):
-                with tracing.client_span("pidj", "POST", "/send", "vendor.example", 443) as client:
-                    tracing.record_status(client, 503)
-                with tracing.publish_span("switchboard.events", "send_text.failed", "e-1", headers):
-                    pass
+        one_command()
+        one_command(remote)
     finally:
         tracing.state.enabled = False
     spans = exporter.get_finished_spans()

@@ -13,45 +13,20 @@ from typing import Any
 import pytest
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBasedTraceIdRatio, Sampler, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, StatusCode
 
-from tests.support.otel import install
+from tests.support.otel import one_command, record_in_memory
 from worker import tracing
 
 TRACEPARENT = "00-{trace:032x}-{span:016x}-{flags}"
 REMOTE_TRACE, REMOTE_SPAN = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
 
 
-def setup_tracing(provider: TracerProvider) -> InMemorySpanExporter:
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    install(provider)
-    tracing.enable_for_tests()
-    return exporter
-
-
 @pytest.fixture(autouse=True)
 def tracing_off_after() -> Iterator[None]:
     yield
     tracing.state.enabled = False
-
-
-def one_command(headers_in: dict[str, Any] | None = None, fail: bool = False) -> dict[str, Any]:
-    """One command's spans as the worker makes them; returns the event's headers."""
-    parent = tracing.extract(headers_in, None)
-    event_headers: dict[str, Any] = {}
-    with tracing.process_span("switchboard.pidj", "send_text", "cmd-1", "send_text", "pidj", parent):
-        with tracing.client_span("pidj", "POST", "/send", "vendor.example", 443) as client:
-            tracing.record_status(client, 200)
-        with tracing.publish_span("switchboard.events", "send_text.succeeded", "evt-1", event_headers):
-            pass
-        tracing.record_outcome(tracing.current_command_span(), "succeeded", None)
-        if fail:
-            raise RuntimeError("handler blew up")
-    return event_headers
 
 
 def parse(traceparent: str) -> tuple[int, int, str]:
@@ -82,7 +57,7 @@ def shape(spans: tuple[ReadableSpan, ...]) -> list[tuple[Any, ...]]:
 
 def test_unsampled_commands_record_nothing_and_carry_their_trace_on() -> None:
     """Ratio 1/2: a command is recorded exactly when its event's traceparent says sampled, as the sampler says."""
-    exporter = setup_tracing(tracing.provider(sampler=ParentBasedTraceIdRatio(0.5)))
+    exporter = record_in_memory(tracing.provider(sampler=ParentBasedTraceIdRatio(0.5)))
     bound = TraceIdRatioBased.get_bound_for_rate(0.5)
     seen = {"01": 0, "00": 0}
     for _ in range(200):
@@ -108,7 +83,7 @@ def test_unsampled_commands_record_nothing_and_carry_their_trace_on() -> None:
 
 
 def test_a_sampled_publisher_is_followed_whatever_the_ratio() -> None:
-    exporter = setup_tracing(tracing.provider(sampler=ParentBasedTraceIdRatio(0.0)))
+    exporter = record_in_memory(tracing.provider(sampler=ParentBasedTraceIdRatio(0.0)))
     headers = {
         "traceparent": TRACEPARENT.format(trace=REMOTE_TRACE, span=REMOTE_SPAN, flags="01"),
         "tracestate": "vendor=abc",
@@ -126,7 +101,7 @@ def test_a_sampled_publisher_is_followed_whatever_the_ratio() -> None:
 
 def test_an_unsampled_publisher_is_followed_too() -> None:
     """Its trace id and state go on, under a span id of our own, not sampled; nothing recorded."""
-    exporter = setup_tracing(tracing.provider(sampler=ParentBasedTraceIdRatio(1.0)))
+    exporter = record_in_memory(tracing.provider(sampler=ParentBasedTraceIdRatio(1.0)))
     headers = {
         "traceparent": TRACEPARENT.format(trace=REMOTE_TRACE, span=REMOTE_SPAN, flags="00"),
         "tracestate": "vendor=abc",
@@ -141,7 +116,7 @@ def test_an_unsampled_publisher_is_followed_too() -> None:
 
 def test_the_unsampled_traceparent_is_the_propagators() -> None:
     """Written directly for speed, it must be what propagate.inject writes for the same span."""
-    setup_tracing(tracing.provider(sampler=ParentBasedTraceIdRatio(1.0)))
+    record_in_memory(tracing.provider(sampler=ParentBasedTraceIdRatio(1.0)))
     headers = {
         "traceparent": TRACEPARENT.format(trace=REMOTE_TRACE, span=REMOTE_SPAN, flags="00"),
         "tracestate": "a=1,b=2",
@@ -166,7 +141,7 @@ def test_recorded_spans_are_what_the_sdk_makes(sampler: Sampler, fail: bool) -> 
     """Names, kinds, attributes, status, exception events, tree and scope: the same under both providers."""
     shapes = []
     for provider in (tracing.provider(sampler=sampler), TracerProvider(sampler=sampler)):
-        exporter = setup_tracing(provider)
+        exporter = record_in_memory(provider)
         try:
             one_command(fail=fail)
         except RuntimeError:
@@ -181,7 +156,7 @@ def test_recorded_spans_are_what_the_sdk_makes(sampler: Sampler, fail: bool) -> 
 
 
 def test_a_recorded_span_is_finished_once() -> None:
-    exporter = setup_tracing(tracing.provider())
+    exporter = record_in_memory(tracing.provider())
     with tracing.process_span(
         "q", "send_text", None, "send_text", "pidj", tracing.extract(None, None)
     ) as span:

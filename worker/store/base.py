@@ -40,27 +40,6 @@ class Claim:
     state: dict[str, Any] | None = None
     event: bytes | None = None
 
-    def __init__(
-        self,
-        status: ClaimStatus,
-        attempts: int = 0,
-        first_attempt_at: float | None = None,
-        attempt_started_at: float | None = None,
-        lease_until: float | None = None,
-        state: dict[str, Any] | None = None,
-        event: bytes | None = None,
-    ) -> None:
-        # As the generated __init__, but filling the instance dict directly: a frozen dataclass's
-        # own calls object.__setattr__ per field, twice the cost, and every command makes one.
-        fields = self.__dict__
-        fields["status"] = status
-        fields["attempts"] = attempts
-        fields["first_attempt_at"] = first_attempt_at
-        fields["attempt_started_at"] = attempt_started_at
-        fields["lease_until"] = lease_until
-        fields["state"] = state
-        fields["event"] = event
-
 
 @dataclass(frozen=True)
 class Lease:
@@ -69,12 +48,6 @@ class Lease:
     account: str
     command_id: str
     attempt_started_at: float
-
-    def __init__(self, account: str, command_id: str, attempt_started_at: float) -> None:
-        fields = self.__dict__  # as Claim's: every command makes one
-        fields["account"] = account
-        fields["command_id"] = command_id
-        fields["attempt_started_at"] = attempt_started_at
 
 
 class IdempotencyStore(Protocol):
