@@ -308,10 +308,15 @@ class Batcher(Generic[Item, Result]):
 
     def _enqueue(self, item: Item, future: asyncio.Future[Result]) -> None:
         if not self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
+            # A task, not a callback that starts one: its first step (on the next loop turn, when
+            # every call of this turn is in) already sends the statement. Under load a loop turn
+            # is milliseconds, and a command waits through three store round trips.
+            task = asyncio.get_running_loop().create_task(self._flush())
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
         self._pending.append((item, future))
 
-    def _flush(self) -> None:
+    async def _flush(self) -> None:
         calls, self._pending = self._pending, []
         batch: list[tuple[Item, asyncio.Future[Result]]] = []
         later: list[tuple[Item, asyncio.Future[Result]]] = []
@@ -329,11 +334,8 @@ class Batcher(Generic[Item, Result]):
                 batch.append((item, future))
             else:
                 later.append((item, future))
-        if not batch:
-            return
-        task = asyncio.get_running_loop().create_task(self._run(batch, later))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        if batch:
+            await self._run(batch, later)
 
     async def _run(
         self,
