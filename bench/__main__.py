@@ -89,7 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--profile", action="store_true", help="sample the worker with py-spy; summaries in bench/results/"
     )
-    parser.add_argument("--worker-log-level", default="WARNING", help="SWITCHBOARD_LOG_LEVEL of the worker")
+    parser.add_argument(
+        "--worker-log-level",
+        default="INFO",
+        help="SWITCHBOARD_LOG_LEVEL of the worker (its default: one line per command, as in production)",
+    )
     parser.add_argument(
         "--force", action="store_true", help="purge switchboard.pidj even if something consumes it"
     )

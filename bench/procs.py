@@ -73,13 +73,25 @@ def free_port() -> int:
         return port
 
 
-def spawn(name: str, argv: list[str], logdir: Path, env: Mapping[str, str] | None = None) -> Managed:
+def spawn(
+    name: str,
+    argv: list[str],
+    logdir: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    stdout_to_log: bool = False,
+) -> Managed:
+    """Start ``argv``; its stderr (and with ``stdout_to_log`` its stdout) goes to ``<logdir>/<name>.log``.
+
+    Otherwise stdout is a pipe, read only for the child's ready line: a child that keeps
+    writing there (the worker's log lines) would fill it and block.
+    """
     logdir.mkdir(parents=True, exist_ok=True)
     log = logdir / f"{name}.log"
     with log.open("ab") as sink:
         process = subprocess.Popen(
             argv,
-            stdout=subprocess.PIPE,
+            stdout=sink if stdout_to_log else subprocess.PIPE,
             stderr=sink,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
@@ -139,7 +151,8 @@ def start_worker(
     env: Mapping[str, str], metrics_port: int, logdir: Path, name: str, timeout: float = 60.0
 ) -> Managed:
     """``switchboard run`` with ``env``; returns once GET /readyz answers 200."""
-    managed = spawn(name, [str(VENV_BIN / "switchboard"), "run"], logdir, env)
+    # Its log lines (on stdout, one per command at INFO) go to the file, as a collector would take them.
+    managed = spawn(name, [str(VENV_BIN / "switchboard"), "run"], logdir, env, stdout_to_log=True)
     url = f"http://127.0.0.1:{metrics_port}/readyz"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -46,7 +46,7 @@ class RunConfig:
     results_dir: Path
     stamp: str
     profile: bool = False
-    worker_log_level: str = "WARNING"
+    worker_log_level: str = "INFO"
     redis_url: str = "redis://127.0.0.1:6379/15"
     postgres_url: str = POSTGRES_URL
     account_key: str = "bench-key"
