@@ -27,8 +27,8 @@ from typing import Any
 import orjson
 import pika
 
+from worker import collector, otlp, tracing
 from worker import logging as worker_logging
-from worker import otlp, tracing
 from worker.clock import SYSTEM
 from worker.dispatcher import Delivery, Dispatcher, DispatchSettings
 from worker.registry import CommandContext, Commands, Registry, Vendor
@@ -240,6 +240,9 @@ if __name__ == "__main__":
     # The log lines go nowhere, rendered as in production (the report is on stderr).
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
     worker_logging.configure("INFO", "json")
+    # The collector as `switchboard run` sets it (worker/collector.py): with Python's default
+    # young generation, collections would be counted here that the worker does not make.
+    collector.tune(collector.DEFAULT_YOUNG_THRESHOLD)
     if args.tracing is not None:
         _install_tracing(args.tracing)
     main(args.commands, args.warmup, args.batch, args.repeat)

@@ -38,6 +38,7 @@ import structlog
 from handlers import build_registry
 from handlers.pidj.client import PidjClient
 from handlers.pidj.settings import PidjAccount
+from worker import collector
 from worker import logging as worker_logging
 from worker.registry import CommandContext
 from worker.validation import Validators
@@ -200,4 +201,7 @@ if __name__ == "__main__":
     # The log lines go nowhere, rendered as in production (the report is on stderr).
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
     worker_logging.configure("INFO", "json")
+    # The collector as `switchboard run` sets it (worker/collector.py): with Python's default
+    # young generation, collections would be counted here that the worker does not make.
+    collector.tune(collector.DEFAULT_YOUNG_THRESHOLD)
     main(parsed)
