@@ -49,7 +49,10 @@ def main(args: argparse.Namespace) -> None:
             sys.stdout.close()
             sys.stdout = sys.__stdout__
     shown = ", ".join(f"{us:.2f}" for us in runs)
-    print(f"{args.lines} lines x {args.repeat}: {min(runs):.2f} us CPU a line at best ({shown})", file=sys.stderr)
+    print(
+        f"{args.lines} lines x {args.repeat}: {min(runs):.2f} us CPU a line at best ({shown})",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":
