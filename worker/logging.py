@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import re
 import sys
@@ -142,10 +143,6 @@ def mask_processor(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mut
     return event_dict
 
 
-def _orjson_dumps(obj: Any, default: Any = None) -> str:
-    return orjson.dumps(obj, default=default or str).decode()
-
-
 _format_exc_info = structlog.processors.format_exc_info
 _LEVEL_OF_METHOD = {"warn": "warning", "exception": "error"}
 """As ``add_log_level`` names them: the other methods are their levels."""
@@ -166,7 +163,7 @@ def prepare_line(
 
 
 def _render_json(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> str:
-    """``JSONRenderer(serializer=_orjson_dumps)`` without its two layers of calls."""
+    """structlog's ``JSONRenderer`` with orjson (``str()`` for what JSON cannot hold), without its layers of calls."""
     return orjson.dumps(event_dict, default=str).decode()
 
 
@@ -204,9 +201,19 @@ class LineWriter:
         with self._lock:
             lines, self._lines = self._lines, []
             self._flush_on = None
-            if lines:
+            if not lines:
+                return
+            try:
                 self.stream.write("\n".join(lines) + "\n")
                 self.stream.flush()
+            except (OSError, ValueError) as exc:
+                # The stream is gone (a closed pipe): raising here would fail the command that
+                # logged, or, on the loop, log this again every turn. Say so where we still can.
+                stderr = sys.__stderr__
+                if stderr is not None:
+                    with contextlib.suppress(Exception):
+                        stderr.write(f"switchboard: {len(lines)} log lines lost: {exc!r}\n")
+                        stderr.flush()
 
 
 _MAIN_THREAD = threading.main_thread()

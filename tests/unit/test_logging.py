@@ -115,3 +115,16 @@ def test_lines_of_a_loop_that_closed_before_its_turn_ended_are_not_held_back() -
     assert stream.getvalue() == "logged as the loop stops\nafter\n"
     writer.write("and after that")
     assert stream.getvalue().endswith("and after that\n")
+
+
+class ClosedStream(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError("the collector went away")
+
+
+def test_a_stream_that_is_gone_loses_the_lines_but_not_the_caller(capfd: pytest.CaptureFixture[str]) -> None:
+    writer = LineWriter(ClosedStream())
+    writer.write("nowhere to go")  # no loop: written at once, and the write fails
+    assert "1 log lines lost" in capfd.readouterr().err
+    writer.write("still logging")  # the writer keeps working; nothing is held back
+    assert writer._lines == []
