@@ -18,15 +18,16 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator, Mapping
-from contextvars import ContextVar
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from contextvars import ContextVar, Token
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision, ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from worker.spans import Recorder
@@ -40,6 +41,9 @@ class _State:
     tracer: trace.Tracer | None = None
     recorder_provider: object = None
     recorder: Recorder | None = None
+    drops_root: Callable[[int], bool] | None = None
+    """Whether the recorder's sampler drops a span without a parent, from its trace id alone
+    (see :func:`_root_decision`); None when only asking the sampler tells."""
 
 
 state = _State()
@@ -73,7 +77,27 @@ def _recorder() -> Recorder | None:
     if state.recorder_provider is not installed:
         state.recorder_provider = installed
         state.recorder = Recorder(installed, TRACER_NAME) if isinstance(installed, _Provider) else None
+        state.drops_root = None if state.recorder is None else _root_decision(state.recorder.provider.sampler)
     return state.recorder
+
+
+def _root_decision(sampler: Sampler | None) -> Callable[[int], bool] | None:
+    """For the SDK's own samplers, their answer for a span without a parent, from its trace id.
+
+    ``parentbased_traceidratio`` (and ``traceidratio``) drop a root span when the trace id's low
+    64 bits are at or above the ratio's bound, ``always_off`` always does; that is all their
+    ``should_sample`` decides then, and the span the SDK makes of a drop carries no trace
+    state. Any other sampler (``always_on`` never drops; a custom one may read attributes) is
+    asked as the SDK asks it.
+    """
+    if isinstance(sampler, ParentBased):
+        sampler = getattr(sampler, "_root", None)  # the SDK's attribute: without it, ask the sampler
+    if sampler is ALWAYS_OFF:
+        return lambda _trace_id: True
+    if type(sampler) is TraceIdRatioBased:
+        bound, limit = sampler.bound, TraceIdRatioBased.TRACE_ID_LIMIT
+        return lambda trace_id: trace_id & limit >= bound
+    return None
 
 
 class _Resource(Resource):
@@ -210,7 +234,27 @@ def inject(headers: dict[str, Any]) -> None:
         headers["tracestate"] = span_context.trace_state.to_header()
 
 
-@contextlib.contextmanager
+_NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext()
+
+
+class _CommandScope:
+    """``with`` for a command span that is not recorded: it is the command's span, and no more."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self.token: Token[Span | None] | None = None
+
+    def __enter__(self) -> Span:
+        self.token = _command_span.set(self.span)
+        return self.span
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self.token is not None
+        _command_span.reset(self.token)
+
+
 def process_span(
     queue: str,
     routing_key: str,
@@ -218,11 +262,38 @@ def process_span(
     command_type: str,
     vendor: str,
     parent: otel_context.Context,
-) -> Iterator[Span | None]:
-    """``process switchboard.<vendor>``: one per delivery (so one per attempt)."""
+) -> AbstractContextManager[Span | None]:
+    """``process switchboard.<vendor>``: one per delivery (so one per attempt).
+
+    A command the sampler drops at once (no publisher context, one of the SDK's samplers:
+    nine in ten with one in ten sampled) costs one id pair and a context variable: no
+    attributes, sampling result or generator are made for it.
+    """
     if not state.enabled:
-        yield None
-        return
+        return _NO_SPAN
+    recorder = _recorder()
+    drops = state.drops_root
+    trace_id = None
+    if recorder is not None and drops is not None and parent is _NO_PARENT:
+        trace_id = recorder.ids.generate_trace_id()
+        if drops(trace_id):
+            span_id = recorder.ids.generate_span_id()
+            return _CommandScope(NonRecordingSpan(SpanContext(trace_id, span_id, is_remote=False)))
+    return _process_span(queue, routing_key, message_id, command_type, vendor, parent, recorder, trace_id)
+
+
+@contextlib.contextmanager
+def _process_span(
+    queue: str,
+    routing_key: str,
+    message_id: str | None,
+    command_type: str,
+    vendor: str,
+    parent: otel_context.Context,
+    recorder: Recorder | None,
+    trace_id: int | None,
+) -> Iterator[Span | None]:
+    """The span when it may be recorded; ``trace_id``: the root's, already drawn by :func:`process_span`."""
     name = f"process {queue}"
     attributes = {
         "messaging.system": "rabbitmq",
@@ -234,7 +305,6 @@ def process_span(
     }
     if message_id:
         attributes["messaging.message.id"] = message_id
-    recorder = _recorder()
     if recorder is None:
         with tracer().start_as_current_span(
             name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
@@ -245,7 +315,9 @@ def process_span(
             finally:
                 _command_span.reset(token)
         return
-    span = _start(recorder, parent, trace.get_current_span(parent), name, SpanKind.CONSUMER, attributes)
+    span = _start(
+        recorder, parent, trace.get_current_span(parent), name, SpanKind.CONSUMER, attributes, trace_id
+    )
     if not span.is_recording():
         # Unsampled: nothing to record, and the OpenTelemetry context is left alone
         # (attach/detach would cost more than the rest): what needs this span reads it
@@ -267,10 +339,14 @@ def _start(
     name: str,
     kind: SpanKind,
     attributes: dict[str, Any],
+    root_trace_id: int | None = None,
 ) -> Span:
     """A span as the SDK's ``Tracer.start_span`` would make it: the provider's sampler decides."""
     parent = parent_span.get_span_context()
-    trace_id = parent.trace_id if parent.is_valid else recorder.ids.generate_trace_id()
+    if parent.is_valid:
+        trace_id = parent.trace_id
+    else:
+        trace_id = root_trace_id if root_trace_id is not None else recorder.ids.generate_trace_id()
     decision = recorder.provider.sampler.should_sample(context, trace_id, name, kind, attributes)
     sampled = decision.decision is Decision.RECORD_AND_SAMPLE
     flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
@@ -330,20 +406,24 @@ def trace_id_hex(span: Span | None) -> str | None:
     return format(span_context.trace_id, "032x") if span_context.is_valid else None
 
 
-@contextlib.contextmanager
 def publish_span(
     exchange: str, routing_key: str, message_id: str | None, headers: dict[str, Any]
-) -> Iterator[None]:
+) -> AbstractContextManager[None]:
     """``publish <exchange>``; injects its context into ``headers``."""
     if not state.enabled:
-        yield
-        return
+        return _NO_SPAN
     command = current_command_span()
     if not command.is_recording():
         # Not sampled: no span to make, but the context (sampled=0) still goes on.
         inject(headers)
-        yield
-        return
+        return _NO_SPAN
+    return _publish_span(exchange, routing_key, message_id, headers, command)
+
+
+@contextlib.contextmanager
+def _publish_span(
+    exchange: str, routing_key: str, message_id: str | None, headers: dict[str, Any], command: Span
+) -> Iterator[None]:
     name = f"publish {exchange or '(default)'}"
     attributes = {
         "messaging.system": "rabbitmq",
@@ -365,18 +445,22 @@ def publish_span(
         yield
 
 
-@contextlib.contextmanager
 def client_span(
     vendor: str, method: str, endpoint: str, url_host: str | None, port: int | None
-) -> Iterator[Span | None]:
+) -> AbstractContextManager[Span | None]:
     """A vendor HTTP call; the route template, never the concrete path (it may hold a phone number)."""
     if not state.enabled:
-        yield None
-        return
+        return _NO_SPAN
     command = current_command_span()
     if not command.is_recording():
-        yield None
-        return
+        return _NO_SPAN
+    return _client_span(vendor, method, endpoint, url_host, port, command)
+
+
+@contextlib.contextmanager
+def _client_span(
+    vendor: str, method: str, endpoint: str, url_host: str | None, port: int | None, command: Span
+) -> Iterator[Span | None]:
     attributes: dict[str, Any] = {
         "http.request.method": method,
         "url.template": endpoint,
@@ -410,7 +494,7 @@ def record_status(span: Span | None, status: int | None, error: BaseException | 
 
 
 def record_outcome(span: Span | None, status: str, code: str | None) -> None:
-    if span is None:
+    if span is None or not span.is_recording():
         return
     span.set_attribute("switchboard.outcome", status)
     if code:

@@ -13,8 +13,17 @@ from typing import Any
 import pytest
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBasedTraceIdRatio, Sampler, TraceIdRatioBased
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import SpanKind, StatusCode, TraceFlags
 
 from tests.support.otel import one_command, record_in_memory
 from worker import tracing
@@ -167,3 +176,65 @@ def test_a_recorded_span_is_finished_once() -> None:
     (recorded,) = exporter.get_finished_spans()
     assert "late" not in (recorded.attributes or {})
     assert recorded.kind is SpanKind.CONSUMER
+
+
+class _ReadsAttributes(Sampler):
+    """A custom sampler: only asking it tells what it decides."""
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> Any:
+        return ALWAYS_ON.should_sample(*args, **kwargs)
+
+    def get_description(self) -> str:
+        return "reads attributes"
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [ParentBasedTraceIdRatio(0.1), TraceIdRatioBased(0.3), ALWAYS_OFF, ParentBased(ALWAYS_OFF)],
+    ids=["parentbased_traceidratio", "traceidratio", "always_off", "parentbased_always_off"],
+)
+def test_the_quick_root_decision_is_the_samplers(sampler: Sampler) -> None:
+    """For a span without a parent, the SDK's samplers decide from the trace id alone: so does the shortcut."""
+    drops = tracing._root_decision(sampler)
+    assert drops is not None
+    ids = RandomIdGenerator()
+    for _ in range(2000):
+        trace_id = ids.generate_trace_id()
+        decision = sampler.should_sample(tracing._NO_PARENT, trace_id, "process q").decision
+        assert drops(trace_id) == (decision is Decision.DROP)
+
+
+@pytest.mark.parametrize(
+    "sampler", [ALWAYS_ON, ParentBased(ALWAYS_ON), _ReadsAttributes()], ids=["on", "parentbased_on", "custom"]
+)
+def test_other_samplers_are_asked(sampler: Sampler) -> None:
+    assert tracing._root_decision(sampler) is None
+
+
+def test_a_dropped_root_span_is_the_one_the_sdk_path_makes() -> None:
+    """The shortcut's span: valid ids, not sampled, no trace state, not recording; its traceparent the propagator's."""
+    record_in_memory(tracing.provider(sampler=ParentBasedTraceIdRatio(0.0)))
+    with tracing.process_span("q", "send_text", None, "send_text", "pidj", tracing._NO_PARENT) as span:
+        assert span is not None and not span.is_recording()
+        assert tracing.current_command_span() is span
+        context = span.get_span_context()
+        assert context.is_valid and not context.is_remote
+        assert context.trace_flags == TraceFlags.DEFAULT and len(context.trace_state) == 0
+        recorder = tracing._recorder()
+        assert recorder is not None
+        slow = tracing._start(
+            recorder, tracing._NO_PARENT, trace.INVALID_SPAN, "process q", SpanKind.CONSUMER, {}
+        )
+        slow_context = slow.get_span_context()
+        assert (slow_context.is_remote, slow_context.trace_flags, slow_context.trace_state) == (
+            context.is_remote,
+            context.trace_flags,
+            context.trace_state,
+        )
+        assert type(slow) is type(span)
+        ours: dict[str, Any] = {}
+        tracing.inject(ours)
+        theirs: dict[str, Any] = {}
+        propagate.inject(theirs, context=trace.set_span_in_context(span))
+        assert ours == theirs
+    assert tracing.current_command_span() is not span
