@@ -90,7 +90,7 @@ def _root_decision(sampler: Sampler | None) -> Callable[[int], bool] | None:
     state. Any other sampler (``always_on`` never drops; a custom one may read attributes) is
     asked as the SDK asks it.
     """
-    if isinstance(sampler, ParentBased):
+    if isinstance(sampler, ParentBased) and type(sampler).should_sample is ParentBased.should_sample:
         sampler = getattr(sampler, "_root", None)  # the SDK's attribute: without it, ask the sampler
     if sampler is ALWAYS_OFF:
         return lambda _trace_id: True

@@ -204,8 +204,17 @@ def test_the_quick_root_decision_is_the_samplers(sampler: Sampler) -> None:
         assert drops(trace_id) == (decision is Decision.DROP)
 
 
+class _OwnParentRule(ParentBased):
+    """A parent-based sampler with a rule of its own: its root alone does not tell."""
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> Any:
+        return ALWAYS_ON.should_sample(*args, **kwargs)
+
+
 @pytest.mark.parametrize(
-    "sampler", [ALWAYS_ON, ParentBased(ALWAYS_ON), _ReadsAttributes()], ids=["on", "parentbased_on", "custom"]
+    "sampler",
+    [ALWAYS_ON, ParentBased(ALWAYS_ON), _ReadsAttributes(), _OwnParentRule(ALWAYS_OFF)],
+    ids=["on", "parentbased_on", "custom", "custom_parentbased"],
 )
 def test_other_samplers_are_asked(sampler: Sampler) -> None:
     assert tracing._root_decision(sampler) is None
