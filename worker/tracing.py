@@ -279,21 +279,6 @@ def process_span(
         if drops(trace_id):
             span_id = recorder.ids.generate_span_id()
             return _CommandScope(NonRecordingSpan(SpanContext(trace_id, span_id, is_remote=False)))
-    return _process_span(queue, routing_key, message_id, command_type, vendor, parent, recorder, trace_id)
-
-
-@contextlib.contextmanager
-def _process_span(
-    queue: str,
-    routing_key: str,
-    message_id: str | None,
-    command_type: str,
-    vendor: str,
-    parent: otel_context.Context,
-    recorder: Recorder | None,
-    trace_id: int | None,
-) -> Iterator[Span | None]:
-    """The span when it may be recorded; ``trace_id``: the root's, already drawn by :func:`process_span`."""
     name = f"process {queue}"
     attributes = {
         "messaging.system": "rabbitmq",
@@ -306,15 +291,7 @@ def _process_span(
     if message_id:
         attributes["messaging.message.id"] = message_id
     if recorder is None:
-        with tracer().start_as_current_span(
-            name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
-        ) as sdk_span:
-            token = _command_span.set(sdk_span)
-            try:
-                yield sdk_span
-            finally:
-                _command_span.reset(token)
-        return
+        return _sdk_process_span(name, parent, attributes)
     span = _start(
         recorder, parent, trace.get_current_span(parent), name, SpanKind.CONSUMER, attributes, trace_id
     )
@@ -322,12 +299,25 @@ def _process_span(
         # Unsampled: nothing to record, and the OpenTelemetry context is left alone
         # (attach/detach would cost more than the rest): what needs this span reads it
         # from _command_span.
-        token = _command_span.set(span)
+        return _CommandScope(span)
+    return _recorded_process_span(span, parent)
+
+
+@contextlib.contextmanager
+def _sdk_process_span(name: str, parent: otel_context.Context, attributes: dict[str, Any]) -> Iterator[Span]:
+    """Under a provider :func:`provider` did not build: the SDK makes the span."""
+    with tracer().start_as_current_span(
+        name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+    ) as sdk_span:
+        token = _command_span.set(sdk_span)
         try:
-            yield span
+            yield sdk_span
         finally:
             _command_span.reset(token)
-        return
+
+
+@contextlib.contextmanager
+def _recorded_process_span(span: Span, parent: otel_context.Context) -> Iterator[Span]:
     with _current(span, parent):
         yield span
 
