@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +75,60 @@ def test_two_connections_see_each_others_outcomes(tmp_path: Path) -> None:
             await second.close()
 
     asyncio.run(run())
+
+
+_OLD_COMMANDS = """
+CREATE TABLE commands (
+    account TEXT NOT NULL, command_id TEXT NOT NULL, fingerprint TEXT NOT NULL, status TEXT NOT NULL,
+    attempts INTEGER NOT NULL, first_attempt_at REAL NOT NULL, attempt_started_at REAL, lease_until REAL,
+    state BLOB, event BLOB, expires_at REAL NOT NULL, PRIMARY KEY (account, command_id)
+) WITHOUT ROWID;
+CREATE INDEX commands_expiry ON commands (expires_at);
+"""
+
+
+def _commands_table(path: Path) -> str:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        sql: str = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'commands'").fetchone()[0]
+        return sql
+
+
+def test_a_file_of_the_old_layout_is_rebuilt_with_its_records(tmp_path: Path) -> None:
+    """``commands`` was WITHOUT ROWID: opening such a file rebuilds it as a rowid table, keeping every record."""
+    path = tmp_path / "old.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.executescript(_OLD_COMMANDS)
+        conn.execute(
+            "INSERT INTO commands VALUES ('a', 'done-1', 'fp', 'done', 1, 1.0, 1.0, NULL, NULL, X'6576', 9e9)"
+        )
+        conn.execute(
+            "INSERT INTO commands VALUES ('a', 'waiting-1', 'fp', 'waiting', 2, 1.0, 1.0, NULL, X'7b7d', NULL, 9e9)"
+        )
+        conn.commit()
+
+    async def run() -> None:
+        stores = await open_stores(f"sqlite:///{path}", retention_seconds=3600)
+        try:
+            done = await stores.idempotency.claim("a", "done-1", "fp", 10.0, 60)
+            assert (done.status, done.event) == (ClaimStatus.DONE, b"ev")
+            resumed = await stores.idempotency.claim("a", "waiting-1", "fp", 10.0, 60)
+            assert (resumed.status, resumed.attempts, resumed.state) == (ClaimStatus.ACQUIRED, 2, {})
+            assert (await stores.idempotency.claim("a", "new", "fp", 10.0, 60)).status is ClaimStatus.ACQUIRED
+            assert await stores.idempotency.prune(9e9 + 1) == 3  # the expiry index is back
+        finally:
+            await stores.close()
+
+    asyncio.run(run())
+    assert "WITHOUT ROWID" not in _commands_table(path).upper()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert "commands_expiry" in names and "commands_rebuilt" not in names
+
+
+def test_a_new_file_has_commands_as_a_rowid_table(tmp_path: Path) -> None:
+    async def run() -> None:
+        stores = await open_stores(f"sqlite:///{tmp_path}/new.sqlite3", retention_seconds=3600)
+        await stores.close()
+
+    asyncio.run(run())
+    assert "WITHOUT ROWID" not in _commands_table(tmp_path / "new.sqlite3").upper()

@@ -24,8 +24,12 @@ from worker.store.base import BreakerRecord, Claim, ClaimStatus, Lease
 
 T = TypeVar("T")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS commands (
+# A rowid table, not WITHOUT ROWID as the small tables are: a row carries its stored event
+# (hundreds of bytes), and keyed by its random command id, a WITHOUT ROWID B-tree of such rows
+# splits pages at every other insert. Measured (60,000 commands, UUID ids, 700-byte events):
+# 85 -> 45 us of CPU per command, and half the time waiting for the disk.
+COMMANDS = """
+CREATE TABLE IF NOT EXISTS {name} (
     account TEXT NOT NULL,
     command_id TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
@@ -38,8 +42,16 @@ CREATE TABLE IF NOT EXISTS commands (
     event BLOB,
     expires_at REAL NOT NULL,
     PRIMARY KEY (account, command_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS commands_expiry ON commands (expires_at);
+);
+"""
+_COLUMNS = (
+    "account, command_id, fingerprint, status, attempts, first_attempt_at, attempt_started_at,"
+    " lease_until, state, event, expires_at"
+)
+
+SCHEMA = (
+    COMMANDS.format(name="commands")
+    + """CREATE INDEX IF NOT EXISTS commands_expiry ON commands (expires_at);
 CREATE TABLE IF NOT EXISTS suppressions (
     account TEXT NOT NULL,
     number TEXT NOT NULL,
@@ -63,6 +75,7 @@ CREATE TABLE IF NOT EXISTS breakers (
     probe_until REAL NOT NULL
 ) WITHOUT ROWID;
 """
+)
 
 
 def connect(path: str) -> Connection:
@@ -75,7 +88,39 @@ def connect(path: str) -> Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=10000")
     conn.executescript(SCHEMA)
+    _rebuild_commands(conn)
     return conn
+
+
+def _rebuild_commands(conn: sqlite3.Connection) -> None:
+    """A file made before ``commands`` was a rowid table gets the new layout, rows and all.
+
+    In one ``BEGIN IMMEDIATE`` transaction, checked again inside it: workers starting
+    together on one file rebuild it once, and one still running the old code reads
+    the same columns afterwards (its statements are prepared again).
+    """
+
+    def without_rowid() -> bool:
+        row = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'commands'"
+        ).fetchone()
+        return "WITHOUT ROWID" in row[0].upper()
+
+    if not without_rowid():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if without_rowid():
+            conn.execute("DROP TABLE IF EXISTS commands_rebuilt")
+            conn.execute(COMMANDS.format(name="commands_rebuilt"))
+            conn.execute(f"INSERT INTO commands_rebuilt ({_COLUMNS}) SELECT {_COLUMNS} FROM commands")
+            conn.execute("DROP TABLE commands")  # and its index
+            conn.execute("ALTER TABLE commands_rebuilt RENAME TO commands")
+            conn.execute("CREATE INDEX commands_expiry ON commands (expires_at)")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 class Connection(sqlite3.Connection):
