@@ -131,6 +131,55 @@ class TestBulkAdd:
             await stores.close()
 
 
+class TestBatchedStatementPlans:
+    """Each batched statement looks its keys up by primary key, whatever the table's size.
+
+    Joined as a whole, json_array_elements counts as 100 rows and the planner hashed a
+    table of a few thousand rows or more: a scan of the whole table in every batch.
+    """
+
+    ROWS = 8000
+
+    async def _plan(self, conn: asyncpg.Connection, sql: str, items: list[list[object]]) -> str:
+        rows = await conn.fetch("EXPLAIN " + sql, pg._rows(items))
+        return "\n".join(row[0] for row in rows)
+
+    async def test_claim_complete_and_lookup_never_scan_a_table(self) -> None:
+        await clean_postgres()
+        stores = await open_stores(POSTGRES_URL, retention_seconds=60)
+        await stores.close()  # the schema is there
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(
+                "INSERT INTO switchboard_commands (account, command_id, fingerprint, status, attempts,"
+                " first_attempt_at, event, expires_at)"
+                " SELECT 'acct', 'cmd-' || g, 'fp', 'done', 1, 1.0, '\\x7b7d', 9e9 FROM generate_series(1, $1) g",
+                self.ROWS,
+            )
+            await conn.execute(
+                "INSERT INTO switchboard_suppressions (account, number, reason, source, created_at)"
+                " SELECT 'acct', '+1888' || lpad(g::text, 7, '0'), 'STOP', 'test', 1.0"
+                " FROM generate_series(1, $1) g",
+                self.ROWS,
+            )
+            await conn.execute("ANALYZE switchboard_commands; ANALYZE switchboard_suppressions")
+            keys = [["acct", f"cmd-{n}"] for n in range(8)]
+            plans = {
+                "claim": await self._plan(conn, pg._CLAIM_MANY, [[*k, "fp", 1.0, 2.0, 3.0] for k in keys]),
+                "complete": await self._plan(
+                    conn, pg._COMPLETE_MANY, [[*k, "fp", "7b7d", 1.0, 3.0] for k in keys]
+                ),
+                "contains": await self._plan(
+                    conn, pg._CONTAINS_MANY, [["acct", f"+1888{n:07d}"] for n in range(8)]
+                ),
+            }
+        finally:
+            await conn.close()
+        for name, plan in plans.items():
+            assert "Seq Scan on switchboard" not in plan, (name, plan)
+            assert "Index" in plan, (name, plan)
+
+
 class TestKeptConnections:
     async def test_a_kept_connection_lost_is_replaced(self) -> None:
         """A connection kept between calls that was lost meanwhile is not used: the next call gets another."""
