@@ -15,9 +15,10 @@ Every decision is one SQL statement, atomic on the server:
 
 The hot calls (``claim``, ``complete``, suppression ``contains``) made during
 one turn of the event loop are sent together (see :class:`Batcher`): one
-set-based statement over ``unnest()`` arrays per kind, on one pooled
+set-based statement over a JSON array of rows per kind, on one pooled
 connection, one commit for all of them; the same statements as above, for N
-keys. A key submitted twice in one turn waits for the batch carrying the first.
+keys, each key found by its primary key (see ``_LOOKUP``). A key submitted
+twice in one turn waits for the batch carrying the first.
 
 Connections come from a pool. During an outage (a restart, a fail-over) an
 operation waits up to ``outage_wait_seconds`` for the server, then raises
