@@ -125,6 +125,47 @@ def test_a_file_of_the_old_layout_is_rebuilt_with_its_records(tmp_path: Path) ->
     assert "commands_expiry" in names and "commands_rebuilt" not in names
 
 
+def _open_and_claim(url: str, go: Any, results: Any) -> None:
+    async def run() -> str:
+        go.wait(timeout=60)
+        stores = await open_stores(url, retention_seconds=3600)
+        try:
+            return (await stores.idempotency.claim("a", "done-1", "fp", 10.0, 60)).status.value
+        finally:
+            await stores.close()
+
+    results.put(asyncio.run(run()))
+
+
+def test_workers_opening_an_old_file_together_rebuild_it_once(tmp_path: Path) -> None:
+    """Four processes open a file of the old layout at once: each starts, the record is there once."""
+    path = tmp_path / "old.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.executescript(_OLD_COMMANDS)
+        conn.execute(
+            "INSERT INTO commands VALUES ('a', 'done-1', 'fp', 'done', 1, 1.0, 1.0, NULL, NULL, X'6576', 9e9)"
+        )
+        conn.commit()
+    context = multiprocessing.get_context("spawn")
+    go, results = context.Event(), context.Queue()
+    processes = [
+        context.Process(target=_open_and_claim, args=(f"sqlite:///{path}", go, results))
+        for _ in range(PROCESSES)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        go.set()
+        statuses = [results.get(timeout=120) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+    assert statuses == [ClaimStatus.DONE.value] * PROCESSES
+    assert "WITHOUT ROWID" not in _commands_table(path).upper()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT count(*) FROM commands").fetchone() == (1,)
+
+
 def test_a_new_file_has_commands_as_a_rowid_table(tmp_path: Path) -> None:
     async def run() -> None:
         stores = await open_stores(f"sqlite:///{tmp_path}/new.sqlite3", retention_seconds=3600)

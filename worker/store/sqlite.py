@@ -20,9 +20,16 @@ from typing import Any, TypeVar
 
 import orjson
 
+from worker.logging import get_logger
 from worker.store.base import BreakerRecord, Claim, ClaimStatus, Lease
 
 T = TypeVar("T")
+
+log = get_logger("switchboard.store.sqlite")
+
+BUSY_TIMEOUT_MS = 10_000
+REBUILD_WAIT_MS = 600_000
+"""How long a worker starting on a file being rebuilt (see ``_rebuild_commands``) waits for it."""
 
 # A rowid table, not WITHOUT ROWID as the small tables are: a row carries its stored event
 # (hundreds of bytes), and keyed by its random command id, a WITHOUT ROWID B-tree of such rows
@@ -86,7 +93,7 @@ def connect(path: str) -> Connection:
     )
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.executescript(SCHEMA)
     _rebuild_commands(conn)
     return conn
@@ -108,6 +115,10 @@ def _rebuild_commands(conn: sqlite3.Connection) -> None:
 
     if not without_rowid():
         return
+    log.warning("rebuilding the SQLite commands table as a rowid table (once, after an upgrade)")
+    # Copying takes about 15 s a million records; workers starting meanwhile wait for it,
+    # rather than give up after the usual busy timeout and exit.
+    conn.execute(f"PRAGMA busy_timeout={REBUILD_WAIT_MS}")
     conn.execute("BEGIN IMMEDIATE")
     try:
         if without_rowid():
@@ -121,6 +132,8 @@ def _rebuild_commands(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 class Connection(sqlite3.Connection):
