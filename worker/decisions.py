@@ -17,6 +17,7 @@ them; so a step can be tested by looking at what it returns.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,8 @@ class InFlight:
     resumed: bool = False
     called: bool = False
     """The vendor call has started: from then on its outcome may exist at the vendor."""
+    recipient_lookup: tuple[str, Awaitable[Any]] | None = None
+    """The recipient and its opt-out lookup, sent with the claim (stores whose lookups travel)."""
 
     @property
     def key(self) -> tuple[str, str]:

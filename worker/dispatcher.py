@@ -8,6 +8,7 @@ docstring is the delivery guarantee)::
     decode ──────────────────────────── Reject
     gates.before_claim (check, not-before, pause) ── Reject / Defer
     claim ───────────────────────────── Reject (conflict) / Republish / Defer / Finish (outcome_unknown)
+      (the recipient's opt-out lookup goes with it on Redis and PostgreSQL)
     reconcile (unsafe, after a crash) ── Finish
     gates.after_claim (cancel, quiet hours, breaker, poison) ── Finish / Defer
     handler ─────────────────────────── Finish / Continue
@@ -22,7 +23,7 @@ import asyncio
 import dataclasses
 import hashlib
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -55,7 +56,7 @@ from worker.outbox import H_ATTEMPT, Outbox
 from worker.quiet_hours import SendingWindow
 from worker.registry import CommandContext, CommandSpec, Registry, VendorClient
 from worker.retry import Retry, RetryPolicy, decide
-from worker.store import Claim, ClaimStatus, Lease, Stores
+from worker.store import AsksAhead, Claim, ClaimStatus, Lease, RecipientAskedAhead, Stores
 from worker.validation import Validators
 
 __all__ = ["RETURN_AFTER_BROKER_ERROR_SECONDS", "Delivery", "DispatchSettings", "Dispatcher", "fingerprint"]
@@ -136,6 +137,8 @@ class Dispatcher:
         self.rng = random.Random()
         self._loggers: dict[str, Any] = {}
         self.leases = Leases(stores.idempotency, clock)
+        suppressions = stores.suppressions
+        self._ask_ahead = suppressions.contains_soon if isinstance(suppressions, AsksAhead) else None
         self._on_transient: Callable[[str], None] | None = None
         self.observers: tuple[Observer, ...] = observers()
         self.breaker = gates.CircuitOpen(breakers)
@@ -250,6 +253,8 @@ class Dispatcher:
             error = InvalidPayload("the payload cannot be encoded (nested too deeply)", path="/payload")
             await execute(delivery, started, gates.rejection(run, error), run)
             return
+        if self._ask_ahead is not None and spec.recipient is not None:
+            self._ask_for_recipient(run, spec.recipient, self._ask_ahead)
         decision = await self._claim(run, now)
         if decision is not None:
             await execute(delivery, started, decision, run)
@@ -269,6 +274,23 @@ class Dispatcher:
             # Only our own lease: a copy of this command that this worker claimed after we
             # released it (a doubled publish) holds a lease of its own, still to be renewed.
             self.leases.drop(run.key, lease)
+
+    @staticmethod
+    def _ask_for_recipient(
+        run: InFlight,
+        recipient: Callable[[dict[str, Any]], str | None],
+        ask: Callable[[str, str], Awaitable[Any]],
+    ) -> None:
+        """Send the recipient's opt-out lookup in this turn, with the claim: its round trip and the
+        claim's overlap, and the handler's check reads the answer (:class:`RecipientAskedAhead`).
+        Asked for nothing when the command turns out not to run (a replay, busy elsewhere)."""
+        number = recipient(run.payload)
+        if not number:
+            return
+        answer = ask(run.command.account, number)
+        if isinstance(answer, asyncio.Future):
+            answer.add_done_callback(_consume)  # an unread failure (the command did not run) is not logged
+        run.recipient_lookup = (number, answer)
 
     async def _claim(self, run: InFlight, now: float) -> Decision | None:
         """Take the command, or the decision when it is not ours to run (None: run it; ``run.lease`` is held)."""
@@ -415,7 +437,11 @@ class Dispatcher:
             client=self.clients[(run.spec.vendor, command.account)],
             log=self._handler_log(run.spec.vendor),
             first_attempt_at=datetime.fromtimestamp(run.first_at, UTC),
-            suppressions=self.stores.suppressions,
+            suppressions=(
+                self.stores.suppressions
+                if run.recipient_lookup is None
+                else RecipientAskedAhead(self.stores.suppressions, command.account, *run.recipient_lookup)
+            ),
             state=run.state,
             resumed=run.resumed,
         )
@@ -450,3 +476,8 @@ class Dispatcher:
             return PermanentError(
                 f"internal error in the handler: {exc.__class__.__name__}", code="internal_error"
             )
+
+
+def _consume(answer: asyncio.Future[Any]) -> None:
+    if not answer.cancelled():
+        answer.exception()

@@ -10,7 +10,7 @@ import asyncio
 import time
 
 from tests.store.conftest import OpenBackend, wait_past
-from worker.store import ClaimStatus, Stores
+from worker.store import AsksAhead, ClaimStatus, Stores
 
 A, ID, FP = "acct", "cmd-1", "fp-1"
 T0 = 1_700_000_000.0
@@ -350,6 +350,22 @@ class TestSuppressions:
         assert await opt_outs.remove(A, "+18885551234") is True
         assert not await opt_outs.contains(A, "+18885551234")
         assert await opt_outs.remove(A, "+18885551234") is False
+
+    async def test_a_lookup_sent_ahead_answers_as_contains(self, stores: Stores) -> None:
+        """Redis and PostgreSQL send a lookup ahead (with the claim); several in one turn, one answer each."""
+        opt_outs = stores.suppressions
+        if stores.backend == "sqlite":
+            assert not isinstance(opt_outs, AsksAhead)  # it answers on the spot
+            return
+        assert isinstance(opt_outs, AsksAhead)
+        await opt_outs.add(A, "+18885551234", reason="STOP", source="test", now=T0)
+        answers = [
+            opt_outs.contains_soon(A, "+18885551234"),
+            opt_outs.contains_soon("other", "+18885551234"),
+            opt_outs.contains_soon(A, "+18885550000"),
+            opt_outs.contains_soon(A, "+18885551234"),
+        ]
+        assert [bool(answer) for answer in await asyncio.gather(*answers)] == [True, False, False, True]
 
     async def test_list_rows_and_order(self, stores: Stores) -> None:
         """list() gives every field, ordered by account then number; list(account) filters."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -72,7 +74,7 @@ class NoClient:
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, suppressions: type[SQLiteSuppressionList] = SQLiteSuppressionList) -> None:
         self.behaviour: Behaviour = self._ok
         self.calls = 0
 
@@ -102,7 +104,8 @@ class Harness:
         )
         conn = connect(":memory:")
         self.store = SQLiteIdempotencyStore(conn, 3600)
-        stores = Stores(self.store, SQLiteSuppressionList(conn), SQLiteDeduper(conn), "sqlite")
+        self.suppressions = suppressions(conn)
+        stores = Stores(self.store, self.suppressions, SQLiteDeduper(conn), "sqlite")
         self.outbox = FakeOutbox()
         self.channel = FakeChannel()
         self.controls = Controls(None)
@@ -655,3 +658,105 @@ async def test_a_payload_too_deep_to_fingerprint_is_rejected_not_returned(h: Har
     await h.dispatcher.handle(Delivery(h.channel, 1, "echo", properties, body))  # type: ignore[arg-type]
     assert (h.statuses(), h.outbox.events[0]["error"]["code"]) == (["rejected"], "invalid_payload")
     assert (h.channel.acked, h.channel.nacked, h.calls) == ([1], [], 0)
+
+
+class ListAskedAhead(SQLiteSuppressionList):
+    """SQLite's list with the lookup a travelling store (Redis, PostgreSQL) sends ahead; records each ask.
+
+    Its answer comes a turn later, as a server's does; ``fail`` makes it an error instead.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        super().__init__(conn)
+        self.asked: list[tuple[str, str, int]] = []
+        self.looked_up: list[str] = []
+        self.fail: Exception | None = None
+
+    def contains_soon(self, account: str, number: str) -> asyncio.Future[bool]:
+        stored = self.conn.execute("SELECT count(*) FROM commands").fetchone()[0]
+        self.asked.append((account, number, stored))
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        async def answer_later() -> None:
+            await asyncio.sleep(0)
+            if self.fail is not None:
+                answer.set_exception(self.fail)
+            else:
+                answer.set_result(await super(ListAskedAhead, self).contains(account, number))
+
+        self._answering = asyncio.ensure_future(answer_later())
+        return answer
+
+    async def contains(self, account: str, number: str) -> bool:
+        self.looked_up.append(number)
+        return await super().contains(account, number)
+
+
+@pytest.fixture
+def ahead() -> Harness:
+    return Harness(ListAskedAhead)
+
+
+async def _check_numbers(h: Harness, *numbers: str) -> list[bool | str]:
+    seen: list[bool | str] = []
+
+    async def check(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
+        for number in numbers:
+            try:
+                seen.append(await ctx.suppressions.contains(ctx.account, number))
+            except ConnectionError as exc:
+                seen.append(str(exc))
+        return {"ok": True}
+
+    h.behaviour = check
+    return seen
+
+
+async def test_the_recipients_opt_out_lookup_travels_with_the_claim(ahead: Harness) -> None:
+    """Sent before the claim is stored (one round trip for both); the handler's check of that number reads it."""
+    suppressions = ahead.suppressions
+    assert isinstance(suppressions, ListAskedAhead)
+    await suppressions.add("default", "+12125550123", reason="STOP", source="test", now=1.0)
+    seen = await _check_numbers(ahead, "+12125550123", "+13125550199")
+    await ahead.deliver("echo", payload={"to": "+12125550123"})
+    assert ahead.statuses() == ["succeeded"]
+    assert suppressions.asked == [("default", "+12125550123", 0)]  # no record stored yet: before the claim
+    assert seen == [True, False]
+    assert suppressions.looked_up == ["+13125550199"]  # only the number not asked ahead
+
+
+async def test_a_failed_lookup_fails_the_handlers_check_of_that_number(ahead: Harness) -> None:
+    suppressions = ahead.suppressions
+    assert isinstance(suppressions, ListAskedAhead)
+    suppressions.fail = ConnectionError("store down")
+    seen = await _check_numbers(ahead, "+12125550123")
+    await ahead.deliver("echo", payload={"to": "+12125550123"})
+    assert seen == ["store down"]
+
+
+async def test_an_answer_nobody_reads_is_not_reported(ahead: Harness) -> None:
+    """A replay asks too (the claim says DONE later); its failed lookup is not logged as never retrieved."""
+    suppressions = ahead.suppressions
+    assert isinstance(suppressions, ListAskedAhead)
+    await ahead.deliver("echo", payload={"to": "+12125550123"})
+    suppressions.fail = ConnectionError("store down")
+    reported: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: reported.append(context))
+    await ahead.deliver("echo", payload={"to": "+12125550123"})
+    await suppressions._answering
+    assert ahead.calls == 1 and len(suppressions.asked) == 2
+    gc.collect()
+    assert reported == []
+
+
+async def test_a_list_that_answers_on_the_spot_is_asked_in_the_handler(h: Harness) -> None:
+    """SQLite: nothing is sent ahead, the handler's check goes to the list itself."""
+    given: list[object] = []
+
+    async def check(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
+        given.append(ctx.suppressions)
+        return {"ok": True}
+
+    h.behaviour = check
+    await h.deliver("echo", payload={"to": "+12125550123"})
+    assert given == [h.suppressions]

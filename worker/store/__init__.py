@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from worker.store.base import (
+    AsksAhead,
     BreakerRecord,
     BreakerStore,
     Claim,
@@ -15,6 +16,7 @@ from worker.store.base import (
     Deduper,
     IdempotencyStore,
     Lease,
+    RecipientAskedAhead,
     SuppressionList,
 )
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 REDIS_POOL_SIZE = 64
 
 __all__ = [
+    "AsksAhead",
     "BreakerRecord",
     "BreakerStore",
     "Claim",
@@ -31,6 +34,7 @@ __all__ = [
     "Deduper",
     "IdempotencyStore",
     "Lease",
+    "RecipientAskedAhead",
     "Stores",
     "SuppressionList",
     "open_stores",

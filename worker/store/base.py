@@ -17,8 +17,9 @@ A ``running`` record whose lease expired means a worker died mid-attempt.
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 class ClaimStatus(enum.Enum):
@@ -131,6 +132,56 @@ class SuppressionList(Protocol):
     async def contains(self, account: str, number: str) -> bool: ...
 
     async def list(self, account: str | None = None) -> list[dict[str, Any]]: ...
+
+
+@runtime_checkable
+class AsksAhead(Protocol):
+    """A suppression list whose lookups travel to a server (Redis, PostgreSQL).
+
+    ``contains_soon`` sends the lookup with this loop turn's other store calls and
+    returns the answer to come (truthy: the number is on the list). The dispatcher
+    asks for a command's recipient together with its claim (see
+    :class:`RecipientAskedAhead`): the two travel in the same turn instead of one
+    round trip after the other. SQLite answers on the spot and does not need it.
+    """
+
+    def contains_soon(self, account: str, number: str) -> Awaitable[Any]: ...
+
+
+class RecipientAskedAhead:
+    """The suppression list as one command's handler sees it: its recipient was asked for with the claim.
+
+    ``contains`` of that number answers what the lookup sent with the claim found (or
+    raises what it raised); anything else goes to the list itself.
+    """
+
+    __slots__ = ("_account", "_answer", "_list", "_number")
+
+    def __init__(
+        self, suppressions: SuppressionList, account: str, number: str, answer: Awaitable[Any]
+    ) -> None:
+        self._list = suppressions
+        self._account = account
+        self._number = number
+        self._answer = answer
+
+    async def contains(self, account: str, number: str) -> bool:
+        if number == self._number and account == self._account:
+            return bool(await self._answer)
+        return await self._list.contains(account, number)
+
+    async def add(
+        self, account: str, number: str, *, reason: str, source: str, now: float, keep_existing: bool = False
+    ) -> None:
+        await self._list.add(
+            account, number, reason=reason, source=source, now=now, keep_existing=keep_existing
+        )
+
+    async def remove(self, account: str, number: str, *, source: str | None = None) -> bool:
+        return await self._list.remove(account, number, source=source)
+
+    async def list(self, account: str | None = None) -> list[dict[str, Any]]:
+        return await self._list.list(account)
 
 
 class Deduper(Protocol):

@@ -772,6 +772,9 @@ class PostgresSuppressionList:
     async def contains(self, account: str, number: str) -> bool:
         return await self._contains.submit((account, number))
 
+    def contains_soon(self, account: str, number: str) -> asyncio.Future[bool]:
+        return self._contains.submit((account, number))
+
     async def _contains_many(self, items: list[tuple[str, str]]) -> list[bool]:
         rows = await self.db.call("fetch", _CONTAINS_MANY, _rows(items))
         found = {(row["account"], row["number"]) for row in rows}

@@ -316,6 +316,9 @@ class RedisSuppressionList:
     async def contains(self, account: str, number: str) -> bool:
         return bool(await self.pipeliner.command("HEXISTS", self._key(account), number))
 
+    def contains_soon(self, account: str, number: str) -> asyncio.Future[Any]:
+        return self.pipeliner.command("HEXISTS", self._key(account), number)
+
     async def list(self, account: str | None = None) -> list[dict[str, Any]]:
         if account is not None:
             keys = [self._key(account).encode()]
