@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import time
 import urllib.parse
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -170,8 +171,13 @@ def wait_for_depth(url: str, queue: str, depth: int, timeout: float) -> int:
     return seen
 
 
+_IDS = uuid.UUID("5d1c0f3e-8a53-4c1b-9d57-2f1e6a4b7c90")
+
+
 def command_id(prefix: str, index: int) -> str:
-    return f"{prefix}-{index}"
+    """This run's prefix, then a UUID: random to a store as a publisher's ids are (sequential ids
+    land on the same B-tree page and flatter a store), the same UUID for the same index (replays)."""
+    return f"{prefix}-{uuid.uuid5(_IDS, str(index))}"
 
 
 def command_body(command_id: str, sent_at: float) -> bytes:
