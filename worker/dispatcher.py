@@ -283,7 +283,7 @@ class Dispatcher:
     ) -> None:
         """Send the recipient's opt-out lookup in this turn, with the claim: its round trip and the
         claim's overlap, and the handler's check reads the answer (:class:`RecipientAskedAhead`).
-        Asked for nothing when the command turns out not to run (a replay, busy elsewhere)."""
+        When the command turns out not to run (a replay, busy elsewhere), the answer goes unread."""
         number = recipient(run.payload)
         if not number:
             return
