@@ -130,7 +130,8 @@ def _rebuild_commands(conn: sqlite3.Connection) -> None:
             conn.execute("CREATE INDEX commands_expiry ON commands (expires_at)")
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     finally:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
