@@ -87,6 +87,17 @@ CREATE INDEX commands_expiry ON commands (expires_at);
 """
 
 
+def _old_file(tmp_path: Path, *rows: str) -> Path:
+    """A store file of the old layout (``commands`` WITHOUT ROWID) holding ``rows`` (SQL value lists)."""
+    path = tmp_path / "old.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.executescript(_OLD_COMMANDS)
+        for row in rows:
+            conn.execute(f"INSERT INTO commands VALUES {row}")
+        conn.commit()
+    return path
+
+
 def _commands_table(path: Path) -> str:
     with contextlib.closing(sqlite3.connect(path)) as conn:
         sql: str = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'commands'").fetchone()[0]
@@ -95,16 +106,11 @@ def _commands_table(path: Path) -> str:
 
 def test_a_file_of_the_old_layout_is_rebuilt_with_its_records(tmp_path: Path) -> None:
     """``commands`` was WITHOUT ROWID: opening such a file rebuilds it as a rowid table, keeping every record."""
-    path = tmp_path / "old.sqlite3"
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        conn.executescript(_OLD_COMMANDS)
-        conn.execute(
-            "INSERT INTO commands VALUES ('a', 'done-1', 'fp', 'done', 1, 1.0, 1.0, NULL, NULL, X'6576', 9e9)"
-        )
-        conn.execute(
-            "INSERT INTO commands VALUES ('a', 'waiting-1', 'fp', 'waiting', 2, 1.0, 1.0, NULL, X'7b7d', NULL, 9e9)"
-        )
-        conn.commit()
+    path = _old_file(
+        tmp_path,
+        "('a', 'done-1', 'fp', 'done', 1, 1.0, 1.0, NULL, NULL, X'6576', 9e9)",
+        "('a', 'waiting-1', 'fp', 'waiting', 2, 1.0, 1.0, NULL, X'7b7d', NULL, 9e9)",
+    )
 
     async def run() -> None:
         stores = await open_stores(f"sqlite:///{path}", retention_seconds=3600)
@@ -139,13 +145,7 @@ def _open_and_claim(url: str, go: Any, results: Any) -> None:
 
 def test_workers_opening_an_old_file_together_rebuild_it_once(tmp_path: Path) -> None:
     """Four processes open a file of the old layout at once: each starts, the record is there once."""
-    path = tmp_path / "old.sqlite3"
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        conn.executescript(_OLD_COMMANDS)
-        conn.execute(
-            "INSERT INTO commands VALUES ('a', 'done-1', 'fp', 'done', 1, 1.0, 1.0, NULL, NULL, X'6576', 9e9)"
-        )
-        conn.commit()
+    path = _old_file(tmp_path, "('a', 'done-1', 'fp', 'done', 1, 1.0, 1.0, NULL, NULL, X'6576', 9e9)")
     context = multiprocessing.get_context("spawn")
     go, results = context.Event(), context.Queue()
     processes = [
