@@ -60,8 +60,9 @@ class _Outbox:
         if tracing.state.enabled:
             with tracing.publish_span("switchboard.events", routing_key, event_id, headers):
                 self.events += 1
-            return
-        self.events += 1
+        else:
+            self.events += 1
+        kwargs["then"]()  # the confirm: the executor's AckOnConfirm acks
 
     async def dead_letter(self, body: bytes, original: Any, **kwargs: Any) -> None:
         raise AssertionError("nothing here fails")

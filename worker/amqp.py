@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,9 @@ from worker import amqp_tuning, brokers
 amqp_tuning.apply()
 
 OnMessage = Callable[[pika.channel.Channel, pika.spec.Basic.Deliver, pika.spec.BasicProperties, bytes], None]
+
+Confirmed = Callable[[], None]
+"""Called, synchronously, when the broker confirms a publish (never when it nacks or returns it)."""
 
 
 class AMQPError(Exception):
@@ -163,6 +167,11 @@ class Connection:
                 await asyncio.wait_for(asyncio.shield(self._closed), 10)
 
 
+_owing_acks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[Channel]] = weakref.WeakKeyDictionary()
+"""Per event loop, its channels with acks due: sent at the end of the confirm frame being handled
+(or of the loop turn)."""
+
+
 class Channel:
     """A channel with awaitable RPCs and publisher confirms."""
 
@@ -170,6 +179,7 @@ class Channel:
         self.raw = raw
         self._loop = asyncio.get_running_loop()
         self._pending: OrderedDict[int, asyncio.Future[None]] = OrderedDict()
+        self._then: dict[int, Confirmed] = {}
         self._next_tag = 0
         self._confirming = False
         self._rpcs: set[asyncio.Future[Any]] = set()
@@ -179,6 +189,8 @@ class Channel:
         # ack is due (see ack); acks due are sent once per loop turn, as few frames as possible.
         self._unacked: OrderedDict[int, bool] = OrderedDict()
         self._acks_due: list[int] = []
+        self._acks_scheduled = False
+        self._owing = _owing_acks.setdefault(self._loop, set())
         raw.add_on_close_callback(self._on_close)
         raw.add_on_return_callback(self._on_return)
 
@@ -268,12 +280,14 @@ class Channel:
     def ack(self, delivery_tag: int) -> bool:
         """Ack if the channel that delivered the message is still open.
 
-        The ack leaves at the end of this loop turn, with the others due by then:
-        the longest run of them at the front of the unacked deliveries as one
-        ``basic.ack(multiple=True)``, the rest one by one. Confirms arrive in
-        batches (``multiple``), so most acks share a frame, and the broker
-        settles them in one go. Never a tag that is not due: a multiple ack
-        covers only deliveries this channel was told to ack.
+        The ack leaves at the end of this loop turn, with the others due by then,
+        or sooner: acks asked for while the broker's confirms are handled (see
+        :meth:`publish`'s ``then``) leave at the end of that confirm frame. Due
+        acks go out as the longest run of them at the front of the unacked
+        deliveries as one ``basic.ack(multiple=True)``, the rest one by one.
+        Confirms arrive in batches (``multiple``), so most acks share a frame,
+        and the broker settles them in one go. Never a tag that is not due: a
+        multiple ack covers only deliveries this channel was told to ack.
         """
         if not self.raw.is_open:
             return False
@@ -282,13 +296,22 @@ class Channel:
             return True
         self._unacked[delivery_tag] = True
         if not self._acks_due:
-            self._loop.call_soon(self._send_acks)
+            self._owing.add(self)
+            if not self._acks_scheduled:
+                self._acks_scheduled = True
+                self._loop.call_soon(self._send_acks_at_turn_end)
         self._acks_due.append(delivery_tag)
         return True
 
-    def _send_acks(self) -> None:
+    def _send_acks_at_turn_end(self) -> None:
+        self._acks_scheduled = False
+        self.send_acks()
+
+    def send_acks(self) -> None:
+        """Send the acks due now."""
+        self._owing.discard(self)
         due, self._acks_due = self._acks_due, []
-        if not self.raw.is_open:
+        if not due or not self.raw.is_open:
             return
         unacked = self._unacked
         last = 0
@@ -330,10 +353,14 @@ class Channel:
         properties: pika.BasicProperties,
         *,
         mandatory: bool = False,
+        then: Confirmed | None = None,
     ) -> asyncio.Future[None]:
         """Publish; the future resolves when the broker confirms it.
 
         ``mandatory``: fail with :class:`PublishReturned` when no queue took it.
+        ``then``: called as the confirm is handled, a loop turn before a task
+        awaiting the future wakes (an ack it asks for leaves with that confirm
+        frame); not called when the publish fails.
         """
         future: asyncio.Future[None] = self._loop.create_future()
         if self.closed_reason is not None or not self.raw.is_open:
@@ -347,8 +374,12 @@ class Channel:
         if self._confirming:
             self._next_tag += 1
             self._pending[self._next_tag] = future
+            if then is not None:
+                self._then[self._next_tag] = then
         else:
             future.set_result(None)
+            if then is not None:
+                then()
         return future
 
     def _on_confirm(self, frame: pika.frame.Method) -> None:
@@ -365,10 +396,14 @@ class Channel:
             pending = self._pending.pop(tag, None)
             if pending is not None:
                 self._settle(tag, pending, nacked)
+        owing = self._owing
+        while owing:
+            owing.pop().send_acks()  # the acks these confirms made due, in this frame's turn
 
     def _settle(self, tag: int, future: asyncio.Future[None], nacked: bool) -> None:
         returned = tag in self._returned
         self._returned.discard(tag)
+        then = self._then.pop(tag, None)
         if future.done():
             return
         if nacked:
@@ -377,6 +412,8 @@ class Channel:
             future.set_exception(PublishReturned("the broker routed the message to no queue"))
         else:
             future.set_result(None)
+            if then is not None:
+                then()
 
     def _on_return(
         self,
@@ -393,6 +430,8 @@ class Channel:
         self.closed_reason = reason
         self._unacked.clear()  # the broker gives them all back
         self._acks_due.clear()
+        self._owing.discard(self)
+        self._then.clear()
         for rpc in self._rpcs:
             if not rpc.done():
                 rpc.set_exception(ConnectionLost(f"channel closed: {reason}"))

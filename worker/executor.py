@@ -18,7 +18,9 @@ an error            -        -                               -                  
    redelivered copy finds it and republishes it instead of running again).
 2. Then it is published, and its dead-letter copy too, and the broker
    confirms both.
-3. Only then is the command acked.
+3. Only then is the command acked: by the confirm of the last of them, as it
+   is handled (:class:`AckOnConfirm`), not a loop turn later when the task
+   awaiting the publishes wakes.
 
 A crash between any two steps leaves the command unacked; its redelivery
 finds the record and never calls the vendor twice. A publish the broker
@@ -57,6 +59,30 @@ RETURN_AFTER_BROKER_ERROR_SECONDS = 1.0
 
 STORE_ATTEMPTS = 5
 """Tries to store a terminal outcome (the vendor already acted) before giving the command back."""
+
+
+class AckOnConfirm:
+    """Acks a delivery when the broker has confirmed each of its ``publishes``.
+
+    Called from the publish channel's confirm handling (``then=`` of
+    :meth:`worker.amqp.Channel.publish`), so the ack leaves with that confirm
+    frame instead of a loop turn later, when the task awaiting the publishes
+    wakes: a command is held that much less, and the broker's prefetch window
+    refills sooner. A publish that fails never calls it, so a command with one
+    failed publish is never acked here (the awaiting task gives it back).
+    """
+
+    __slots__ = ("channel", "delivery_tag", "waiting")
+
+    def __init__(self, delivery: Delivery, publishes: int) -> None:
+        self.channel = delivery.channel
+        self.delivery_tag = delivery.delivery_tag
+        self.waiting = publishes
+
+    def __call__(self) -> None:
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.channel.ack(self.delivery_tag)
 
 
 class Executor:
@@ -170,19 +196,22 @@ class Executor:
         status = event["status"]
         error = event.get("error")
         dead = status != "succeeded" and error is not None
+        reply_to = self._reply_to(delivery)
+        acked = AckOnConfirm(delivery, 1 + bool(reply_to) + dead)
         publishing = self.outbox.event(
             body,
             routing_key=events.routing_key(event),
             event_id=event["event_id"],
             command_id=event["command_id"],
-            reply_to=self._reply_to(delivery),
+            reply_to=reply_to,
             headers=self._trace_headers(delivery, event.get("meta")),
+            then=acked,
         )
         if dead:
-            await asyncio.gather(publishing, self._dead_letter(delivery, event))
+            await asyncio.gather(publishing, self._dead_letter(delivery, event, acked))
         else:
             await publishing  # the common case: no gather future to build
-        delivery.channel.ack(delivery.delivery_tag)
+        # Acked by now: by the last confirm (AckOnConfirm).
         label = type_label(event["type"], self.types)
         code = None if error is None else error["code"]
         for observer in self.observers:
@@ -191,26 +220,29 @@ class Executor:
     async def _republish(self, delivery: Delivery, run: InFlight, decision: Republish) -> None:
         stored = decision.stored
         event = orjson.loads(stored)
+        # The first settle may have died after storing the outcome but before its dead letter
+        # was confirmed: copy it again. A second copy carries the same x-switchboard-event-id,
+        # so it is recognisable as the same outcome.
+        dead = event["status"] != "succeeded" and event.get("error") is not None
+        reply_to = self._reply_to(delivery)
+        acked = AckOnConfirm(delivery, 1 + bool(reply_to) + dead)
         publishing = self.outbox.event(
             stored,
             routing_key=events.routing_key(event),
             event_id=event["event_id"],
             command_id=run.command.id,
-            reply_to=self._reply_to(delivery),
+            reply_to=reply_to,
             headers=self._trace_headers(delivery, event.get("meta")),
+            then=acked,
         )
-        if event["status"] != "succeeded" and event.get("error") is not None:
-            # The first settle may have died after storing the outcome but before its dead
-            # letter was confirmed: copy it again. A second copy carries the same
-            # x-switchboard-event-id, so it is recognisable as the same outcome.
-            await asyncio.gather(publishing, self._dead_letter(delivery, event))
+        if dead:
+            await asyncio.gather(publishing, self._dead_letter(delivery, event, acked))
         else:
             await publishing
-        delivery.channel.ack(delivery.delivery_tag)
         for observer in self.observers:
             observer.duplicate(run.command.type, event["status"])
 
-    def _dead_letter(self, delivery: Delivery, event: dict[str, Any]) -> Any:
+    def _dead_letter(self, delivery: Delivery, event: dict[str, Any], acked: AckOnConfirm) -> Any:
         return self.outbox.dead_letter(
             delivery.body,
             delivery.properties,
@@ -218,6 +250,7 @@ class Executor:
             status=event["status"],
             error=event["error"],
             event_id=event["event_id"],
+            then=acked,
         )
 
     async def _store_outcome(self, run: InFlight, body: bytes) -> bytes:
@@ -323,9 +356,13 @@ class Executor:
             # The publisher sent no trace: later attempts join this one's trace.
             tracing.inject(headers)
         await self.outbox.delay(
-            delivery.body, delivery.properties, routing_key=command.type, seconds=seconds, headers=headers
+            delivery.body,
+            delivery.properties,
+            routing_key=command.type,
+            seconds=seconds,
+            headers=headers,
+            then=AckOnConfirm(delivery, 1),
         )
-        delivery.channel.ack(delivery.delivery_tag)
 
     def _reply_to(self, delivery: Delivery) -> str | None:
         """The command's ``reply_to`` when it may be published to; never a queue the envelope check refused."""

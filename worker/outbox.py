@@ -17,7 +17,7 @@ import orjson
 import pika
 
 from worker import topology, tracing
-from worker.amqp import PUBLISH_TAG_HEADER, Channel, ConnectionLost
+from worker.amqp import PUBLISH_TAG_HEADER, Channel, Confirmed, ConnectionLost
 
 PERSISTENT = 2
 
@@ -103,13 +103,14 @@ class Outbox:
         properties: pika.BasicProperties,
         *,
         mandatory: bool = False,
+        then: Confirmed | None = None,
     ) -> asyncio.Future[None]:
         channel = self._channel()
         if channel is None:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             future.set_exception(ConnectionLost("not connected to the broker"))
             return future
-        return channel.publish(exchange, routing_key, body, properties, mandatory=mandatory)
+        return channel.publish(exchange, routing_key, body, properties, mandatory=mandatory, then=then)
 
     async def event(
         self,
@@ -120,14 +121,15 @@ class Outbox:
         command_id: str | None,
         reply_to: str | None = None,
         headers: dict[str, Any] | None = None,
+        then: Confirmed | None = None,
     ) -> None:
-        """Publish an event, and to ``reply_to`` too when given."""
+        """Publish an event, and to ``reply_to`` too when given (``then`` is called on each confirm)."""
         headers = dict(headers or {})
         if not tracing.state.enabled:
-            await self._publish_event(body, routing_key, event_id, command_id, reply_to, headers)
+            await self._publish_event(body, routing_key, event_id, command_id, reply_to, headers, then)
             return
         with tracing.publish_span(topology.EVENTS_EXCHANGE, routing_key, event_id, headers):
-            await self._publish_event(body, routing_key, event_id, command_id, reply_to, headers)
+            await self._publish_event(body, routing_key, event_id, command_id, reply_to, headers, then)
 
     async def _publish_event(
         self,
@@ -137,6 +139,7 @@ class Outbox:
         command_id: str | None,
         reply_to: str | None,
         headers: dict[str, Any],
+        then: Confirmed | None,
     ) -> None:
         properties = pika.BasicProperties(
             content_type="application/json",
@@ -147,11 +150,11 @@ class Outbox:
             timestamp=int(time.time()),
             headers=headers or None,
         )
-        published = self._publish(topology.EVENTS_EXCHANGE, routing_key, body, properties)
+        published = self._publish(topology.EVENTS_EXCHANGE, routing_key, body, properties, then=then)
         if not reply_to:
             await published
             return
-        await asyncio.gather(published, self._publish("", reply_to, body, properties))
+        await asyncio.gather(published, self._publish("", reply_to, body, properties, then=then))
 
     async def dead_letter(
         self,
@@ -162,6 +165,7 @@ class Outbox:
         status: str,
         error: dict[str, Any],
         event_id: str,
+        then: Confirmed | None = None,
     ) -> None:
         """Keep the original message in ``switchboard.dead`` with why it ended there."""
         headers = {k: v for k, v in _carried(original).items() if k not in RUNTIME_HEADERS}
@@ -175,7 +179,9 @@ class Outbox:
             }
         )
         properties = _copy(original, headers)
-        await self._publish(topology.DEAD_LETTER_EXCHANGE, routing_key, body, properties, mandatory=True)
+        await self._publish(
+            topology.DEAD_LETTER_EXCHANGE, routing_key, body, properties, mandatory=True, then=then
+        )
 
     async def delay(
         self,
@@ -185,6 +191,7 @@ class Outbox:
         routing_key: str,
         seconds: float,
         headers: dict[str, Any],
+        then: Confirmed | None = None,
     ) -> None:
         """Send the command back to ``switchboard.commands`` after ``seconds``.
 
@@ -198,4 +205,4 @@ class Outbox:
         merged[H_NOT_BEFORE] = int((time.time() + seconds) * 1000)
         properties = _copy(original, merged)
         # Mandatory: a copy that reached no wait queue must not let the original be acked.
-        await self._publish(topology.DELAY_EXCHANGE, routing_key, body, properties, mandatory=True)
+        await self._publish(topology.DELAY_EXCHANGE, routing_key, body, properties, mandatory=True, then=then)

@@ -11,7 +11,7 @@ import pika
 import pytest
 
 from tests.support.amqp import AMQP_URL
-from worker.amqp import Channel, Connection
+from worker.amqp import Channel, Connection, PublishReturned
 
 pytestmark = pytest.mark.integration
 
@@ -82,6 +82,59 @@ async def test_batched_acks_settle_exactly_the_acked_deliveries(topology_declare
         await _until(lambda: channel.closed_reason is not None)
         state = await setup.queue_declare(queue, passive=True)
         assert state.method.message_count == 1  # only the one never acked came back
+        setup.raw.queue_delete(queue)
+    finally:
+        await connection.close()
+
+
+async def test_an_ack_asked_for_by_a_confirm_leaves_with_that_confirm(topology_declared: None) -> None:
+    """``then`` of a publish acks a delivery as the confirm is handled: the ack is on the wire before the
+    task awaiting the publish wakes. A publish the broker returns never calls it: that delivery stays held."""
+    connection = await Connection.connect(AMQP_URL, name="switchboard-test-ack-on-confirm")
+    try:
+        setup = await connection.channel()
+        queue = f"test.acks.{uuid.uuid4().hex[:8]}"
+        await setup.queue_declare(queue, durable=False, auto_delete=False)
+        for index in range(COUNT):
+            setup.publish("", queue, str(index).encode(), pika.BasicProperties())
+        consume = await connection.channel()
+        sent: list[int] = []
+        raw_ack = consume.raw.basic_ack
+
+        def spy(delivery_tag: int = 0, multiple: bool = False) -> None:
+            sent.append(delivery_tag)
+            raw_ack(delivery_tag, multiple)
+
+        consume.raw.basic_ack = spy  # type: ignore[method-assign]
+        tags = await _consume(consume, queue)
+        publish = await connection.channel()
+        await publish.enable_confirms()
+
+        confirmed = publish.publish(
+            "", queue, b"event", pika.BasicProperties(), then=lambda: consume.ack(tags[0])
+        )
+        await confirmed
+        assert sent == [tags[0]], "the ack did not leave with the confirm"
+
+        returned = publish.publish(
+            "",
+            f"no.such.queue.{uuid.uuid4().hex[:8]}",
+            b"event",
+            pika.BasicProperties(),
+            mandatory=True,
+            then=lambda: consume.ack(tags[1]),
+        )
+        with pytest.raises(PublishReturned):
+            await returned
+        await asyncio.sleep(0)
+        assert sent == [tags[0]], "a returned publish acked its delivery"
+
+        await consume.close()
+        await _until(lambda: consume.closed_reason is not None)
+        state = await setup.queue_declare(queue, passive=True)
+        assert (
+            state.method.message_count == COUNT
+        )  # the first consumed copy, acked, was replaced by the event
         setup.raw.queue_delete(queue)
     finally:
         await connection.close()

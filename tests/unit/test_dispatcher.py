@@ -47,12 +47,22 @@ class FakeOutbox:
 
     async def event(self, body: bytes, **kwargs: Any) -> None:
         self.events.append(orjson.loads(body))
+        _confirmed(kwargs)
 
     async def dead_letter(self, body: bytes, original: Any, **kwargs: Any) -> None:
         self.dead.append(kwargs)
+        _confirmed(kwargs)
 
     async def delay(self, body: bytes, original: Any, **kwargs: Any) -> None:
         self.delayed.append((kwargs["seconds"], kwargs["headers"]))
+        _confirmed(kwargs)
+
+
+def _confirmed(publish: dict[str, Any]) -> None:
+    """The broker's confirm, as Channel.publish hands it on: ``then`` is called."""
+    then = publish.get("then")
+    if then is not None:
+        then()
 
 
 class Account(BaseModel):

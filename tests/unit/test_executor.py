@@ -45,21 +45,25 @@ class FakeOutbox:
         self.calls = calls
         self.refuse: set[str] = set()
 
-    async def _confirm(self, kind: str, detail: Any) -> None:
+    async def _confirm(self, kind: str, detail: Any, then: Any) -> None:
         self.calls.append((kind, detail))
         await asyncio.sleep(0)
         if kind in self.refuse:
             raise PublishNacked("broker nacked the message")
         self.calls.append((f"{kind} confirmed", detail))
+        if then is not None:  # as Channel.publish: called on the confirm, never on a nack
+            then()
 
     async def event(self, body: bytes, **kwargs: Any) -> None:
-        await self._confirm("event", orjson.loads(body)["status"])
+        await self._confirm("event", orjson.loads(body)["status"], kwargs.get("then"))
 
     async def dead_letter(self, body: bytes, original: Any, **kwargs: Any) -> None:
-        await self._confirm("dead_letter", kwargs["status"])
+        await self._confirm("dead_letter", kwargs["status"], kwargs.get("then"))
 
     async def delay(self, body: bytes, original: Any, **kwargs: Any) -> None:
-        await self._confirm("delay", (kwargs["seconds"], kwargs["headers"]["x-switchboard-delay-reason"]))
+        await self._confirm(
+            "delay", (kwargs["seconds"], kwargs["headers"]["x-switchboard-delay-reason"]), kwargs.get("then")
+        )
 
 
 class FakeStore:

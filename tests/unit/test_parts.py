@@ -260,6 +260,7 @@ async def test_delayed_copy_drops_the_broker_delivery_count() -> None:
             properties: pika.BasicProperties,
             *,
             mandatory: bool = False,
+            then: object = None,
         ) -> asyncio.Future[None]:
             published.append((exchange, routing_key, properties))
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
