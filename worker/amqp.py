@@ -22,11 +22,14 @@ import pika
 import pika.channel
 import pika.frame
 import pika.spec
+import structlog
 from pika.adapters.asyncio_connection import AsyncioConnection
 
 from worker import amqp_tuning, brokers
 
 amqp_tuning.apply()
+
+log = structlog.get_logger("switchboard.amqp")
 
 OnMessage = Callable[[pika.channel.Channel, pika.spec.Basic.Deliver, pika.spec.BasicProperties, bytes], None]
 
@@ -413,7 +416,12 @@ class Channel:
         else:
             future.set_result(None)
             if then is not None:
-                then()
+                try:
+                    then()
+                except Exception:
+                    # Not into pika's frame handling: the other confirms of this frame still
+                    # settle. What this one would have acked stays unacked, and comes back.
+                    log.exception("a confirm's callback failed")
 
     def _on_return(
         self,
