@@ -8,7 +8,7 @@ docstring is the delivery guarantee)::
     decode ──────────────────────────── Reject
     gates.before_claim (check, not-before, pause) ── Reject / Defer
     claim ───────────────────────────── Reject (conflict) / Republish / Defer / Finish (outcome_unknown)
-      (the recipient's opt-out lookup goes with it on Redis and PostgreSQL)
+      (the recipient's opt-out lookup goes with it)
     reconcile (unsafe, after a crash) ── Finish
     gates.after_claim (cancel, quiet hours, breaker, poison) ── Finish / Defer
     handler ─────────────────────────── Finish / Continue

@@ -21,7 +21,7 @@ from worker.errors import OutcomeUnknown, RateLimited, VendorRejected, VendorUna
 from worker.quiet_hours import SendingWindow
 from worker.registry import CommandContext, Commands, Continue, Registry, Vendor
 from worker.retry import RetryPolicy
-from worker.store import ClaimStatus, Stores
+from worker.store import AsksAhead, ClaimStatus, RecipientAskedAhead, Stores
 from worker.store.sqlite import SQLiteDeduper, SQLiteIdempotencyStore, SQLiteSuppressionList, connect
 
 
@@ -759,8 +759,21 @@ async def test_an_answer_nobody_reads_is_not_reported(ahead: Harness) -> None:
     assert reported == []
 
 
-async def test_a_list_that_answers_on_the_spot_is_asked_in_the_handler(h: Harness) -> None:
-    """SQLite: nothing is sent ahead, the handler's check goes to the list itself."""
+class AnswersOnTheSpot(SQLiteSuppressionList):
+    """A list with no lookup to send ahead (a backend without ``contains_soon``)."""
+
+    contains_soon = None  # type: ignore[assignment]  # how a Protocol's method is blocked
+
+
+@pytest.fixture
+def on_the_spot() -> Harness:
+    return Harness(AnswersOnTheSpot)
+
+
+async def test_a_list_that_answers_on_the_spot_is_asked_in_the_handler(on_the_spot: Harness) -> None:
+    """A list that cannot ask ahead: nothing is sent ahead, the handler's check goes to the list itself."""
+    h = on_the_spot
+    assert not isinstance(h.suppressions, AsksAhead)
     given: list[object] = []
 
     async def check(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
@@ -770,3 +783,27 @@ async def test_a_list_that_answers_on_the_spot_is_asked_in_the_handler(h: Harnes
     h.behaviour = check
     await h.deliver("echo", payload={"to": "+12125550123"})
     assert given == [h.suppressions]
+
+
+async def test_sqlite_reads_the_recipients_lookup_in_the_claims_transaction(h: Harness) -> None:
+    """SQLite asks ahead too: the lookup is queued with the claim, and the handler's check reads its answer."""
+    await h.suppressions.add("default", "+12125550123", reason="STOP", source="test", now=1.0)
+    batches: list[int] = []
+    flush = h.store.conn._flush
+
+    def counting_flush() -> None:
+        batches.append(len(h.store.conn._pending))
+        flush()
+
+    h.store.conn._flush = counting_flush  # type: ignore[method-assign]
+    given: list[object] = []
+
+    async def check(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
+        given.append(ctx.suppressions)
+        given.append(await ctx.suppressions.contains(ctx.account, "+12125550123"))
+        return {"ok": True}
+
+    h.behaviour = check
+    await h.deliver("echo", payload={"to": "+12125550123"})
+    assert isinstance(given[0], RecipientAskedAhead) and given[1] is True
+    assert batches[0] == 2  # the lookup and the claim, one transaction

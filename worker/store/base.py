@@ -136,13 +136,14 @@ class SuppressionList(Protocol):
 
 @runtime_checkable
 class AsksAhead(Protocol):
-    """A suppression list whose lookups travel to a server (Redis, PostgreSQL).
+    """A suppression list whose lookups can go with this loop turn's other store calls (every backend).
 
     ``contains_soon`` sends the lookup with this loop turn's other store calls and
     returns the answer to come (truthy: the number is on the list). The dispatcher
     asks for a command's recipient together with its claim (see
     :class:`RecipientAskedAhead`): the two travel in the same turn instead of one
-    round trip after the other. SQLite answers on the spot and does not need it.
+    round trip after the other (Redis, PostgreSQL), or are read in one transaction
+    instead of two (SQLite).
     """
 
     def contains_soon(self, account: str, number: str) -> Awaitable[Any]: ...

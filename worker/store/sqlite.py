@@ -369,6 +369,9 @@ class SQLiteIdempotencyStore:
         self.conn.close()
 
 
+_CONTAINS = "SELECT 1 FROM suppressions WHERE account = ? AND number = ?"
+
+
 class SQLiteSuppressionList:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -404,10 +407,21 @@ class SQLiteSuppressionList:
         return await self.conn.write(op)
 
     async def contains(self, account: str, number: str) -> bool:
-        row = self.conn.reader.execute(
-            "SELECT 1 FROM suppressions WHERE account = ? AND number = ?", (account, number)
-        ).fetchone()
+        row = self.conn.reader.execute(_CONTAINS, (account, number)).fetchone()
         return row is not None
+
+    def contains_soon(self, account: str, number: str) -> asyncio.Future[bool]:
+        """The lookup read in this loop turn's write transaction, with the claim sent in the same turn.
+
+        A lookup on its own is a read transaction of its own: two file locks taken and given
+        back (``fcntl``), about ten times the cost of the same read inside the batch's
+        transaction. Its answer is ready when the claim's is.
+        """
+
+        def op(conn: sqlite3.Cursor) -> bool:
+            return conn.execute(_CONTAINS, (account, number)).fetchone() is not None
+
+        return self.conn.write(op)
 
     async def list(self, account: str | None = None) -> list[dict[str, Any]]:
         query = "SELECT account, number, reason, source, created_at FROM suppressions"
