@@ -41,24 +41,32 @@ async def _until(condition: Any, seconds: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def _queue_and_watched_channel(
+    connection: Connection,
+) -> tuple[Channel, str, Channel, list[tuple[int, bool]]]:
+    """A queue holding ``COUNT`` messages (and the channel that made it), and a channel whose acks are recorded."""
+    setup = await connection.channel()
+    queue = f"test.acks.{uuid.uuid4().hex[:8]}"
+    await setup.queue_declare(queue, durable=False, auto_delete=False)
+    for index in range(COUNT):
+        setup.publish("", queue, str(index).encode(), pika.BasicProperties())
+    channel = await connection.channel()
+    sent: list[tuple[int, bool]] = []
+    raw_ack = channel.raw.basic_ack
+
+    def spy(delivery_tag: int = 0, multiple: bool = False) -> None:
+        sent.append((delivery_tag, multiple))
+        raw_ack(delivery_tag, multiple)
+
+    channel.raw.basic_ack = spy  # type: ignore[method-assign]
+    return setup, queue, channel, sent
+
+
 async def test_batched_acks_settle_exactly_the_acked_deliveries(topology_declared: None) -> None:
     """Acked out of order over several loop turns, one left unacked: only that one is still held."""
     connection = await Connection.connect(AMQP_URL, name="switchboard-test-acks")
     try:
-        setup = await connection.channel()
-        queue = f"test.acks.{uuid.uuid4().hex[:8]}"
-        await setup.queue_declare(queue, durable=False, auto_delete=False)
-        for index in range(COUNT):
-            setup.publish("", queue, str(index).encode(), pika.BasicProperties())
-        channel = await connection.channel()
-        sent: list[tuple[int, bool]] = []
-        raw_ack = channel.raw.basic_ack
-
-        def spy(delivery_tag: int = 0, multiple: bool = False) -> None:
-            sent.append((delivery_tag, multiple))
-            raw_ack(delivery_tag, multiple)
-
-        channel.raw.basic_ack = spy  # type: ignore[method-assign]
+        setup, queue, channel, sent = await _queue_and_watched_channel(connection)
         tags = await _consume(channel, queue)
         held = tags[COUNT // 2]  # never acked: a multiple ack must not take it along
         to_ack = [tag for tag in tags if tag != held]
@@ -92,20 +100,7 @@ async def test_an_ack_asked_for_by_a_confirm_leaves_with_that_confirm(topology_d
     task awaiting the publish wakes. A publish the broker returns never calls it: that delivery stays held."""
     connection = await Connection.connect(AMQP_URL, name="switchboard-test-ack-on-confirm")
     try:
-        setup = await connection.channel()
-        queue = f"test.acks.{uuid.uuid4().hex[:8]}"
-        await setup.queue_declare(queue, durable=False, auto_delete=False)
-        for index in range(COUNT):
-            setup.publish("", queue, str(index).encode(), pika.BasicProperties())
-        consume = await connection.channel()
-        sent: list[int] = []
-        raw_ack = consume.raw.basic_ack
-
-        def spy(delivery_tag: int = 0, multiple: bool = False) -> None:
-            sent.append(delivery_tag)
-            raw_ack(delivery_tag, multiple)
-
-        consume.raw.basic_ack = spy  # type: ignore[method-assign]
+        setup, queue, consume, sent = await _queue_and_watched_channel(connection)
         tags = await _consume(consume, queue)
         publish = await connection.channel()
         await publish.enable_confirms()
@@ -114,7 +109,7 @@ async def test_an_ack_asked_for_by_a_confirm_leaves_with_that_confirm(topology_d
             "", queue, b"event", pika.BasicProperties(), then=lambda: consume.ack(tags[0])
         )
         await confirmed
-        assert sent == [tags[0]], "the ack did not leave with the confirm"
+        assert [tag for tag, _ in sent] == [tags[0]], "the ack did not leave with the confirm"
 
         returned = publish.publish(
             "",
@@ -127,7 +122,7 @@ async def test_an_ack_asked_for_by_a_confirm_leaves_with_that_confirm(topology_d
         with pytest.raises(PublishReturned):
             await returned
         await asyncio.sleep(0)
-        assert sent == [tags[0]], "a returned publish acked its delivery"
+        assert [tag for tag, _ in sent] == [tags[0]], "a returned publish acked its delivery"
 
         await consume.close()
         await _until(lambda: consume.closed_reason is not None)
