@@ -90,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
         "--profile", action="store_true", help="sample the worker with py-spy; summaries in bench/results/"
     )
     parser.add_argument(
+        "--loop-stats",
+        action="store_true",
+        help="time each worker's loop turns, holds and SQLite batches (bench/loopstats); summaries in bench/results/",
+    )
+    parser.add_argument(
         "--worker-log-level",
         default="INFO",
         help="SWITCHBOARD_LOG_LEVEL of the worker (its default: one line per command, as in production)",
@@ -120,6 +125,7 @@ def _config(args: argparse.Namespace, workdir: Path, stamp: str) -> RunConfig:
         results_dir=RESULTS,
         stamp=stamp,
         profile=args.profile,
+        loop_stats=args.loop_stats,
         redis_url=args.redis_url,
         postgres_url=args.postgres_url,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import multiprocessing
+import os
 import signal
 import urllib.request
 import uuid
@@ -26,6 +27,8 @@ from bench.otlp_sink import OtlpSink
 from bench.profile import summarize
 
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/switchboard_bench"
+LOOP_STATS = Path(__file__).parent / "loopstats"
+"""Holds the ``sitecustomize`` that ``--loop-stats`` puts on the worker's ``PYTHONPATH``."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class RunConfig:
     results_dir: Path
     stamp: str
     profile: bool = False
+    loop_stats: bool = False
     worker_log_level: str = "INFO"
     redis_url: str = "redis://127.0.0.1:6379/15"
     postgres_url: str = POSTGRES_URL
@@ -296,6 +300,11 @@ class Worker:
             if self.sample_ratio:
                 self.env["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
                 self.env["OTEL_TRACES_SAMPLER_ARG"] = self.sample_ratio
+        if self.config.loop_stats:
+            self.env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(LOOP_STATS), os.environ.get("PYTHONPATH")])
+            )
+            self.env["SWITCHBOARD_BENCH_LOOP_STATS"] = str(self.loop_stats_path)
         self.managed = procs.start_worker(self.env, self.metrics_port, self.config.logdir, self.name)
         if self.config.profile:
             self.spy = procs.start_py_spy(self.managed.pid, self.profile_path, self.config.logdir)
@@ -304,6 +313,10 @@ class Worker:
     @property
     def profile_path(self) -> Path:
         return self.config.results_dir / f"profile-{self.config.stamp}-{self.name}.txt"
+
+    @property
+    def loop_stats_path(self) -> Path:
+        return self.config.results_dir / f"loopstats-{self.config.stamp}-{self.name}.md"
 
     def stop(self) -> list[str]:
         """Stop py-spy (it writes its output on SIGINT), then the worker; notes about what was saved."""
@@ -321,6 +334,8 @@ class Worker:
             if code != 0:
                 notes.append(f"worker exited with {code} on SIGTERM")
             self.managed = None
+            if self.config.loop_stats and self.loop_stats_path.exists():
+                notes.append(f"loop stats: {self.loop_stats_path}")
         if self.sink is not None and "OTEL_EXPORTER_OTLP_ENDPOINT" in self.env:
             notes.append(f"tracing: {self.sink.exports} OTLP exports received")
             self.sink.__exit__()
