@@ -95,6 +95,13 @@ def _parser() -> argparse.ArgumentParser:
         help="time each worker's loop turns, holds and SQLite batches (bench/loopstats); summaries in bench/results/",
     )
     parser.add_argument(
+        "--calibrate",
+        default="",
+        metavar="US,...",
+        help="also run baselines spending this many more microseconds of CPU a command (100,200): what a"
+        " consumer's CPU per command costs the ceiling, next to the worker's",
+    )
+    parser.add_argument(
         "--worker-log-level",
         default="INFO",
         help="SWITCHBOARD_LOG_LEVEL of the worker (its default: one line per command, as in production)",
@@ -126,6 +133,7 @@ def _config(args: argparse.Namespace, workdir: Path, stamp: str) -> RunConfig:
         stamp=stamp,
         profile=args.profile,
         loop_stats=args.loop_stats,
+        calibrate_us=tuple(float(value) for value in args.calibrate.split(",") if value.strip()),
         redis_url=args.redis_url,
         postgres_url=args.postgres_url,
     )
@@ -179,6 +187,13 @@ def _throughput(config: RunConfig, groups: set[str], worker_ok: bool, no_confirm
         systems.append(("baseline", functools.partial(scenarios.baseline, confirms=True)))
         if no_confirms:
             systems.append(("baseline, no confirms", functools.partial(scenarios.baseline, confirms=False)))
+        systems += [
+            (
+                scenarios.calibrated_name(burn),
+                functools.partial(scenarios.baseline, confirms=True, burn_us=burn),
+            )
+            for burn in config.calibrate_us
+        ]
     if worker_ok and "worker" in groups:
         systems += [
             (f"worker [{store}]", functools.partial(scenarios.worker, store=store)) for store in config.stores

@@ -19,6 +19,11 @@ straight after publishing (reported, not the ceiling).
 
 The one task per message is the HTTP call: aiohttp needs a coroutine.
 
+``--burn-us N`` spends N us of the thread's CPU on each command before its
+HTTP call (a busy wait on ``time.thread_time``): ``python -m bench --calibrate``
+runs such baselines next to the bare one, to show what each extra
+microsecond of a consumer's CPU per command costs the ceiling.
+
 Run alone: ``python -m bench.baseline --sim-url http://127.0.0.1:PORT/api/2020``
 prints ``READY`` on stdout once consuming, and stops on SIGTERM or ``--max-seconds``.
 """
@@ -31,6 +36,7 @@ import base64
 import contextlib
 import signal
 import sys
+import time
 from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlencode
@@ -44,6 +50,13 @@ from bench.amqp import BASELINE_QUEUE, EVENTS_EXCHANGE
 from worker import amqp_tuning, collector
 
 _EVENT_PROPERTIES = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+
+
+def burn(seconds: float) -> None:
+    """Spend ``seconds`` of this thread's CPU (not wall time: a preempted wait would spend less)."""
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
 
 
 class Acks:
@@ -93,6 +106,7 @@ class Baseline:
         confirms: bool,
         prefetch: int,
         queue: str = BASELINE_QUEUE,
+        burn_seconds: float = 0.0,
     ) -> None:
         self.amqp_url = amqp_url
         self.send_url = sim_url.rstrip("/") + "/send"
@@ -101,6 +115,7 @@ class Baseline:
         self.confirms = confirms
         self.prefetch = prefetch
         self.queue = queue
+        self.burn_seconds = burn_seconds
         self.tasks: set[asyncio.Task[None]] = set()
         self.acks = Acks()
         # publish sequence number -> the delivery tag of the command it answers, in publish order
@@ -165,6 +180,8 @@ class Baseline:
         task.add_done_callback(self.tasks.discard)
 
     async def _handle(self, delivery_tag: int, body: bytes) -> None:
+        if self.burn_seconds:
+            burn(self.burn_seconds)
         command = orjson.loads(body)
         assert self.session is not None
         async with self.session.post(
@@ -227,6 +244,7 @@ async def _run(args: argparse.Namespace) -> int:
         authorization="Basic " + base64.b64encode(f"{args.account_key}:{args.token}".encode()).decode(),
         confirms=args.confirms,
         prefetch=args.prefetch,
+        burn_seconds=args.burn_us / 1e6,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -251,6 +269,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token", default="bench-token")
     parser.add_argument("--prefetch", type=int, default=256)
     parser.add_argument("--confirms", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--burn-us",
+        type=float,
+        default=0.0,
+        help="CPU to spend on each command, in microseconds (calibration)",
+    )
     parser.add_argument("--max-seconds", type=float, default=3600.0, help="stop by itself after this long")
     parser.add_argument(
         "--gc-young-threshold",

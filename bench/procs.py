@@ -135,14 +135,16 @@ def start_simulator(
 
 def start_baseline(
     *, amqp_url: str, sim_url: str, confirms: bool, prefetch: int, account_key: str, token: str,
-    logdir: Path, max_seconds: float,
+    logdir: Path, max_seconds: float, burn_us: float = 0.0,
 ) -> Managed:  # fmt: skip
     argv = [
         sys.executable, "-m", "bench.baseline", "--amqp-url", amqp_url, "--sim-url", sim_url,
         "--prefetch", str(prefetch), "--confirms" if confirms else "--no-confirms",
         "--account-key", account_key, "--token", token, "--max-seconds", str(max_seconds),
+        "--burn-us", str(burn_us),
     ]  # fmt: skip
-    managed = spawn("baseline" + ("" if confirms else "-noconfirm"), argv, logdir)
+    name = "baseline" + ("" if confirms else "-noconfirm") + (f"-burn{burn_us:g}us" if burn_us else "")
+    managed = spawn(name, argv, logdir)
     wait_for_line(managed, "READY")
     return managed
 

@@ -50,6 +50,8 @@ class RunConfig:
     stamp: str
     profile: bool = False
     loop_stats: bool = False
+    calibrate_us: tuple[float, ...] = ()
+    """CPU per command added to extra baselines (``--calibrate``), in microseconds."""
     worker_log_level: str = "INFO"
     redis_url: str = "redis://127.0.0.1:6379/15"
     postgres_url: str = POSTGRES_URL
@@ -196,14 +198,20 @@ def calibration(config: RunConfig) -> list[Row]:
     return [_row("harness ceiling", "publisher+collector", 0, run(plan), None)]
 
 
-def baseline(config: RunConfig, sim: Simulator, *, confirms: bool, paced: bool = True) -> list[Row]:
-    """The bare consumer on its own quorum queue: flooded with ``commands``, then paced."""
+def baseline(
+    config: RunConfig, sim: Simulator, *, confirms: bool, paced: bool = True, burn_us: float = 0.0
+) -> list[Row]:
+    """The bare consumer on its own quorum queue: flooded with ``commands``, then paced.
+
+    ``burn_us``: the calibration baseline (``--calibrate``), spending that much more CPU a command.
+    """
     amqp.ensure_baseline_queue(config.amqp_url)
     amqp.purge(config.amqp_url, amqp.BASELINE_QUEUE)
-    system = "baseline" if confirms else "baseline, no confirms"
+    system = calibrated_name(burn_us) if burn_us else "baseline" if confirms else "baseline, no confirms"
     managed = procs.start_baseline(
         amqp_url=config.amqp_url, sim_url=sim.base_url, confirms=confirms, prefetch=config.max_in_flight,
         account_key=config.account_key, token=config.token, logdir=config.logdir, max_seconds=3600,
+        burn_us=burn_us,
     )  # fmt: skip
     profile = config.results_dir / f"profile-{config.stamp}-{system.replace(', ', '-').replace(' ', '-')}.txt"
     spy = procs.start_py_spy(managed.pid, profile, config.logdir) if config.profile else None
@@ -216,6 +224,10 @@ def baseline(config: RunConfig, sim: Simulator, *, confirms: bool, paced: bool =
             if profile.exists():
                 profile.with_suffix(".md").write_text(summarize(profile))
         managed.stop()
+
+
+def calibrated_name(burn_us: float) -> str:
+    return f"baseline +{burn_us:g} us CPU"
 
 
 def _flood_and_paced(

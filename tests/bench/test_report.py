@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bench import procstat, report
 from bench.profile import area, parse, summarize
-from bench.scenarios import Row
+from bench.scenarios import Row, calibrated_name
 
 
 def _row(system: str, rate: float, latency: float = 50, scenario: str = "throughput", rss: float = 60) -> Row:
@@ -24,6 +24,13 @@ def test_ratio_is_against_the_confirmed_baseline_at_the_same_latency() -> None:
     rows = [_row("baseline", 2000), _row("baseline, no confirms", 4000), _row("worker [sqlite]", 1500)]
     assert report.ratio_of(rows[2], rows) == 0.75
     assert math.isnan(report.ratio_of(_row("worker [sqlite]", 1500, latency=0), rows))
+
+
+def test_a_calibration_baseline_is_measured_against_the_bare_one_and_is_no_target() -> None:
+    """``--calibrate`` rows get their ratio to the bare baseline; the issue's targets are the worker's only."""
+    rows = [_row("baseline", 2000), _row(calibrated_name(100), 1700), _row("worker [sqlite]", 1500)]
+    assert report.ratio_of(rows[1], rows) == 0.85
+    assert {check["system"] for check in report.targets(rows)} == {"worker [sqlite]"}
 
 
 def test_targets_say_met_missed_or_not_measured() -> None:
