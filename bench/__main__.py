@@ -114,6 +114,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace, workdir: Path, stamp: str) -> RunConfig:
     quick = args.quick
+    try:
+        calibrate = tuple(float(value) for value in args.calibrate.split(",") if value.strip())
+    except ValueError:
+        calibrate = (0.0,)
+    if any(not burn > 0 for burn in calibrate):
+        raise SystemExit(f"--calibrate takes microseconds above 0 (100,200), not {args.calibrate!r}")
     return RunConfig(
         amqp_url=args.amqp_url,
         stores=tuple(store.strip() for store in args.store.split(",") if store.strip()),
@@ -133,7 +139,7 @@ def _config(args: argparse.Namespace, workdir: Path, stamp: str) -> RunConfig:
         stamp=stamp,
         profile=args.profile,
         loop_stats=args.loop_stats,
-        calibrate_us=tuple(float(value) for value in args.calibrate.split(",") if value.strip()),
+        calibrate_us=calibrate,
         redis_url=args.redis_url,
         postgres_url=args.postgres_url,
     )
