@@ -105,7 +105,8 @@ def _install(output: str) -> None:
             sizes = sorted(size for size, _, _ in flushes)
             lines.append(
                 f"- SQLite write batches: {len(flushes):,}, writes p50 {sizes[len(sizes) // 2]}, "
-                f"CPU {sum(cpu for _, _, cpu in flushes):.2f} s; wall {_quantiles([wall for _, wall, _ in flushes])}"
+                f"CPU {sum(cpu for _, _, cpu in flushes):.2f} s, wall {sum(wall for _, wall, _ in flushes):.2f} s"
+                f" (the loop held meanwhile); wall {_quantiles([wall for _, wall, _ in flushes])}"
             )
         lines += ["", "| ms in turns over 20 ms | callbacks | what |", "|---:|---:|---|"]
         for name, seconds in sorted(slow_time.items(), key=lambda item: -item[1])[:12]:

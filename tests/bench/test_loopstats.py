@@ -12,9 +12,14 @@ from bench.scenarios import LOOP_STATS
 SCRIPT = """
 import asyncio
 
+from worker.store import sqlite
+
 async def main():
     for _ in range(50):
         await asyncio.sleep(0)
+    conn = sqlite.connect(":memory:")
+    for _ in range(3):  # three batches of two writes
+        await asyncio.gather(*(conn.write(lambda cursor: cursor.execute("SELECT 1")) for _ in range(2)))
 
 asyncio.run(main())
 """
@@ -40,6 +45,9 @@ def test_a_worker_run_writes_its_loop_statistics(tmp_path: Path) -> None:
     turns = next(line for line in summary.splitlines() if line.startswith("- turns:"))
     assert int(turns.split()[2].rstrip(";").replace(",", "")) >= 50  # each sleep(0) is a turn
     assert "- hold (delivery to its ack leaving): none" in summary  # no deliveries here
+    batches = next(line for line in summary.splitlines() if line.startswith("- SQLite write batches:"))
+    assert batches.startswith("- SQLite write batches: 3, writes p50 2, CPU ")
+    assert " s (the loop held meanwhile); wall n 3, " in batches
 
 
 def test_other_commands_are_left_alone(tmp_path: Path) -> None:
