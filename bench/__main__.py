@@ -114,12 +114,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace, workdir: Path, stamp: str) -> RunConfig:
     quick = args.quick
+    refused = SystemExit(f"--calibrate takes microseconds above 0 (100,200), not {args.calibrate!r}")
     try:
         calibrate = tuple(float(value) for value in args.calibrate.split(",") if value.strip())
     except ValueError:
-        calibrate = (0.0,)
-    if any(not burn > 0 for burn in calibrate):
-        raise SystemExit(f"--calibrate takes microseconds above 0 (100,200), not {args.calibrate!r}")
+        raise refused from None
+    if any(not burn > 0 for burn in calibrate):  # also NaN
+        raise refused
     return RunConfig(
         amqp_url=args.amqp_url,
         stores=tuple(store.strip() for store in args.store.split(",") if store.strip()),
