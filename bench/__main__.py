@@ -257,6 +257,10 @@ def _document(
             "latency": "meta.sent_at (set at publish) -> event received; under a flood it includes queueing, "
             "the 'latency @N/s' rows publish at a fixed rate below the ceiling",
             "cpu_seconds_per_1k": "utime+stime of the process under test over the run, per 1,000 events",
+            "machine_cpu_seconds_per_1k": "busy time of every core (/proc/stat) over the run, per 1,000"
+            " events: the process under test, the broker, the simulator, the store server, the harness",
+            "broker_cpu_seconds_per_1k": "utime+stime of beam.smp over the run, per 1,000 events",
+            "database_cpu_seconds_per_1k": "utime+stime of every postgres process over the run, per 1,000 events",
             "peak_rss_mb": "VmHWM of the process under test (started afresh for each scenario)",
             "ratio": "worker rate / confirmed baseline rate at the same vendor latency",
         },

@@ -16,6 +16,8 @@ from bench import procstat, stats
 from bench.amqp import Collected, CollectJob, PublishJob, collect_process, publish_process
 
 _CTX = multiprocessing.get_context("spawn")
+NEIGHBOURS = frozenset({"beam.smp", "postgres"})
+"""The broker's and PostgreSQL's processes: what a consumer makes them do costs the same cores."""
 _START = time.monotonic()
 
 
@@ -34,6 +36,10 @@ class Measured:
     last_publish: float | None = None
     cpu_seconds: float = math.nan
     peak_rss_bytes: int = 0
+    machine_cpu_seconds: float = math.nan
+    """Busy CPU of every core over the run: the process under test and all beside it."""
+    neighbour_cpu_seconds: dict[str, float] = field(default_factory=dict)
+    """CPU of the servers beside it over the run, by command name (:data:`NEIGHBOURS`)."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -116,6 +122,8 @@ def run(plan: Plan) -> Measured:
         raise RuntimeError("the event collector did not start within 30 s")
     pid = plan.launch() if plan.launch is not None else plan.pid
     cpu_before = procstat.usage(pid).cpu_seconds if pid is not None else math.nan
+    machine_before = procstat.machine_busy_seconds()
+    neighbours_before = procstat.cpu_by_name(NEIGHBOURS)
     publisher, published = None, None
     if plan.publish is not None:
         published = _CTX.Queue()
@@ -134,6 +142,11 @@ def run(plan: Plan) -> Measured:
             notes.append(f"deadline: stopped after {plan.max_seconds:.0f} s")
             break
     measured = Measured(collected=Collected(), expected=plan.expected, notes=notes)
+    measured.machine_cpu_seconds = procstat.machine_busy_seconds() - machine_before
+    neighbours_after = procstat.cpu_by_name(NEIGHBOURS)
+    measured.neighbour_cpu_seconds = {
+        name: neighbours_after[name] - neighbours_before[name] for name in sorted(NEIGHBOURS)
+    }
     if pid is not None:
         usage = procstat.usage(pid)
         measured.cpu_seconds = usage.cpu_seconds - cpu_before

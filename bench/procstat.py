@@ -74,3 +74,34 @@ def usage(pid: int) -> Usage:
         except (OSError, ValueError):
             continue
     return Usage(cpu_seconds=cpu, peak_rss_bytes=peak, rss_bytes=rss)
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core spent busy since boot (``/proc/stat``: all but idle and iowait).
+
+    On a shared two-core machine the broker, the simulator and the store server run
+    beside the process under test: a consumer's rate is bounded by all of them.
+    """
+    fields = (_PROC / "stat").read_text().splitlines()[0].split()[1:]
+    # user nice system idle iowait irq softirq steal (guest and guest_nice are inside user/nice)
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(value) for value in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
+def cpu_by_name(names: frozenset[str]) -> dict[str, float]:
+    """CPU seconds of every live process whose command name is in ``names``, summed by name.
+
+    Processes that exit between two readings take their time with them: read it
+    around a run of long-lived servers (the broker's ``beam.smp``, ``postgres``'s backends).
+    """
+    found = dict.fromkeys(names, 0.0)
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            name = (entry / "comm").read_text().strip()
+            if name in found:
+                found[name] += cpu_seconds(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue  # exited while we looked
+    return found

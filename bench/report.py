@@ -70,9 +70,10 @@ def table(rows: Sequence[Row]) -> str:
     """A Markdown table, one line per row, ready to paste into the README."""
     header = (
         "| scenario | system | vendor ms | commands | cmd/s | cmd/s end-to-end | x baseline "
-        "| p50 ms | p99 ms | CPU s / 1k | peak RSS MB | vendor calls |"
+        "| p50 ms | p99 ms | CPU s / 1k | peak RSS MB | vendor calls "
+        "| machine CPU s / 1k | broker CPU s / 1k | PostgreSQL CPU s / 1k |"
     )
-    lines = [header, "|" + "---|" * 2 + "---:|" * 10]
+    lines = [header, "|" + "---|" * 2 + "---:|" * 13]
     for row in rows:
         calls = "-" if row.vendor_calls is None else f"{row.vendor_calls:,}"
         if row.vendor_repeats:
@@ -81,6 +82,8 @@ def table(rows: Sequence[Row]) -> str:
             row.scenario, row.system, f"{row.vendor_latency_ms:g}", f"{row.commands:,}", _number(row.rate),
             _number(row.rate_end_to_end), _number(ratio_of(row, rows), 2), _number(row.p50_ms, 1),
             _number(row.p99_ms, 1), _number(row.cpu_seconds_per_1k, 2), _number(row.peak_rss_mb), calls,
+            _number(row.machine_cpu_seconds_per_1k, 2), _number(row.broker_cpu_seconds_per_1k, 2),
+            _number(row.database_cpu_seconds_per_1k, 2),
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

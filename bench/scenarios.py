@@ -96,6 +96,9 @@ class Row:
     vendor_repeats: int | None  # texts sent more than once for the same command
     statuses: dict[str, int]
     notes: list[str] = field(default_factory=list)
+    machine_cpu_seconds_per_1k: float = math.nan  # every core's busy time, whatever ran on it
+    broker_cpu_seconds_per_1k: float = math.nan  # beam.smp
+    database_cpu_seconds_per_1k: float = math.nan  # postgres (every backend and the server)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -115,6 +118,11 @@ class Calls:
         return Calls(self.sent - other.sent, self.repeated - other.repeated)
 
 
+def _per_1k(seconds: float | None, measured: Measured) -> float:
+    count = measured.collected.count
+    return seconds * 1000 / count if count and seconds is not None else math.nan
+
+
 def _row(scenario: str, system: str, latency_ms: float, measured: Measured, calls: Calls | None) -> Row:
     notes = list(measured.notes)
     if calls is not None and calls.repeated:
@@ -129,14 +137,15 @@ def _row(scenario: str, system: str, latency_ms: float, measured: Measured, call
         publish_rate=measured.publish_rate(),
         p50_ms=measured.latency_ms(50),
         p99_ms=measured.latency_ms(99),
-        cpu_seconds_per_1k=measured.cpu_seconds * 1000 / measured.collected.count
-        if measured.collected.count
-        else math.nan,
+        cpu_seconds_per_1k=_per_1k(measured.cpu_seconds, measured),
         peak_rss_mb=measured.peak_rss_bytes / 2**20 if measured.peak_rss_bytes else math.nan,
         vendor_calls=None if calls is None else calls.sent,
         vendor_repeats=None if calls is None else calls.repeated,
         statuses=dict(measured.collected.statuses),
         notes=notes,
+        machine_cpu_seconds_per_1k=_per_1k(measured.machine_cpu_seconds, measured),
+        broker_cpu_seconds_per_1k=_per_1k(measured.neighbour_cpu_seconds.get("beam.smp"), measured),
+        database_cpu_seconds_per_1k=_per_1k(measured.neighbour_cpu_seconds.get("postgres"), measured),
     )
 
 

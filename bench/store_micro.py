@@ -3,7 +3,9 @@
 Each round, ``--batch`` commands run at once, each as the worker's would: a claim, an
 opt-out lookup, then the outcome stored; the claims, the lookups and the completes of one
 round share their loop turns, as the worker's do. CPU time (``time.process_time``: the
-database server's work is not counted) per command, the least of the rounds' averages::
+database server's work is not counted) per command, the least of the rounds' averages;
+for PostgreSQL also its server's CPU per command over all rounds (every ``postgres``
+process on this machine, from /proc)::
 
     .venv/bin/python -m bench.store_micro --store sqlite --rounds 200
     .venv/bin/python -m bench.store_micro --store postgresql://postgres@127.0.0.1:5432/h_store_bench
@@ -26,6 +28,7 @@ import tempfile
 import time
 from urllib.parse import urlparse
 
+from bench import procstat
 from worker.store import ClaimStatus, Stores, open_stores
 
 
@@ -82,7 +85,8 @@ class _Rounds:
         return runs
 
 
-def _main(url: str, rounds: int, batch: int, warmup: int, replays: float) -> list[float]:
+def _main(url: str, rounds: int, batch: int, warmup: int, replays: float) -> tuple[list[float], float]:
+    """CPU us per command of each round, and the PostgreSQL server's per command over them all."""
     loop = asyncio.new_event_loop()
     if urlparse(url).scheme.startswith("postgres"):
         loop.run_until_complete(_ensure_postgres(url))
@@ -93,15 +97,20 @@ def _main(url: str, rounds: int, batch: int, warmup: int, replays: float) -> lis
     bench = _Rounds(stores, batch, replays)
     try:
         loop.run_until_complete(bench.run(warmup))
+        server_before = procstat.cpu_by_name(_SERVER)["postgres"]
         # Only what runs inside functools.reduce is counted by valgrind --tool=callgrind
         # --collect-atstart=no --toggle-collect=functools_reduce: no start-up, no warm-up.
         runs: list[float] = functools.reduce(
             lambda _, __: loop.run_until_complete(bench.run(rounds)), [[], []]
         )
+        server = (procstat.cpu_by_name(_SERVER)["postgres"] - server_before) / (rounds * batch) * 1e6
     finally:
         loop.run_until_complete(stores.close())
         loop.close()
-    return runs
+    return runs, server
+
+
+_SERVER = frozenset({"postgres"})
 
 
 def main() -> None:
@@ -118,11 +127,12 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/store.sqlite3" if args.store == "sqlite" else args.store
-        runs = _main(url, args.rounds, args.batch, args.warmup, args.replays)
+        runs, server = _main(url, args.rounds, args.batch, args.warmup, args.replays)
     runs.sort()
+    served = f"; the server {server:.1f} us per command" if url.startswith("postgres") else ""
     print(
         f"{args.store.split('@')[-1]}: {args.batch} commands x {args.rounds} rounds:"
-        f" {runs[0]:.1f} us CPU per command at best, median {runs[len(runs) // 2]:.1f}",
+        f" {runs[0]:.1f} us CPU per command at best, median {runs[len(runs) // 2]:.1f}{served}",
         file=sys.stderr,
     )
 
