@@ -104,3 +104,37 @@ async def test_wait_sent_returns_once_every_batch_in_flight_is_done() -> None:
     statements.release.set()
     await waiting
     assert future.done()
+
+
+async def test_calls_made_while_a_statement_is_out_go_together_in_the_next() -> None:
+    """One statement at a time: under load the batches grow instead of statements piling up."""
+    statements = Statements()
+    statements.release.clear()
+    batcher = Batcher(statements.send, key=_key)
+    first = batcher.submit(("a", 1))
+    await asyncio.sleep(0)
+    assert statements.batches == [[("a", 1)]]
+    waiting = [batcher.submit(("b", 2))]
+    await asyncio.sleep(0)
+    waiting.append(batcher.submit(("c", 3)))
+    await asyncio.sleep(0)
+    assert statements.batches == [[("a", 1)]]  # nothing else sent while the first is out
+    statements.release.set()
+    assert await first == (("a", 1), 1)
+    assert await asyncio.gather(*waiting) == [(("b", 2), 2), (("c", 3), 2)]
+    assert statements.batches == [[("a", 1)], [("b", 2), ("c", 3)]]
+
+
+async def test_a_call_made_as_the_last_batch_ends_is_still_sent() -> None:
+    """A call made in the turn the flushing task ends (before its done callbacks ran) starts a batch."""
+    statements = Statements()
+    batcher = Batcher(statements.send)
+    later: list[asyncio.Future[tuple[tuple[str, int], int]]] = []
+
+    def submit_more(_: object) -> None:
+        later.append(batcher.submit(("late", 2)))
+
+    first = batcher.submit(("first", 1))
+    first.add_done_callback(submit_more)  # runs right after the answer, before the task's own callbacks
+    assert await first == (("first", 1), 1)
+    assert await asyncio.wait_for(later[0], timeout=5) == (("late", 2), 2)
