@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 from phonenumbers import timezone as number_timezones
 
+from worker.phone_numbers import parse_international
+
 
 class WindowError(ValueError):
     """A sending window or time zone that cannot be read."""
@@ -53,7 +55,7 @@ class SendingWindow:
         if not number:
             return self.account_zone
         try:
-            parsed = phonenumbers.parse(number, None)
+            parsed = parse_international(number)
         except phonenumbers.NumberParseException:
             return self.account_zone
         zones = [z for z in number_timezones.time_zones_for_number(parsed) if z != "Etc/Unknown"]

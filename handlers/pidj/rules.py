@@ -21,6 +21,7 @@ import phonenumbers
 
 from handlers.pidj import iso3166
 from worker.errors import InvalidPayload
+from worker.phone_numbers import parse_international
 
 MAX_TEXT_BODY = 1600
 """'Message lengths greater than 1,600 characters will be truncated' (POST /send)."""
@@ -136,10 +137,11 @@ def e164(value: Any, field: str) -> str:
 
 @functools.lru_cache(maxsize=65536)
 def _parse_e164(value: str) -> tuple[str, str | None]:
-    """(E.164, None) or ("", why not). Cached: parsing costs ~20 us and the
-    same numbers (a campaign's sender above all) come back again and again."""
+    """(E.164, None) or ("", why not). Cached: checking costs ~10 us (~25 us for text not
+    in E.164 form) and the same numbers (a campaign's sender above all) come back again
+    and again; a campaign's recipients do not, hence the shortcut of ``parse_international``."""
     try:
-        number = phonenumbers.parse(value, None)
+        number = parse_international(value)
     except phonenumbers.NumberParseException:
         return "", "is not a phone number"
     if not phonenumbers.is_valid_number(number):
