@@ -14,14 +14,14 @@ def _reference(text: str) -> phonenumbers.PhoneNumber | str:
     try:
         return phonenumbers.parse(text, None)
     except phonenumbers.NumberParseException as exc:
-        return f"{exc.error_type}: {exc._msg}"
+        return f"{exc.error_type}: {exc}"
 
 
 def _ours(text: str) -> phonenumbers.PhoneNumber | str:
     try:
         return parse_international(text)
     except phonenumbers.NumberParseException as exc:
-        return f"{exc.error_type}: {exc._msg}"
+        return f"{exc.error_type}: {exc}"
 
 
 def _samples() -> list[str]:
