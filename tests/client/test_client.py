@@ -229,24 +229,27 @@ class TestCall:
         command_type: str,
     ) -> None:
         """If the connection drops while waiting, call() re-publishes the same id to a new reply queue."""
-        first_seen = threading.Event()
+        waiting = threading.Event()
 
         def answer(envelope: dict[str, Any], seen: int) -> list[dict[str, Any]]:
             if seen == 1:
-                first_seen.set()  # stay silent: the test cuts the connection now
-                return []
+                return [terminal(envelope, "progress")]  # no outcome: the test cuts the connection now
             return [terminal(envelope)]
 
         fake = responder(answer)
 
-        def cut_after_first_delivery() -> None:
-            if first_seen.wait(10):
+        def cut_while_waiting() -> None:
+            # Cut once call() is waiting (its progress callback ran): cut earlier, while the publish
+            # still waits for its confirm, and the publish itself is retried, a third copy.
+            if waiting.wait(10):
                 proxy.cut()
 
-        cutter = threading.Thread(target=cut_after_first_delivery)
+        cutter = threading.Thread(target=cut_while_waiting)
         cutter.start()
         with Switchboard(proxied_url, payload_schemas=payload_schemas) as sb:
-            event = sb.call(command_type, PAYLOAD, id="resilient", timeout=20)
+            event = sb.call(
+                command_type, PAYLOAD, id="resilient", timeout=20, on_event=lambda _event: waiting.set()
+            )
         cutter.join()
         assert event["command_id"] == "resilient"
         assert fake.seen["resilient"] == 2
