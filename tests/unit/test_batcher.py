@@ -138,3 +138,22 @@ async def test_a_call_made_as_the_last_batch_ends_is_still_sent() -> None:
     first.add_done_callback(submit_more)  # runs right after the answer, before the task's own callbacks
     assert await first == (("first", 1), 1)
     assert await asyncio.wait_for(later[0], timeout=5) == (("late", 2), 2)
+
+
+async def test_an_error_of_the_batcher_itself_fails_the_waiting_calls_and_the_next_call_is_sent() -> None:
+    """A failure outside the statement (here the key function) fails the calls it stranded, once;
+    the batcher is not left flushing, so the next call goes out."""
+    statements = Statements()
+
+    def key(item: tuple[str, int]) -> str:
+        if item[0] == "bad":
+            raise ValueError("no key")
+        return item[0]
+
+    batcher = Batcher(statements.send, key=key)
+    stranded = [batcher.submit(("bad", 1)), batcher.submit(("other", 2))]
+    for future in stranded:
+        with pytest.raises(ValueError, match="no key"):
+            await asyncio.wait_for(future, timeout=5)
+    assert statements.batches == []
+    assert await asyncio.wait_for(batcher.submit(("good", 3)), timeout=5) == (("good", 3), 1)

@@ -350,15 +350,22 @@ class Batcher(Generic[Item, Result]):
         """Send what is pending, then what came meanwhile, until nothing is left."""
         try:
             await self._send_all()
-        except asyncio.CancelledError:  # the loop is closing: the calls still waiting see it too
+        except BaseException as exc:
+            # The loop is closing (cancelled), or a bug of ours: the calls still waiting see it
+            # too, rather than wait for ever or be sent by a task that fails the same way.
             for _, future in self._pending:
-                future.cancel()
+                if future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)
+                else:
+                    future.cancel()
             self._pending = []
             raise
         finally:
+            # Nothing is pending here: the loop ends only when nothing is left, with no await
+            # between that check and this line.
             self._flushing = False
-            if self._pending:  # left by an error of our own: not to wait for ever
-                self._start()
 
     async def _send_all(self) -> None:
         while True:
@@ -366,19 +373,23 @@ class Batcher(Generic[Item, Result]):
             batch: list[tuple[Item, asyncio.Future[Result]]] = []
             later: list[tuple[Item, asyncio.Future[Result]]] = []
             seen: set[Hashable] = set()
-            for item, future in calls:
-                if future.done():  # cancelled by its caller before it was sent
-                    continue
-                if self._key is not None:
-                    key = self._key(item)
-                    if key in seen:
-                        later.append((item, future))
+            try:
+                for item, future in calls:
+                    if future.done():  # cancelled by its caller before it was sent
                         continue
-                    seen.add(key)
-                if len(batch) < BATCH_MAX:
-                    batch.append((item, future))
-                else:
-                    later.append((item, future))
+                    if self._key is not None:
+                        key = self._key(item)
+                        if key in seen:
+                            later.append((item, future))
+                            continue
+                        seen.add(key)
+                    if len(batch) < BATCH_MAX:
+                        batch.append((item, future))
+                    else:
+                        later.append((item, future))
+            except BaseException:
+                self._pending[:0] = calls  # for _flush to fail them
+                raise
             self._pending[:0] = later  # before what came meanwhile: calls keep their order
             if batch:
                 await self._run(batch)
