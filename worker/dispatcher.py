@@ -152,6 +152,8 @@ class Dispatcher:
     def settings(self, settings: DispatchSettings) -> None:
         """Build the gates and the executor once, from the settings (again only when they change)."""
         self._settings = settings
+        # Checked twenty times a handler timeout, at most once a second: 60 s fires by 61 s.
+        self.deadlines = deadline.Deadlines(tick=min(1.0, settings.handler_timeout_seconds / 20))
         self.before_claim = gates.before_claim(
             self.validators, self.clients, self.controls, settings.defer_seconds
         )
@@ -451,8 +453,8 @@ class Dispatcher:
     ) -> dict[str, Any] | Continue | SwitchboardError:
         """The handler's outcome as a value; it never raises."""
         try:
-            # asyncio.timeout, not wait_for: wait_for wraps the call in one more task per command.
-            async with asyncio.timeout(self.settings.handler_timeout_seconds) as timeout:
+            # Not wait_for (one more task per command), nor asyncio.timeout (a timer per command).
+            async with self.deadlines(self.settings.handler_timeout_seconds) as timeout:
                 token = deadline.current.set(timeout)  # handlers may extend it for sized work (uploads)
                 try:
                     return await spec.handler(payload, ctx)

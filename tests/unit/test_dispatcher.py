@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import time
 from collections.abc import Awaitable, Callable
@@ -270,6 +271,23 @@ async def test_maybe_applied_error_on_unsafe_command_is_outcome_unknown(h: Harne
     assert event["error"]["code"] == OutcomeUnknown.code
     assert event["error"]["details"]["cause"]["code"] == "vendor_timeout"
     assert len(h.outbox.dead) == 1
+
+
+async def test_a_handler_past_its_timeout_ends_as_a_handler_timeout(h: Harness) -> None:
+    """The dispatcher's deadline ends a handler that never returns; unsafe, the command is outcome_unknown."""
+    h.dispatcher.settings = dataclasses.replace(h.dispatcher.settings, handler_timeout_seconds=0.05)
+
+    async def hangs(payload: dict[str, Any], ctx: CommandContext[Any]) -> dict[str, Any]:
+        await asyncio.Event().wait()  # never set
+        raise AssertionError("unreachable")
+
+    h.behaviour = hangs
+    await asyncio.wait_for(h.deliver("charge"), 10)
+    event = h.outbox.events[0]
+    assert event["error"]["code"] == OutcomeUnknown.code
+    assert event["error"]["details"]["cause"]["code"] == "handler_timeout"
+    assert h.channel.acked == [1]
+    assert h.dispatcher.deadlines.running == set()
 
 
 async def test_gives_up_after_max_attempts(h: Harness) -> None:
