@@ -13,6 +13,7 @@ command is acked) and must not raise.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -63,6 +64,11 @@ class Observer:
 class Metrics(Observer):
     """Prometheus counters and the one summary log line per command."""
 
+    def __init__(self) -> None:
+        self._line: Any = None
+        """The logger of the summary line, bound at its first line (as structlog would cache it), so
+        that no line a command goes through the lazy proxy's attribute lookup and ``bind`` again."""
+
     def received(self, type: str) -> None:
         COMMANDS_RECEIVED.labels(type).inc()
 
@@ -96,7 +102,10 @@ class Metrics(Observer):
         COMMANDS_FINISHED.labels(type, status).inc()
         if code is not None:
             COMMAND_ERRORS.labels(type, code).inc()
-        log.info("command finished", status=status, code=code, attempts=attempts, duration_ms=duration_ms)
+        line = self._line
+        if line is None:
+            line = self._line = log.bind()
+        line.info("command finished", status=status, code=code, attempts=attempts, duration_ms=duration_ms)
 
 
 class Spans(Observer):

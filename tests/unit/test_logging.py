@@ -128,3 +128,45 @@ def test_a_stream_that_is_gone_loses_the_lines_but_not_the_caller(capfd: pytest.
     assert "1 log lines lost" in capfd.readouterr().err
     writer.write("still logging")  # the writer keeps working; nothing is held back
     assert writer._lines == []
+
+
+def _configured_lines(monkeypatch: pytest.MonkeyPatch, direct: bool) -> list[str]:
+    """The lines ``configure("INFO", "json")`` writes for LINES' info lines, with or without the direct ``info``."""
+    stream = io.StringIO()
+    monkeypatch.setattr(worker_logging.sys, "stdout", stream)
+    monkeypatch.setattr(worker_logging.time, "time_ns", lambda: 1_790_000_000_123_456_000)
+    if not direct:
+        monkeypatch.setattr(worker_logging, "_direct_info", lambda base, writer: base)
+    worker_logging.configure("INFO", "json")
+    worker_logging.clear_context()
+    worker_logging.bind_context(command_id="cmd-1", type="send_text", account="+18885559999")
+    logger = structlog.get_logger("switchboard.test").bind()
+    assert ("DirectInfo" in type(logger).info.__qualname__) is direct
+    for method_name, event_dict in LINES:
+        if method_name == "info":
+            fields = dict(event_dict)
+            logger.info(fields.pop("event"), **fields)
+    logger.info("with %s", "interpolation")
+    worker_logging._flush_at_exit()
+    return stream.getvalue().splitlines()
+
+
+def test_the_direct_info_writes_the_line_structlogs_info_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's own ``info`` (one line a command) skips structlog's layers, not a byte of the line."""
+    try:
+        direct = _configured_lines(monkeypatch, direct=True)
+        stock = _configured_lines(monkeypatch, direct=False)
+    finally:
+        monkeypatch.undo()  # the real stdout again, then the configuration the other tests had
+        worker_logging.configure("INFO", "json")
+    assert len(direct) == 3
+    assert direct == stock
+
+
+def test_captured_logs_still_see_the_lines_of_the_direct_info() -> None:
+    """structlog's capture_logs swaps the processors in place: the direct ``info`` must notice and step aside."""
+    worker_logging.configure("INFO", "json")
+    logger = structlog.get_logger("switchboard.test").bind()
+    with structlog.testing.capture_logs() as captured:
+        logger.info("captured", n=1)
+    assert captured == [{"event": "captured", "n": 1, "log_level": "info"}]
