@@ -34,6 +34,7 @@ import phonenumbers
 
 from worker.config import ConfigError, load_settings
 from worker.events import utc_iso
+from worker.phone_numbers import is_valid
 from worker.store import Stores, SuppressionList, open_stores
 
 COLUMNS = ("number", "reason", "source", "created_at", "account")
@@ -68,7 +69,7 @@ def normalise(value: str, region: str | None = None) -> str:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
         raise ValueError(f"{text!r} is not a phone number") from None
-    if not phonenumbers.is_valid_number(number):
+    if not is_valid(number):
         raise ValueError(f"{text!r} is not a valid phone number")
     formatted: str = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     return formatted

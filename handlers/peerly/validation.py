@@ -23,6 +23,7 @@ from typing import Any
 import phonenumbers
 
 from worker.errors import InvalidPayload
+from worker.phone_numbers import is_valid
 
 MAPPABLE_COLUMNS = (
     "lead_phone",
@@ -136,7 +137,7 @@ def normalise_phone(raw: str) -> str | None:
         number = phonenumbers.parse(raw, "US")
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_valid_number(number):
+    if not is_valid(number):
         return None
     if phonenumbers.region_code_for_number(number) not in _PHONE_REGIONS:
         return None

@@ -21,7 +21,7 @@ import phonenumbers
 
 from handlers.pidj import iso3166
 from worker.errors import InvalidPayload
-from worker.phone_numbers import parse_international
+from worker.phone_numbers import is_valid, parse_international
 
 MAX_TEXT_BODY = 1600
 """'Message lengths greater than 1,600 characters will be truncated' (POST /send)."""
@@ -144,7 +144,7 @@ def _parse_e164(value: str) -> tuple[str, str | None]:
         number = parse_international(value)
     except phonenumbers.NumberParseException:
         return "", "is not a phone number"
-    if not phonenumbers.is_valid_number(number):
+    if not is_valid(number):
         return "", "is not a valid phone number"
     formatted: str = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     return formatted, None

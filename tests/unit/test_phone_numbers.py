@@ -1,4 +1,5 @@
-"""worker.phone_numbers.parse_international agrees with phonenumbers.parse(text, None) on every input."""
+"""worker.phone_numbers agrees with phonenumbers: parse_international with parse(text, None), is_valid
+with is_valid_number, on every input."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import random
 import phonenumbers
 import pytest
 
-from worker.phone_numbers import parse_international
+from worker.phone_numbers import is_valid, parse_international
 
 
 def _reference(text: str) -> phonenumbers.PhoneNumber | str:
@@ -73,3 +74,27 @@ def test_a_number_in_e164_form_is_read_off_its_digits() -> None:
     number = parse_international("+18885553333")
     assert (number.country_code, number.national_number) == (1, 8885553333)
     assert phonenumbers.is_valid_number(number)
+
+
+def test_is_valid_agrees_with_phonenumbers_is_valid_number_on_every_country_code() -> None:
+    numbers = [number for number in map(_ours, _samples()) if not isinstance(number, str)]
+    valid = [number for number in numbers if phonenumbers.is_valid_number(number)]
+    # Both answers well represented: valid numbers of every kind, invalid ones of every country code.
+    assert len(valid) > 1_500
+    assert len(numbers) - len(valid) > 10_000
+    assert len({number.country_code for number in valid}) > 200
+    disagree = [number for number in numbers if is_valid(number) != phonenumbers.is_valid_number(number)]
+    assert disagree == []
+
+
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    # +1: the US by its patterns, Canada and the Caribbean after it; +44: Guernsey, Jersey and the
+    # Isle of Man by their leading digits; +7: Kazakhstan by its; a country code of one region.
+    [("+12125550123", True), ("+14165550123", True), ("+12642920000", True), ("+15555550123", False),
+     ("+447911123456", True), ("+447781123456", True), ("+77012345678", True), ("+33612345678", True),
+     ("+33012345678", False), ("+8005551234", False), ("+80012345678", True)],
+)  # fmt: skip
+def test_is_valid_on_numbers_of_shared_country_codes(text: str, valid: bool) -> None:
+    number = phonenumbers.parse(text, None)
+    assert is_valid(number) is valid is phonenumbers.is_valid_number(number)
