@@ -257,25 +257,29 @@ class Dispatcher:
             return
         if self._ask_ahead is not None and spec.recipient is not None:
             self._ask_for_recipient(run, spec.recipient, self._ask_ahead)
-        decision = await self._claim(run, now)
-        if decision is not None:
-            await execute(delivery, started, decision, run)
-            return
-        lease = run.lease
         try:
-            decision = await self._run(run)
-            await execute(delivery, started, decision, run)
-        except Exception:
-            if not (run.reconcile or run.called):
-                # Failed before the vendor was called (the store or broker answered with an
-                # error): give the claim back, or its redelivery would find a lapsed lease
-                # and end an unsafe command outcome_unknown although nothing was sent.
-                await self._release_quietly(run)
-            raise
+            decision = await self._claim(run, now)
+            if decision is not None:
+                await execute(delivery, started, decision, run)
+                return
+            lease = run.lease
+            try:
+                decision = await self._run(run)
+                await execute(delivery, started, decision, run)
+            except Exception:
+                if not (run.reconcile or run.called):
+                    # Failed before the vendor was called (the store or broker answered with an
+                    # error): give the claim back, or its redelivery would find a lapsed lease
+                    # and end an unsafe command outcome_unknown although nothing was sent.
+                    await self._release_quietly(run)
+                raise
+            finally:
+                # Only our own lease: a copy of this command that this worker claimed after we
+                # released it (a doubled publish) holds a lease of its own, still to be renewed.
+                self.leases.drop(run.key, lease)
         finally:
-            # Only our own lease: a copy of this command that this worker claimed after we
-            # released it (a doubled publish) holds a lease of its own, still to be renewed.
-            self.leases.drop(run.key, lease)
+            if run.recipient_lookup is not None:
+                _unread(run.recipient_lookup[1])
 
     @staticmethod
     def _ask_for_recipient(
@@ -289,10 +293,7 @@ class Dispatcher:
         number = recipient(run.payload)
         if not number:
             return
-        answer = ask(run.command.account, number)
-        if isinstance(answer, asyncio.Future):
-            answer.add_done_callback(_consume)  # an unread failure (the command did not run) is not logged
-        run.recipient_lookup = (number, answer)
+        run.recipient_lookup = (number, ask(run.command.account, number))
 
     async def _claim(self, run: InFlight, now: float) -> Decision | None:
         """Take the command, or the decision when it is not ours to run (None: run it; ``run.lease`` is held)."""
@@ -478,6 +479,17 @@ class Dispatcher:
             return PermanentError(
                 f"internal error in the handler: {exc.__class__.__name__}", code="internal_error"
             )
+
+
+def _unread(answer: Awaitable[Any]) -> None:
+    """The command is done with its recipient's lookup: a failure nobody read (the command did not
+    run, or ended before its handler asked) is not logged as never retrieved. Checked once the
+    command is settled, when the lookup has almost always answered: no callback a command."""
+    if isinstance(answer, asyncio.Future):
+        if answer.done():
+            _consume(answer)
+        else:
+            answer.add_done_callback(_consume)
 
 
 def _consume(answer: asyncio.Future[Any]) -> None:

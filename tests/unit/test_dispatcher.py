@@ -777,6 +777,29 @@ async def test_an_answer_nobody_reads_is_not_reported(ahead: Harness) -> None:
     assert reported == []
 
 
+async def test_a_failed_lookup_of_a_command_whose_claim_failed_is_not_reported(
+    ahead: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store fails the claim and the lookup: the command goes back to the queue, and the
+    lookup's failure, which nobody reads, is not logged as never retrieved."""
+    suppressions = ahead.suppressions
+    assert isinstance(suppressions, ListAskedAhead)
+    suppressions.fail = ConnectionError("store down")
+
+    async def claim_fails(*args: Any) -> Any:
+        await asyncio.sleep(0.01)  # the lookup has answered (failed) by now
+        raise ConnectionError("store down")
+
+    monkeypatch.setattr(ahead.store, "claim", claim_fails)
+    reported: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: reported.append(context))
+    await ahead.deliver("echo", payload={"to": "+12125550123"})
+    assert ahead.channel.nacked == [1] and ahead.calls == 0
+    assert suppressions._answering.done()
+    gc.collect()
+    assert reported == []
+
+
 class AnswersOnTheSpot(SQLiteSuppressionList):
     """A list with no lookup to send ahead (a backend without ``contains_soon``)."""
 
