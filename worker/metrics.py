@@ -10,6 +10,7 @@ publisher inventing types must not be able to create series (see
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Container
 from typing import TYPE_CHECKING, Any, Self
 
@@ -24,16 +25,38 @@ else:
     _Base = object
 
 
+_PLAIN_VALUES = prometheus_client.values.ValueClass is prometheus_client.values.MutexValue
+"""Values kept in this process (not prometheus_client's multiprocess files): a float and its lock."""
+
+
 class _CachedLabels(_Base):
-    """``labels(...)`` answered from a dict once a label set has been seen.
+    """``labels(...)`` answered from a dict once a label set has been seen; cheaper updates.
 
     prometheus_client checks the label count, converts every value to ``str``
     and takes a lock on each ``labels()`` call; the worker calls it several
     times per command with the same few label sets. The children are still
     prometheus_client's, so what is exported does not change.
+
+    A command updates about ten series (received, handled, finished, in flight, the
+    vendor's requests and latency, segments). prometheus_client checks on each update
+    that the metric is not a labelled parent (two method calls), finds a histogram's
+    bucket by walking its bounds in Python, and adds under the value's lock in a method
+    of its own with a ``with``: about 6k instructions an increment, 10k an observation.
+    The subclasses' overrides make the same updates under the same locks, with an
+    attribute test and a bisection; anything unusual (an exemplar, a negative count,
+    NaN, a labelled parent, a gauge in mostrecent mode, multiprocess values) goes to
+    prometheus_client's own method, which raises or records exactly as before.
+    ``tests/unit/test_metrics.py`` compares the exposition.
     """
 
     _children: dict[tuple[Any, ...], Any] | None = None
+    _plain = False
+    """Set on a metric that holds in-process values (a ``labels()`` child, a metric without
+    labels); never on a labelled parent: prometheus_client only inits values where they are."""
+
+    def _metric_init(self) -> None:
+        super()._metric_init()  # type: ignore[no-untyped-call]
+        self._plain = _PLAIN_VALUES
 
     def labels(self, *values: Any, **named: Any) -> Self:
         if named:
@@ -54,16 +77,46 @@ class _CachedLabels(_Base):
         super().clear()
 
 
+def _add(value: Any, amount: float) -> None:
+    """``MutexValue.inc``: the same lock held, without a ``with`` and its method lookups."""
+    lock = value._lock
+    lock.acquire()
+    try:
+        value._value += amount
+    finally:
+        lock.release()
+
+
 class Counter(_CachedLabels, prometheus_client.Counter):
-    pass
+    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        if exemplar or not amount >= 0 or not self._plain:
+            return super().inc(amount, exemplar)
+        _add(self._value, amount)
+        return None
 
 
 class Gauge(_CachedLabels, prometheus_client.Gauge):
-    pass
+    def inc(self, amount: float = 1) -> None:
+        if self._is_most_recent or not self._plain:
+            return super().inc(amount)
+        _add(self._value, amount)
+        return None
+
+    def dec(self, amount: float = 1) -> None:
+        if self._is_most_recent or not self._plain:
+            return super().dec(amount)
+        _add(self._value, -amount)
+        return None
 
 
 class Histogram(_CachedLabels, prometheus_client.Histogram):
-    pass
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        if exemplar or amount != amount or not self._plain:  # amount != amount: NaN, in no bucket
+            return super().observe(amount, exemplar)
+        _add(self._sum, amount)
+        # The first bound at or above the amount, as the loop it stands for finds it (the last is +Inf).
+        _add(self._buckets[bisect_left(self._upper_bounds, amount)], 1)
+        return None
 
 
 UNKNOWN_TYPE = "unknown"
