@@ -18,6 +18,7 @@ import pika
 
 from worker import topology, tracing
 from worker.amqp import PUBLISH_TAG_HEADER, Channel, Confirmed, ConnectionLost
+from worker.event_properties import EventProperties
 
 PERSISTENT = 2
 
@@ -141,9 +142,7 @@ class Outbox:
         headers: dict[str, Any],
         then: Confirmed | None,
     ) -> None:
-        properties = pika.BasicProperties(
-            content_type="application/json",
-            delivery_mode=PERSISTENT,
+        properties = EventProperties(
             message_id=event_id,
             correlation_id=command_id,
             type=routing_key,
