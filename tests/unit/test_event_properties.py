@@ -24,6 +24,15 @@ EVENTS: list[dict[str, Any]] = [
     {"message_id": "m", "correlation_id": None, "type": "invalid.rejected", "timestamp": 1},  # unreadable command
     {"message_id": "m", "correlation_id": "c", "type": "t.succeeded", "timestamp": 1,
      "headers": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}},
+    {"message_id": "m", "correlation_id": "c", "type": "t.succeeded", "timestamp": 1,
+     "headers": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+                 "tracestate": "vendor=ünïcode,other=" + "x" * 300}},  # UTF-8, longer than a short string
+    {"message_id": "m", "correlation_id": "c", "type": "t.succeeded", "timestamp": 1, "headers": {}},
+    # not text: pika's own encoding
+    {"message_id": "m", "correlation_id": "c", "type": "t.succeeded", "timestamp": 1,
+     "headers": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "n": 7}},
+    {"message_id": "m", "correlation_id": "c", "type": "t.succeeded", "timestamp": 1, "headers": {"b": b"\x00"}},
+    {"message_id": "m", "correlation_id": None, "type": "t.rejected", "timestamp": 1, "headers": {"k": "v"}},
 ]  # fmt: skip
 
 
@@ -52,9 +61,23 @@ def test_whatever_is_set_after_it_is_built_is_encoded_too() -> None:
     assert b"".join(ours.encode()) == b"".join(expected.encode())
 
 
+def test_a_header_added_to_its_table_after_it_is_built_is_encoded_too() -> None:
+    ours = EventProperties(
+        **EVENTS[0], headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    )
+    ours.headers["x-switchboard-publish-tag"] = 7
+    expected = _stock(**EVENTS[0], headers=dict(ours.headers))
+    assert b"".join(ours.encode()) == b"".join(expected.encode())
+
+
 def test_a_value_too_long_for_a_short_string_is_refused_as_pika_refuses_it() -> None:
     fields = {**EVENTS[0], "correlation_id": "c" * 256}
     with pytest.raises(ShortStringTooLong):
         _stock(**fields).encode()
     with pytest.raises(ShortStringTooLong):
         EventProperties(**fields).encode()
+    headers = {"k" * 256: "v"}
+    with pytest.raises(ShortStringTooLong):
+        _stock(**EVENTS[0], headers=headers).encode()
+    with pytest.raises(ShortStringTooLong):
+        EventProperties(**EVENTS[0], headers=headers).encode()
