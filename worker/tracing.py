@@ -27,10 +27,17 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision, ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from worker.spans import Recorder
+from worker.spans import CommandSpan, Recorder
 
 TRACER_NAME = "switchboard"
 
@@ -44,6 +51,9 @@ class _State:
     drops_root: Callable[[int], bool] | None = None
     """Whether the recorder's sampler drops a span without a parent, from its trace id alone
     (see :func:`_root_decision`); None when only asking the sampler tells."""
+    samples_children = False
+    """Whether the recorder's sampler samples every child of a sampled local span, as it is
+    (see :func:`_child_decision`): a command's client and publish spans then skip asking it."""
 
 
 state = _State()
@@ -77,7 +87,9 @@ def _recorder() -> Recorder | None:
     if state.recorder_provider is not installed:
         state.recorder_provider = installed
         state.recorder = Recorder(installed, TRACER_NAME) if isinstance(installed, _Provider) else None
-        state.drops_root = None if state.recorder is None else _root_decision(state.recorder.provider.sampler)
+        sampler = None if state.recorder is None else state.recorder.provider.sampler
+        state.drops_root = None if sampler is None else _root_decision(sampler)
+        state.samples_children = sampler is not None and _child_decision(sampler)
     return state.recorder
 
 
@@ -98,6 +110,20 @@ def _root_decision(sampler: Sampler | None) -> Callable[[int], bool] | None:
         bound, limit = sampler.bound, TraceIdRatioBased.TRACE_ID_LIMIT
         return lambda trace_id: trace_id & limit >= bound
     return None
+
+
+def _child_decision(sampler: Sampler) -> bool:
+    """Whether ``sampler`` samples any child of a sampled local parent, its attributes and the
+    parent's trace state unchanged: what the SDK's own samplers decide for a command's client and
+    publish spans (``parentbased_*`` with the default ``local_parent_sampled``, ``always_on``, and
+    ``traceidratio``, whose child shares the sampled parent's trace id). Any other is asked.
+    """
+    if isinstance(sampler, ParentBased):
+        return (
+            type(sampler).should_sample is ParentBased.should_sample
+            and getattr(sampler, "_local_parent_sampled", None) is ALWAYS_ON
+        )
+    return sampler is ALWAYS_ON or type(sampler) is TraceIdRatioBased
 
 
 class _Resource(Resource):
@@ -220,18 +246,48 @@ def inject(headers: dict[str, Any]) -> None:
     tracecontext propagator writes it (it carries no baggage: none is extracted).
     """
     span = _command_span.get()
-    if span is None or span.is_recording():
+    if span is None:
         propagate.inject(headers)
         return
-    if not _W3C_ONLY:
+    if _W3C_ONLY:
+        if type(span) is _Dropped:
+            headers["traceparent"] = span.traceparent()
+            return
+        # A span we record is current in the OpenTelemetry context too (``_Current``); an
+        # unsampled one is not, but is the command's context all the same.
+        if type(span) is CommandSpan or not span.is_recording():
+            span_context = span.get_span_context()
+            headers["traceparent"] = (
+                f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+            )
+            if span_context.trace_state:
+                headers["tracestate"] = span_context.trace_state.to_header()
+            return
+    if span.is_recording():
+        propagate.inject(headers)  # the SDK's span, current in the context
+    else:
         propagate.inject(headers, context=trace.set_span_in_context(span))
-        return
-    span_context = span.get_span_context()
-    headers["traceparent"] = (
-        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
-    )
-    if span_context.trace_state:
-        headers["tracestate"] = span_context.trace_state.to_header()
+
+
+class _Dropped(NonRecordingSpan):
+    """The span of a command the sampler dropped at once: two ids, its ``SpanContext`` made only if asked.
+
+    Nine commands in ten, with one in ten sampled: what tracing costs them is what
+    this span costs. Its trace is not sampled, has no parent and no trace state.
+    """
+
+    def __init__(self, trace_id: int, span_id: int) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+
+    def get_span_context(self) -> SpanContext:
+        return SpanContext(self.trace_id, self.span_id, is_remote=False)
+
+    def traceparent(self) -> str:
+        return f"00-{self.trace_id:032x}-{self.span_id:016x}-00"
+
+    def __repr__(self) -> str:
+        return f"_Dropped(trace_id={self.trace_id:032x}, span_id={self.span_id:016x})"
 
 
 _NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext()
@@ -277,8 +333,7 @@ def process_span(
     if recorder is not None and drops is not None and parent is _NO_PARENT:
         trace_id = recorder.ids.generate_trace_id()
         if drops(trace_id):
-            span_id = recorder.ids.generate_span_id()
-            return _CommandScope(NonRecordingSpan(SpanContext(trace_id, span_id, is_remote=False)))
+            return _CommandScope(_Dropped(trace_id, recorder.ids.generate_span_id()))
     name = f"process {queue}"
     attributes = {
         "messaging.system": "rabbitmq",
@@ -292,15 +347,22 @@ def process_span(
         attributes["messaging.message.id"] = message_id
     if recorder is None:
         return _sdk_process_span(name, parent, attributes)
-    span = _start(
-        recorder, parent, trace.get_current_span(parent), name, SpanKind.CONSUMER, attributes, trace_id
-    )
+    if trace_id is not None:
+        # Kept by one of the SDK's samplers, which then samples with these attributes and no
+        # trace state (a root has none to inherit): the span it would make, without asking.
+        return _Current(
+            recorder.start(
+                name, SpanKind.CONSUMER, attributes, trace_id=trace_id, parent=None, trace_state=None
+            ),
+            parent,
+        )
+    span = _start(recorder, parent, trace.get_current_span(parent), name, SpanKind.CONSUMER, attributes)
     if not span.is_recording():
         # Unsampled: nothing to record, and the OpenTelemetry context is left alone
         # (attach/detach would cost more than the rest): what needs this span reads it
         # from _command_span.
         return _CommandScope(span)
-    return _recorded_process_span(span, parent)
+    return _Current(span, parent)
 
 
 @contextlib.contextmanager
@@ -316,12 +378,6 @@ def _sdk_process_span(name: str, parent: otel_context.Context, attributes: dict[
             _command_span.reset(token)
 
 
-@contextlib.contextmanager
-def _recorded_process_span(span: Span, parent: otel_context.Context) -> Iterator[Span]:
-    with _current(span, parent):
-        yield span
-
-
 def _start(
     recorder: Recorder,
     context: otel_context.Context,
@@ -329,14 +385,10 @@ def _start(
     name: str,
     kind: SpanKind,
     attributes: dict[str, Any],
-    root_trace_id: int | None = None,
 ) -> Span:
     """A span as the SDK's ``Tracer.start_span`` would make it: the provider's sampler decides."""
     parent = parent_span.get_span_context()
-    if parent.is_valid:
-        trace_id = parent.trace_id
-    else:
-        trace_id = root_trace_id if root_trace_id is not None else recorder.ids.generate_trace_id()
+    trace_id = parent.trace_id if parent.is_valid else recorder.ids.generate_trace_id()
     decision = recorder.provider.sampler.should_sample(context, trace_id, name, kind, attributes)
     sampled = decision.decision is Decision.RECORD_AND_SAMPLE
     flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
@@ -361,26 +413,45 @@ def _start(
     )
 
 
-@contextlib.contextmanager
-def _current(span: Span, parent: otel_context.Context | None = None) -> Iterator[None]:
-    """The span current (for this command and in the OpenTelemetry context) until it ends.
+def _child(recorder: Recorder, command: Span, name: str, kind: SpanKind, attributes: dict[str, Any]) -> Span:
+    """A span under the command's sampled span (a vendor call, a publish), as ``_start`` makes it."""
+    if not state.samples_children:
+        return _start(recorder, trace.set_span_in_context(command), command, name, kind, attributes)
+    parent = command.get_span_context()
+    return recorder.start(
+        name, kind, attributes, trace_id=parent.trace_id, parent=parent, trace_state=parent.trace_state
+    )
+
+
+class _Current:
+    """``with``: the span current (for this command and in the OpenTelemetry context) until it ends.
 
     Like the SDK's ``start_as_current_span``: an exception leaving it is recorded on
-    the span, which then ends with an error status.
+    the span, which then ends with an error status. A class, not a generator: a sampled
+    command enters three of these.
     """
-    context_token = otel_context.attach(trace.set_span_in_context(span, parent))
-    token = _command_span.set(span)
-    try:
-        yield
-    except BaseException as exc:
-        if not isinstance(exc, GeneratorExit):
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-        raise
-    finally:
-        _command_span.reset(token)
-        otel_context.detach(context_token)
-        span.end()
+
+    __slots__ = ("context_token", "parent", "span", "token")
+
+    def __init__(self, span: Span, parent: otel_context.Context | None = None) -> None:
+        self.span = span
+        self.parent = parent
+
+    def __enter__(self) -> Span:
+        self.context_token = otel_context.attach(trace.set_span_in_context(self.span, self.parent))
+        self.token = _command_span.set(self.span)
+        return self.span
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        span = self.span
+        try:
+            if exc is not None and not isinstance(exc, GeneratorExit):
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        finally:
+            _command_span.reset(self.token)
+            otel_context.detach(self.context_token)
+            span.end()
 
 
 def current_command_span() -> Span:
@@ -392,17 +463,24 @@ def current_command_span() -> Span:
 def trace_id_hex(span: Span | None) -> str | None:
     if span is None:
         return None
+    if type(span) is _Dropped:
+        return f"{span.trace_id:032x}"
     span_context = span.get_span_context()
     return format(span_context.trace_id, "032x") if span_context.is_valid else None
 
 
 def publish_span(
     exchange: str, routing_key: str, message_id: str | None, headers: dict[str, Any]
-) -> AbstractContextManager[None]:
+) -> AbstractContextManager[object]:
     """``publish <exchange>``; injects its context into ``headers``."""
     if not state.enabled:
         return _NO_SPAN
-    command = current_command_span()
+    command = _command_span.get()
+    if type(command) is _Dropped and _W3C_ONLY:
+        headers["traceparent"] = command.traceparent()  # as inject() writes it, without asking again
+        return _NO_SPAN
+    if command is None:
+        command = trace.get_current_span()
     if not command.is_recording():
         # Not sampled: no span to make, but the context (sampled=0) still goes on.
         inject(headers)
@@ -410,10 +488,9 @@ def publish_span(
     return _publish_span(exchange, routing_key, message_id, headers, command)
 
 
-@contextlib.contextmanager
 def _publish_span(
     exchange: str, routing_key: str, message_id: str | None, headers: dict[str, Any], command: Span
-) -> Iterator[None]:
+) -> AbstractContextManager[object]:
     name = f"publish {exchange or '(default)'}"
     attributes = {
         "messaging.system": "rabbitmq",
@@ -425,14 +502,30 @@ def _publish_span(
         attributes["messaging.message.id"] = message_id
     recorder = _recorder()
     if recorder is None:
-        with tracer().start_as_current_span(name, kind=SpanKind.PRODUCER, attributes=attributes):
-            inject(headers)
-            yield
-        return
-    span = _start(recorder, trace.set_span_in_context(command), command, name, SpanKind.PRODUCER, attributes)
-    with _current(span):
+        return _sdk_publish_span(name, attributes, headers)
+    return _Publishing(_child(recorder, command, name, SpanKind.PRODUCER, attributes), headers)
+
+
+@contextlib.contextmanager
+def _sdk_publish_span(name: str, attributes: dict[str, Any], headers: dict[str, Any]) -> Iterator[None]:
+    with tracer().start_as_current_span(name, kind=SpanKind.PRODUCER, attributes=attributes):
         inject(headers)
         yield
+
+
+class _Publishing(_Current):
+    """A publish span, current while the message is published; its context goes in the message's headers."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, span: Span, headers: dict[str, Any]) -> None:
+        super().__init__(span)
+        self.headers = headers
+
+    def __enter__(self) -> Span:
+        span = super().__enter__()
+        inject(self.headers)
+        return span
 
 
 def client_span(
@@ -447,10 +540,9 @@ def client_span(
     return _client_span(vendor, method, endpoint, url_host, port, command)
 
 
-@contextlib.contextmanager
 def _client_span(
     vendor: str, method: str, endpoint: str, url_host: str | None, port: int | None, command: Span
-) -> Iterator[Span | None]:
+) -> AbstractContextManager[Span | None]:
     attributes: dict[str, Any] = {
         "http.request.method": method,
         "url.template": endpoint,
@@ -463,12 +555,8 @@ def _client_span(
     name = f"{method} {endpoint}"
     recorder = _recorder()
     if recorder is None:
-        with tracer().start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes) as sdk_span:
-            yield sdk_span
-        return
-    span = _start(recorder, trace.set_span_in_context(command), command, name, SpanKind.CLIENT, attributes)
-    with _current(span):
-        yield span
+        return tracer().start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+    return _Current(_child(recorder, command, name, SpanKind.CLIENT, attributes))
 
 
 def record_status(span: Span | None, status: int | None, error: BaseException | None = None) -> None:

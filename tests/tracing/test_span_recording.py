@@ -188,6 +188,13 @@ class _ReadsAttributes(Sampler):
         return "reads attributes"
 
 
+class _OwnParentRule(ParentBased):
+    """A parent-based sampler with a rule of its own: its root alone does not tell."""
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> Any:
+        return ALWAYS_ON.should_sample(*args, **kwargs)
+
+
 @pytest.mark.parametrize(
     "sampler",
     [ParentBasedTraceIdRatio(0.1), TraceIdRatioBased(0.3), ALWAYS_OFF, ParentBased(ALWAYS_OFF)],
@@ -198,17 +205,80 @@ def test_the_quick_root_decision_is_the_samplers(sampler: Sampler) -> None:
     drops = tracing._root_decision(sampler)
     assert drops is not None
     ids = RandomIdGenerator()
+    attributes = {"messaging.system": "rabbitmq"}
     for _ in range(2000):
         trace_id = ids.generate_trace_id()
-        decision = sampler.should_sample(tracing._NO_PARENT, trace_id, "process q").decision
-        assert drops(trace_id) == (decision is Decision.DROP)
+        result = sampler.should_sample(
+            tracing._NO_PARENT, trace_id, "process q", SpanKind.CONSUMER, attributes
+        )
+        assert drops(trace_id) == (result.decision is Decision.DROP)
+        if result.decision is not Decision.DROP:
+            # What process_span then records without asking: sampled, these attributes, no trace state.
+            assert result.decision is Decision.RECORD_AND_SAMPLE
+            assert dict(result.attributes) == attributes and result.trace_state is None
 
 
-class _OwnParentRule(ParentBased):
-    """A parent-based sampler with a rule of its own: its root alone does not tell."""
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        ParentBasedTraceIdRatio(0.1),
+        ParentBased(ALWAYS_OFF),
+        ParentBased(ALWAYS_ON),
+        ALWAYS_ON,
+        TraceIdRatioBased(0.5),
+    ],
+    ids=[
+        "parentbased_traceidratio",
+        "parentbased_always_off",
+        "parentbased_always_on",
+        "always_on",
+        "traceidratio",
+    ],
+)
+def test_the_quick_child_decision_is_the_samplers(sampler: Sampler) -> None:
+    """Under a sampled local span, the SDK's samplers sample a child with its own attributes and the
+    parent's trace state: what client and publish spans then get without asking."""
+    assert tracing._child_decision(sampler)
+    ids = RandomIdGenerator()
+    attributes: dict[str, str | int] = {"http.request.method": "POST", "server.port": 443}
+    checked = 0
+    for _ in range(500):
+        trace_id = ids.generate_trace_id()
+        if type(sampler) is TraceIdRatioBased and sampler.should_sample(
+            None, trace_id, "process q"
+        ).decision is (Decision.DROP):
+            continue  # its parent span would not have been sampled: no child is made
+        parent = trace.NonRecordingSpan(
+            trace.SpanContext(
+                trace_id,
+                ids.generate_span_id(),
+                is_remote=False,
+                trace_flags=TraceFlags(TraceFlags.SAMPLED),
+                trace_state=trace.TraceState([("vendor", "abc")]),
+            )
+        )
+        result = sampler.should_sample(
+            trace.set_span_in_context(parent), trace_id, "POST /send", SpanKind.CLIENT, attributes
+        )
+        assert result.decision is Decision.RECORD_AND_SAMPLE
+        assert dict(result.attributes) == attributes
+        assert result.trace_state == parent.get_span_context().trace_state
+        checked += 1
+    assert checked > 100
 
-    def should_sample(self, *args: Any, **kwargs: Any) -> Any:
-        return ALWAYS_ON.should_sample(*args, **kwargs)
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        _ReadsAttributes(),
+        _OwnParentRule(ALWAYS_ON),
+        ParentBased(ALWAYS_ON, local_parent_sampled=ALWAYS_OFF),
+        ParentBased(ALWAYS_ON, local_parent_sampled=TraceIdRatioBased(0.5)),
+    ],
+    ids=["custom", "custom_parentbased", "local_parent_sampled_off", "local_parent_sampled_ratio"],
+)
+def test_other_samplers_are_asked_about_children(sampler: Sampler) -> None:
+    assert not tracing._child_decision(sampler)
 
 
 @pytest.mark.parametrize(
@@ -240,10 +310,15 @@ def test_a_dropped_root_span_is_the_one_the_sdk_path_makes() -> None:
             context.trace_flags,
             context.trace_state,
         )
-        assert type(slow) is type(span)
+        assert isinstance(span, type(slow))  # a NonRecordingSpan, its context made only when asked
+        assert tracing.trace_id_hex(span) == format(context.trace_id, "032x")
         ours: dict[str, Any] = {}
         tracing.inject(ours)
         theirs: dict[str, Any] = {}
         propagate.inject(theirs, context=trace.set_span_in_context(span))
         assert ours == theirs
+        published: dict[str, Any] = {}
+        with tracing.publish_span("switchboard.events", "send_text.succeeded", "e-1", published):
+            pass
+        assert published == theirs
     assert tracing.current_command_span() is not span
