@@ -51,7 +51,7 @@ from worker.errors import (
 from worker.executor import RETURN_AFTER_BROKER_ERROR_SECONDS, Executor
 from worker.leases import Leases
 from worker.metrics import type_label
-from worker.observers import Observer, observers
+from worker.observers import Hooks, Observer, observers
 from worker.outbox import H_ATTEMPT, Outbox
 from worker.quiet_hours import SendingWindow
 from worker.registry import CommandContext, CommandSpec, Registry, VendorClient
@@ -140,7 +140,7 @@ class Dispatcher:
         suppressions = stores.suppressions
         self._ask_ahead = suppressions.contains_soon if isinstance(suppressions, AsksAhead) else None
         self._on_transient: Callable[[str], None] | None = None
-        self.observers: tuple[Observer, ...] = observers()
+        self.hooks = Hooks(observers())
         self.breaker = gates.CircuitOpen(breakers)
         self.settings = settings  # builds the gates and the executor
 
@@ -164,7 +164,7 @@ class Dispatcher:
             self.stores.idempotency,
             self.outbox,
             self.leases,
-            self.observers,
+            self.hooks.observers,
             self.clock,
             types=self.registry.commands,
             max_result_bytes=settings.max_result_bytes,
@@ -179,8 +179,12 @@ class Dispatcher:
     @on_transient.setter
     def on_transient(self, callback: Callable[[str], None] | None) -> None:
         self._on_transient = callback
-        self.observers = observers(callback)
-        self.executor.observers = self.observers
+        self.hooks = Hooks(observers(callback))
+        self.executor.observers = self.hooks.observers
+
+    @property
+    def observers(self) -> tuple[Observer, ...]:
+        return self.hooks.observers
 
     async def renew_leases(self) -> None:
         """Keep the short leases of every command in flight alive (:class:`~worker.leases.Leases`)."""
@@ -224,14 +228,14 @@ class Dispatcher:
         execute = self.executor.execute
         if isinstance(decoded, Rejection):
             label = type_label(decoded.type, self.registry.commands)
-            for observer in self.observers:
-                observer.received(label)
+            for received in self.hooks.received:
+                received(label)
             logcontext.bind_context(command_id=decoded.command_id, type=decoded.type, attempt=0)
             await execute(delivery, started, Reject(decoded), None)
             return
         command = decoded
-        for observer in self.observers:
-            observer.received(command.type)
+        for received in self.hooks.received:
+            received(command.type)
         spec = self.registry.commands[command.type]
         previous = command.headers.get(H_ATTEMPT, 0)
         logcontext.bind_context(
@@ -384,8 +388,8 @@ class Dispatcher:
         outcome = await self._call(spec, run.payload, ctx)
         seconds = self.clock.monotonic() - timer
         self.breaker.record(spec.vendor, outcome)
-        for observer in self.observers:
-            observer.handled(spec.type, spec.vendor, seconds, outcome)
+        for handled in self.hooks.handled:
+            handled(spec.type, spec.vendor, seconds, outcome)
         if isinstance(outcome, TransientError):
             return self._after_transient(run, outcome)
         if isinstance(outcome, Continue):

@@ -45,7 +45,7 @@ from worker.envelope import Rejection, reply_to_allowed
 from worker.errors import SwitchboardError
 from worker.leases import Leases
 from worker.metrics import type_label
-from worker.observers import Observer
+from worker.observers import Hooks, Observer
 from worker.outbox import H_ATTEMPT, H_FIRST_SEEN, H_REASON, Outbox
 from worker.store import IdempotencyStore
 
@@ -101,11 +101,19 @@ class Executor:
         self.store = store
         self.outbox = outbox
         self.leases = leases
-        self.observers = observers
+        self.hooks = Hooks(observers)
         self.clock = clock
         self.types = types
         self.max_result_bytes = max_result_bytes
         self.reply_to_allow = reply_to_allow
+
+    @property
+    def observers(self) -> tuple[Observer, ...]:
+        return self.hooks.observers
+
+    @observers.setter
+    def observers(self, observers: tuple[Observer, ...]) -> None:
+        self.hooks = Hooks(observers)
 
     async def execute(
         self, delivery: Delivery, started: float, decision: Decision, run: InFlight | None
@@ -214,8 +222,8 @@ class Executor:
         # Acked by now: by the last confirm (AckOnConfirm).
         label = type_label(event["type"], self.types)
         code = None if error is None else error["code"]
-        for observer in self.observers:
-            observer.finished(label, status, code, event["attempts"], event["duration_ms"], dead)
+        for finished in self.hooks.finished:
+            finished(label, status, code, event["attempts"], event["duration_ms"], dead)
 
     async def _republish(self, delivery: Delivery, run: InFlight, decision: Republish) -> None:
         stored = decision.stored
@@ -239,8 +247,8 @@ class Executor:
             await asyncio.gather(publishing, self._dead_letter(delivery, event, acked))
         else:
             await publishing
-        for observer in self.observers:
-            observer.duplicate(run.command.type, event["status"])
+        for duplicate in self.hooks.duplicate:
+            duplicate(run.command.type, event["status"])
 
     def _dead_letter(self, delivery: Delivery, event: dict[str, Any], acked: AckOnConfirm) -> Any:
         return self.outbox.dead_letter(
@@ -283,8 +291,8 @@ class Executor:
         await self.release(run, run.state)
         await self._send_back(delivery, run, decision.delay_seconds, "retry", run.attempts)
         if decision.error is not None:
-            for observer in self.observers:
-                observer.retrying(run.command.type, decision.error, decision.delay_seconds)
+            for retrying in self.hooks.retrying:
+                retrying(run.command.type, decision.error, decision.delay_seconds)
 
     async def _continue(self, delivery: Delivery, run: InFlight, step: Continue) -> None:
         await self.release(run, step.state, waiting=True)
@@ -302,8 +310,8 @@ class Executor:
         await self._send_back(
             delivery, run, decision.seconds, decision.reason, attempts if isinstance(attempts, int) else 0
         )
-        for observer in self.observers:
-            observer.deferred(run.command.type, decision.reason)
+        for deferred in self.hooks.deferred:
+            deferred(run.command.type, decision.reason)
 
     async def release(self, run: InFlight, state: dict[str, Any] | None, *, waiting: bool = False) -> None:
         """Give the claim back (a retry or continuation is scheduled); its lease is no longer renewed.
@@ -342,8 +350,8 @@ class Executor:
             command_id=command.id,
             headers=None if tracing.state.enabled else tracing.passthrough(command.headers, command.meta),
         )
-        for observer in self.observers:
-            observer.interim(command.type, status)
+        for interim in self.hooks.interim:
+            interim(command.type, status)
 
     async def _send_back(
         self, delivery: Delivery, run: InFlight, seconds: float, reason: str, attempts: int

@@ -6,13 +6,13 @@ tuple is chosen once at start-up, so with tracing off no span code runs at
 all (:func:`observers`).
 
 Every hook of :class:`Observer` is a no-op; an observer overrides the ones it
-cares about. Hooks are called after the fact (an outcome is reported once its
+cares about, and only those are called (:class:`Hooks`). Hooks are called after the fact (an outcome is reported once its
 command is acked) and must not raise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -59,6 +59,37 @@ class Observer:
         self, type: str, status: str, code: str | None, attempts: int, duration_ms: float, dead_lettered: bool
     ) -> None:
         """A terminal event was published and the command acked."""
+
+
+class Hooks:
+    """Each hook of a set of observers, held only for the observers that override it.
+
+    The dispatch path calls ``for received in hooks.received: received(type)``: a hook an
+    observer leaves as the no-op is not called at all (the spans and ramp observers
+    override two hooks of seven).
+    """
+
+    received: tuple[Callable[[str], None], ...]
+    handled: tuple[Callable[[str, str, float, object], None], ...]
+    retrying: tuple[Callable[[str, TransientError, float], None], ...]
+    deferred: tuple[Callable[[str, str], None], ...]
+    interim: tuple[Callable[[str, str], None], ...]
+    duplicate: tuple[Callable[[str, str], None], ...]
+    finished: tuple[Callable[[str, str, str | None, int, float, bool], None], ...]
+
+    def __init__(self, observers: Sequence[Observer]) -> None:
+        self.observers = tuple(observers)
+        self.received = self._overriding("received")
+        self.handled = self._overriding("handled")
+        self.retrying = self._overriding("retrying")
+        self.deferred = self._overriding("deferred")
+        self.interim = self._overriding("interim")
+        self.duplicate = self._overriding("duplicate")
+        self.finished = self._overriding("finished")
+
+    def _overriding(self, hook: str) -> tuple[Any, ...]:
+        no_op = getattr(Observer, hook)
+        return tuple(getattr(o, hook) for o in self.observers if getattr(type(o), hook) is not no_op)
 
 
 class Metrics(Observer):
@@ -112,12 +143,14 @@ class Spans(Observer):
     """The outcome on the command's ``process`` span (only installed with tracing on)."""
 
     def retrying(self, type: str, error: TransientError, delay_seconds: float) -> None:
-        tracing.record_outcome(tracing.current_command_span(), "retry", error.code)
+        if tracing.recording():
+            tracing.record_outcome(tracing.current_command_span(), "retry", error.code)
 
     def finished(
         self, type: str, status: str, code: str | None, attempts: int, duration_ms: float, dead_lettered: bool
     ) -> None:
-        tracing.record_outcome(tracing.current_command_span(), status, code)
+        if tracing.recording():
+            tracing.record_outcome(tracing.current_command_span(), status, code)
 
 
 class Ramp(Observer):

@@ -454,6 +454,14 @@ class _Current:
             span.end()
 
 
+def recording() -> bool:
+    """Whether this task's command is sampled: its spans are recorded (False with tracing off)."""
+    span = _command_span.get()
+    if span is None:
+        return trace.get_current_span().is_recording()
+    return type(span) is not _Dropped and span.is_recording()
+
+
 def current_command_span() -> Span:
     """The span of the command this task handles (invalid outside one, or with tracing off)."""
     span = _command_span.get()

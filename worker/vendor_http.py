@@ -103,7 +103,7 @@ class VendorHTTP:
         if self.limiter is not None:
             await self.limiter.acquire()
         url = self.base_url + (path if path is not None else endpoint)
-        if tracing.state.enabled:
+        if tracing.state.enabled and tracing.recording():
             with tracing.client_span(self.vendor, method, endpoint, self._host, self._port) as span:
                 try:
                     answer = await self._send(method, endpoint, url, kwargs)

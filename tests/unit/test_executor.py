@@ -292,6 +292,21 @@ def test_observer_set_is_chosen_once_and_spans_only_with_tracing(monkeypatch: py
     ]
 
 
+def test_each_hook_calls_only_the_observers_that_override_it() -> None:
+    """A no-op hook is not called: the ramp and the spans observer are left out of the hooks they do not define."""
+    from worker.observers import Hooks, Metrics, Ramp, Spans
+
+    metrics, spans, ramp = Metrics(), Spans(), Ramp(print)
+    hooks = Hooks((metrics, spans, ramp))
+    assert hooks.observers == (metrics, spans, ramp)
+    assert hooks.received == (metrics.received,)
+    assert hooks.handled == (metrics.handled, ramp.handled)
+    assert hooks.retrying == (metrics.retrying, spans.retrying)
+    assert hooks.finished == (metrics.finished, spans.finished)
+    assert hooks.deferred == (metrics.deferred,) and hooks.interim == (metrics.interim,)
+    assert hooks.duplicate == (metrics.duplicate,)
+
+
 def test_the_ramp_hears_only_transient_failures() -> None:
     """The prefetch ramp restarts its batch on a transient vendor failure, not on results or refusals."""
     from worker.errors import VendorRejected
