@@ -31,6 +31,13 @@ current: ContextVar[Movable | None] = ContextVar("switchboard_handler_deadline",
 :class:`asyncio.Timeout` does as well."""
 
 
+def tick_for(timeout_seconds: float) -> float:
+    """How often to check deadlines of ``timeout_seconds``: a twentieth of it (60 s fires by 61 s),
+    at most every second, and at least 10 ms apart (a sweep is a callback on the loop, and a
+    timeout of milliseconds would have it run on nearly every turn)."""
+    return min(1.0, max(0.01, timeout_seconds / 20))
+
+
 class Deadlines:
     """The deadlines of the handlers running on one event loop, checked every ``tick`` seconds.
 

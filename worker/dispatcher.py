@@ -152,8 +152,7 @@ class Dispatcher:
     def settings(self, settings: DispatchSettings) -> None:
         """Build the gates and the executor once, from the settings (again only when they change)."""
         self._settings = settings
-        # Checked twenty times a handler timeout, at most once a second: 60 s fires by 61 s.
-        self.deadlines = deadline.Deadlines(tick=min(1.0, settings.handler_timeout_seconds / 20))
+        self.deadlines = deadline.Deadlines(tick=deadline.tick_for(settings.handler_timeout_seconds))
         self.before_claim = gates.before_claim(
             self.validators, self.clients, self.controls, settings.defer_seconds
         )

@@ -18,9 +18,7 @@ import pika
 
 from worker import topology, tracing
 from worker.amqp import PUBLISH_TAG_HEADER, Channel, Confirmed, ConnectionLost
-from worker.event_properties import EventProperties
-
-PERSISTENT = 2
+from worker.event_properties import PERSISTENT, EventProperties
 
 # Headers the runtime puts on a command it sends back through a delay queue.
 H_ATTEMPT = "x-switchboard-attempts"

@@ -80,3 +80,12 @@ async def test_no_callback_runs_while_no_deadline_does() -> None:
         assert deadlines._sweep is not None
     await asyncio.sleep(3 * TICK)
     assert deadlines._sweep is None
+
+
+def test_deadlines_are_checked_a_twentieth_of_the_timeout_apart_within_bounds() -> None:
+    """60 s fires by 61 s; a long timeout is still checked every second, a tiny one at most every 10 ms."""
+    assert deadline.tick_for(60) == 1.0
+    assert deadline.tick_for(10) == 0.5
+    assert deadline.tick_for(3600) == 1.0
+    assert deadline.tick_for(0.05) == 0.01
+    assert deadline.tick_for(0.001) == 0.01
