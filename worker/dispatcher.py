@@ -20,13 +20,12 @@ Metrics, spans and log lines follow from the decisions (:mod:`worker.observers`)
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pika.spec
@@ -64,9 +63,9 @@ __all__ = ["RETURN_AFTER_BROKER_ERROR_SECONDS", "Delivery", "DispatchSettings", 
 log = structlog.get_logger("switchboard.dispatcher")
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """A message as the consumer got it; ``channel`` is where to ack it."""
+class Delivery(NamedTuple):
+    """A message as the consumer got it; ``channel`` is where to ack it (a tuple: made per message,
+    without a frozen dataclass's ``object.__setattr__`` per field)."""
 
     channel: Channel
     delivery_tag: int
@@ -187,7 +186,7 @@ class Dispatcher:
 
     async def renew_leases(self) -> None:
         """Keep the short leases of every command in flight alive (:class:`~worker.leases.Leases`)."""
-        await self.leases.renew_forever(self.settings.live_lease_seconds)
+        await self.leases.renew_forever(self._settings.live_lease_seconds)
 
     async def handle(self, delivery: Delivery) -> None:
         """Process one delivery to its end; never raises for bad input."""
@@ -204,8 +203,8 @@ class Dispatcher:
             delivery.properties,
             delivery.routing_key,
             self.validators,
-            max_bytes=self.settings.max_message_bytes,
-            reply_to_allow=self.settings.reply_to_allow,
+            max_bytes=self._settings.max_message_bytes,
+            reply_to_allow=self._settings.reply_to_allow,
         )
         if not tracing.state.enabled:
             await self._route(delivery, decoded, started)
@@ -302,7 +301,7 @@ class Dispatcher:
         """Take the command, or the decision when it is not ours to run (None: run it; ``run.lease`` is held)."""
         command, spec = run.command, run.spec
         store = self.stores.idempotency
-        lease_seconds = self.settings.claim_lease_seconds
+        lease_seconds = self._settings.claim_lease_seconds
         claim = await store.claim(command.account, command.id, run.fingerprint, now, lease_seconds)
         if claim.status is ClaimStatus.DONE and spec.result_expires_after_seconds is not None:
             claim = await self._unless_expired(run, claim, now)
@@ -318,7 +317,7 @@ class Dispatcher:
             return Republish(claim.event)
         if claim.status is ClaimStatus.BUSY:
             return Defer(
-                min(self.settings.defer_seconds, max(1.0, (claim.lease_until or now) - now)),
+                min(self._settings.defer_seconds, max(1.0, (claim.lease_until or now) - now)),
                 "claimed_elsewhere",
             )
         if claim.status is ClaimStatus.EXPIRED:
@@ -330,7 +329,7 @@ class Dispatcher:
             # renews it meanwhile, and then the command is still running, not lost.
             claim = await store.take_over(command.account, command.id, claim.lease_until, now, lease_seconds)
             if claim.status is not ClaimStatus.ACQUIRED:
-                return Defer(self.settings.defer_seconds, "claimed_elsewhere")
+                return Defer(self._settings.defer_seconds, "claimed_elsewhere")
             if not (spec.safe_to_repeat or continuation or spec.reconcile):
                 run.attempts = expired.attempts
                 return Finish(gates.outcome_unknown(expired.attempt_started_at))
@@ -354,10 +353,10 @@ class Dispatcher:
             log.info("the stored result has expired; running the command again for a fresh one")
             await self.stores.idempotency.forget(command.account, command.id)
             return await self.stores.idempotency.claim(
-                command.account, command.id, run.fingerprint, now, self.settings.claim_lease_seconds
+                command.account, command.id, run.fingerprint, now, self._settings.claim_lease_seconds
             )
         stored["result_expired"] = True
-        return dataclasses.replace(claim, event=orjson.dumps(stored))
+        return claim._replace(event=orjson.dumps(stored))
 
     async def _release_quietly(self, run: InFlight) -> None:
         """Give back a claim whose attempt never reached the vendor; a store error is only logged."""
@@ -400,7 +399,7 @@ class Dispatcher:
         assert run.spec.reconcile is not None
         try:
             found = await asyncio.wait_for(
-                run.spec.reconcile(run.payload, self._context(run)), self.settings.handler_timeout_seconds
+                run.spec.reconcile(run.payload, self._context(run)), self._settings.handler_timeout_seconds
             )
         except (TimeoutError, SwitchboardError):
             return Finish(gates.outcome_unknown(None))
@@ -408,7 +407,7 @@ class Dispatcher:
 
     def _after_transient(self, run: InFlight, error: TransientError) -> Retry | Finish:
         spec = run.spec
-        policy = self.settings.policy
+        policy = self._settings.policy
         if spec.max_attempts or spec.max_age_seconds:
             policy = RetryPolicy(
                 max_attempts=spec.max_attempts or policy.max_attempts,
@@ -458,7 +457,7 @@ class Dispatcher:
         """The handler's outcome as a value; it never raises."""
         try:
             # Not wait_for (one more task per command), nor asyncio.timeout (a timer per command).
-            async with self.deadlines(self.settings.handler_timeout_seconds) as timeout:
+            async with self.deadlines(self._settings.handler_timeout_seconds) as timeout:
                 token = deadline.current.set(timeout)  # handlers may extend it for sized work (uploads)
                 try:
                     return await spec.handler(payload, ctx)
@@ -473,7 +472,7 @@ class Dispatcher:
             return exc
         except TimeoutError:
             return VendorUnavailable(
-                f"handler did not finish within {self.settings.handler_timeout_seconds}s",
+                f"handler did not finish within {self._settings.handler_timeout_seconds}s",
                 code="handler_timeout",
                 maybe_applied=True,
             )

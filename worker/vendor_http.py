@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -36,8 +35,9 @@ class Limiter(Protocol):
     async def acquire(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class VendorResponse:
+class VendorResponse(NamedTuple):
+    """A vendor's answer (a tuple: one a call, without a frozen dataclass's ``object.__setattr__`` per field)."""
+
     status: int
     headers: Mapping[str, str]
     body: bytes
