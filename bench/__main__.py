@@ -90,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
         "--profile", action="store_true", help="sample the worker with py-spy; summaries in bench/results/"
     )
     parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="run the worker under valgrind's callgrind, counting from ready to the last event: its"
+        " instructions a command, steady where the machine's CPU time is not (slow: use --commands 1000)",
+    )
+    parser.add_argument(
         "--loop-stats",
         action="store_true",
         help="time each worker's loop turns, holds and SQLite batches (bench/loopstats); summaries in bench/results/",
@@ -139,6 +145,7 @@ def _config(args: argparse.Namespace, workdir: Path, stamp: str) -> RunConfig:
         results_dir=RESULTS,
         stamp=stamp,
         profile=args.profile,
+        callgrind=args.callgrind,
         loop_stats=args.loop_stats,
         calibrate_us=calibrate,
         redis_url=args.redis_url,

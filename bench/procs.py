@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -150,11 +150,17 @@ def start_baseline(
 
 
 def start_worker(
-    env: Mapping[str, str], metrics_port: int, logdir: Path, name: str, timeout: float = 60.0
+    env: Mapping[str, str],
+    metrics_port: int,
+    logdir: Path,
+    name: str,
+    timeout: float = 60.0,
+    prefix: Sequence[str] = (),
 ) -> Managed:
-    """``switchboard run`` with ``env``; returns once GET /readyz answers 200."""
+    """``switchboard run`` with ``env`` (under ``prefix``, a tool); returns once GET /readyz answers 200."""
     # Its log lines (on stdout, one per command at INFO) go to the file, as a collector would take them.
-    managed = spawn(name, [str(VENV_BIN / "switchboard"), "run"], logdir, env, stdout_to_log=True)
+    command = [*prefix, str(VENV_BIN / "switchboard"), "run"]
+    managed = spawn(name, command, logdir, env, stdout_to_log=True)
     url = f"http://127.0.0.1:{metrics_port}/readyz"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -168,6 +174,29 @@ def start_worker(
                 return managed
         time.sleep(0.1)
     raise managed.fail(f"{url} not 200 after {timeout:.0f} s")
+
+
+def callgrind_prefix(output: Path) -> list[str]:
+    """valgrind's callgrind around a process, counting nothing until told (:func:`callgrind_control`)."""
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={output}.%p"]
+
+
+def callgrind_control(option: str, pid: int) -> None:
+    subprocess.run(["callgrind_control", option, str(pid)], capture_output=True, timeout=60, check=True)
+
+
+def callgrind_dump(pid: int, output: Path) -> int | None:
+    """Write what callgrind counted so far; its instructions (``Ir``), all threads together."""
+    before = set(output.parent.glob(f"{output.name}.{pid}*"))
+    callgrind_control("--dump", pid)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for dump in set(output.parent.glob(f"{output.name}.{pid}*")) - before:
+            for line in dump.read_text(errors="replace").splitlines():
+                if line.startswith(("summary:", "totals:")):
+                    return int(line.split()[1])
+        time.sleep(0.5)
+    return None
 
 
 def worker_available() -> bool:

@@ -49,6 +49,8 @@ class RunConfig:
     results_dir: Path
     stamp: str
     profile: bool = False
+    callgrind: bool = False
+    """The worker under valgrind --tool=callgrind (``--callgrind``): instructions, not seconds."""
     loop_stats: bool = False
     calibrate_us: tuple[float, ...] = ()
     """CPU per command added to extra baselines (``--calibrate``), in microseconds."""
@@ -70,8 +72,8 @@ class RunConfig:
         return store
 
     def max_seconds(self, count: int) -> float:
-        """A deadline no healthy run reaches: 60 s plus 5 ms a command (200/s)."""
-        return 60 + count / 200
+        """A deadline no healthy run reaches: 60 s plus 5 ms a command (200/s; 100 ms under callgrind)."""
+        return 60 + count / (10 if self.callgrind else 200)
 
     @property
     def logdir(self) -> Path:
@@ -312,6 +314,8 @@ class Worker:
         }
         self.managed: procs.Managed | None = None
         self.spy: procs.Managed | None = None
+        self.instructions: int | None = None
+        """Counted by callgrind from ready to the last event (``--callgrind``)."""
 
     def start(self) -> int:
         if self.sink is not None:
@@ -326,7 +330,14 @@ class Worker:
                 filter(None, [str(LOOP_STATS), os.environ.get("PYTHONPATH")])
             )
             self.env["SWITCHBOARD_BENCH_LOOP_STATS"] = str(self.loop_stats_path)
-        self.managed = procs.start_worker(self.env, self.metrics_port, self.config.logdir, self.name)
+        if self.config.callgrind:
+            self.managed = procs.start_worker(
+                self.env, self.metrics_port, self.config.logdir, self.name, timeout=300,
+                prefix=procs.callgrind_prefix(self.callgrind_path),
+            )  # fmt: skip
+            procs.callgrind_control("--instr=on", self.managed.pid)  # from ready on: no start-up
+        else:
+            self.managed = procs.start_worker(self.env, self.metrics_port, self.config.logdir, self.name)
         if self.config.profile:
             self.spy = procs.start_py_spy(self.managed.pid, self.profile_path, self.config.logdir)
         return self.managed.pid
@@ -334,6 +345,10 @@ class Worker:
     @property
     def profile_path(self) -> Path:
         return self.config.results_dir / f"profile-{self.config.stamp}-{self.name}.txt"
+
+    @property
+    def callgrind_path(self) -> Path:
+        return self.config.results_dir / f"callgrind-{self.config.stamp}-{self.name}.out"
 
     @property
     def loop_stats_path(self) -> Path:
@@ -350,8 +365,11 @@ class Worker:
                 summary_path.write_text(summary)
                 notes.append(f"profile: {summary_path}")
             self.spy = None
+        if self.managed is not None and self.config.callgrind:
+            self.instructions = procs.callgrind_dump(self.managed.pid, self.callgrind_path)
+            notes.append(f"callgrind: {self.callgrind_path}.*")
         if self.managed is not None:
-            code = self.managed.stop(grace=20)
+            code = self.managed.stop(grace=120 if self.config.callgrind else 20)
             if code != 0:
                 notes.append(f"worker exited with {code} on SIGTERM")
             self.managed = None
@@ -384,6 +402,10 @@ def worker(config: RunConfig, sim: Simulator, store: str, *, paced: bool = True)
     finally:
         notes = runner.stop()
     rows[0].notes.extend(notes)
+    if runner.instructions is not None and rows[0].commands:
+        rows[0].notes.append(
+            f"callgrind: {runner.instructions / rows[0].commands:,.0f} instructions a command"
+        )
     return rows
 
 
