@@ -11,7 +11,9 @@ zeros) the text goes to ``parse`` itself. ``tests/unit/test_phone_numbers.py``
 checks the two agree on every country code's numbers.
 
 :func:`is_valid` is ``phonenumbers.is_valid_number`` without its second look at
-the same patterns (about half its cost for a North American number).
+the same patterns (about half its cost for a North American number), and a region's
+patterns are each tried once, as full matches compiled once (``phonenumbers`` tries
+each with ``match`` and then ``fullmatch``, looking it up in ``re``'s cache each time).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import functools
 import re
 
 import phonenumbers
-from phonenumbers import phonenumberutil
 
 _PLUS_DIGITS = re.compile(r"\+[1-9][0-9]{2,16}")
 """'+', a first digit that can start a country code, and at most 17 digits in all."""
@@ -90,6 +91,47 @@ def is_valid(number: phonenumbers.PhoneNumber) -> bool:
         if metadata.leading_digits is not None:
             if re.match(metadata.leading_digits, national):  # as is_valid_number matches them
                 return bool(phonenumbers.is_valid_number_for_region(number, region))
-        elif phonenumberutil._number_type_helper(national, metadata) != phonenumbers.PhoneNumberType.UNKNOWN:
+        elif _has_type(national, metadata):
             return True  # what is_valid_number_for_region would find again for this region
     return False
+
+
+_FULL: dict[str, re.Pattern[str]] = {}
+"""A description's national number pattern, compiled (the metadata's patterns: a bounded set)."""
+
+
+def _matches(national: str, desc: phonenumbers.PhoneNumberDesc | None) -> bool:
+    """``phonenumberutil._is_number_matching_desc``: the possible lengths, then the whole pattern."""
+    if desc is None or not desc.national_number_pattern:
+        return False
+    if desc.possible_length and len(national) not in desc.possible_length:
+        return False
+    pattern = _FULL.get(desc.national_number_pattern)
+    if pattern is None:
+        pattern = _FULL[desc.national_number_pattern] = re.compile(desc.national_number_pattern)
+    return pattern.fullmatch(national) is not None
+
+
+def _has_type(national: str, metadata: phonenumbers.PhoneMetadata) -> bool:
+    """``phonenumberutil._number_type_helper(national, metadata) != UNKNOWN``: the general pattern,
+    then any type's (fixed line and mobile first: most numbers are one of them; the answer does
+    not depend on the order). Mobile is not tried when its pattern is the fixed line's."""
+    if not _matches(national, metadata.general_desc):
+        return False
+    if _matches(national, metadata.fixed_line):
+        return True
+    if not metadata.same_mobile_and_fixed_line_pattern and _matches(national, metadata.mobile):
+        return True
+    return any(
+        _matches(national, desc)
+        for desc in (
+            metadata.premium_rate,
+            metadata.toll_free,
+            metadata.shared_cost,
+            metadata.voip,
+            metadata.personal_number,
+            metadata.pager,
+            metadata.uan,
+            metadata.voicemail,
+        )
+    )
