@@ -21,12 +21,14 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from contextvars import ContextVar, Token
+from random import getrandbits as _getrandbits
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -51,6 +53,9 @@ class _State:
     drops_root: Callable[[int], bool] | None = None
     """Whether the recorder's sampler drops a span without a parent, from its trace id alone
     (see :func:`_root_decision`); None when only asking the sampler tells."""
+    random_ids = False
+    """Whether the recorder's ids are the SDK's ``RandomIdGenerator``'s (``random.getrandbits``,
+    never 0): a dropped command's two ids are then drawn without its two method calls."""
     samples_children = False
     """Whether the recorder's sampler samples every child of a sampled local span, as it is
     (see :func:`_child_decision`): a command's client and publish spans then skip asking it."""
@@ -83,13 +88,16 @@ def provider(resource: Resource | None = None, sampler: Any = None) -> TracerPro
 
 def _recorder() -> Recorder | None:
     """The recorder of the installed provider, when it is one :func:`provider` built."""
-    installed = trace.get_tracer_provider()
+    # The API's global, read as get_tracer_provider() reads it once one is set (a call and a
+    # cast less for every command); before that, the API's own answer (its proxy).
+    installed = trace._TRACER_PROVIDER or trace.get_tracer_provider()
     if state.recorder_provider is not installed:
         state.recorder_provider = installed
         state.recorder = Recorder(installed, TRACER_NAME) if isinstance(installed, _Provider) else None
         sampler = None if state.recorder is None else state.recorder.provider.sampler
         state.drops_root = None if sampler is None else _root_decision(sampler)
         state.samples_children = sampler is not None and _child_decision(sampler)
+        state.random_ids = state.recorder is not None and type(state.recorder.ids) is RandomIdGenerator
     return state.recorder
 
 
@@ -273,12 +281,22 @@ class _Dropped(NonRecordingSpan):
     """The span of a command the sampler dropped at once: two ids, its ``SpanContext`` made only if asked.
 
     Nine commands in ten, with one in ten sampled: what tracing costs them is what
-    this span costs. Its trace is not sampled, has no parent and no trace state.
+    this span costs. Its trace is not sampled, has no parent and no trace state. It is
+    its own ``with`` (as :class:`_CommandScope`): the command's span inside, no more.
     """
 
     def __init__(self, trace_id: int, span_id: int) -> None:
         self.trace_id = trace_id
         self.span_id = span_id
+        self._token: Token[Span | None] | None = None
+
+    def __enter__(self) -> _Dropped:
+        self._token = _command_span.set(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._token is not None
+        _command_span.reset(self._token)
 
     def get_span_context(self) -> SpanContext:
         return SpanContext(self.trace_id, self.span_id, is_remote=False)
@@ -331,9 +349,12 @@ def process_span(
     drops = state.drops_root
     trace_id = None
     if recorder is not None and drops is not None and parent is _NO_PARENT:
-        trace_id = recorder.ids.generate_trace_id()
+        ids = recorder.ids
+        # As RandomIdGenerator draws them (again on a 0), without its two method calls.
+        trace_id = (state.random_ids and _getrandbits(128)) or ids.generate_trace_id()
         if drops(trace_id):
-            return _CommandScope(_Dropped(trace_id, recorder.ids.generate_span_id()))
+            span_id = (state.random_ids and _getrandbits(64)) or ids.generate_span_id()
+            return _Dropped(trace_id, span_id)
     name = f"process {queue}"
     attributes = {
         "messaging.system": "rabbitmq",
