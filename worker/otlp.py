@@ -230,8 +230,21 @@ def _attributes(attributes: Mapping[str, Any], tag: bytes) -> bytes:
 
 def _span(span: ReadableSpan) -> bytes:
     """One Span message (the body, without its tag and length); fields in number order."""
-    context = span.get_span_context()
-    parent = span.parent
+    if type(span) is ReadableSpan:
+        # Span.end() hands exporters this exact class (and so does worker.spans). Its
+        # properties are a Python call each, and some copy (attributes into a MappingProxy,
+        # events and links out of their BoundedList under its lock); a finished span no
+        # longer changes, so read what they would return.
+        context, parent, name, kind = span._context, span._parent, span._name, span._kind
+        start, end, status = span._start_time, span._end_time, span._status
+        attributes, events, links = span._attributes, span._events, span._links
+        # Plain containers (worker.spans' spans) drop nothing; bounded ones say what they dropped.
+        plain = type(attributes) is dict and type(events) is tuple and type(links) is tuple
+    else:
+        context, parent, name, kind = span.get_span_context(), span.parent, span.name, span.kind
+        start, end, status = span.start_time, span.end_time, span.status
+        attributes, events, links = span.attributes, span.events, span.links
+        plain = False
     trace_id = context.trace_id  # type: ignore[union-attr]
     parts = [_IDS(0x0A, 16, trace_id >> 64, trace_id & _MASK64, 0x12, 8, context.span_id)]  # type: ignore[union-attr]
     trace_state = context.trace_state  # type: ignore[union-attr]
@@ -239,30 +252,23 @@ def _span(span: ReadableSpan) -> bytes:
         parts.append(_field(b"\x1a", ",".join([f"{k}={v}" for k, v in trace_state.items()]).encode()))
     if parent:
         parts.append(_PARENT(0x22, 8, parent.span_id))
-    name = span.name
     if name:
         parts.append(_field(b"\x2a", name.encode()))
-    parts.append(_KIND[span.kind])
-    start, end = span.start_time, span.end_time
+    parts.append(_KIND[kind])
     if start and end:
         parts.append(_TIMES(0x39, start, 0x41, end))
     elif start:
         parts.append(_FIXED64(0x39, start))
     elif end:
         parts.append(_FIXED64(0x41, end))
-    if type(span) is ReadableSpan:
-        # Span.end() hands exporters this exact class. Its properties copy
-        # (attributes into a MappingProxy, events and links out of their
-        # BoundedList under its lock); a finished span no longer changes, so
-        # read what they would copy.
-        attributes, events, links = span._attributes, span._events, span._links
-    else:
-        attributes, events, links = span.attributes, span.events, span.links
     if attributes:
         parts.append(_attributes(attributes, b"\x4a"))
-    if events or links or span.dropped_attributes or span.dropped_events or span.dropped_links:
+    if (
+        events
+        or links
+        or (not plain and (span.dropped_attributes or span.dropped_events or span.dropped_links))
+    ):
         _span_rarities(span, events, links, parts)
-    status = span.status
     if status is not None:
         parts.append(_status(status.status_code.value, status.description))
     parts.append(_FLAGS_REMOTE if parent and parent.is_remote else _FLAGS_LOCAL)
@@ -382,8 +388,10 @@ def _encode(spans: Sequence[ReadableSpan]) -> bytes:
     by_scope: dict[Any, list[bytes]] = {}
     encoded: list[bytes] = []
     for span in spans:
-        resource = span.resource
-        scope = span.instrumentation_scope or None
+        if type(span) is ReadableSpan:  # as in _span: the fields, not the properties
+            resource, scope = span._resource, span._instrumentation_scope or None
+        else:
+            resource, scope = span.resource, span.instrumentation_scope or None
         if resource is not last_resource:
             by_scope = groups.setdefault(resource, {})
             last_resource, last_scope = resource, _Unsupported
