@@ -12,6 +12,7 @@ import datetime
 import functools
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -296,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     groups = {group.strip() for group in args.only.split(",") if group.strip()}
     if unknown := groups - set(GROUPS):
         raise SystemExit(f"unknown scenario groups: {', '.join(sorted(unknown))}")
+    if args.callgrind and not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        raise SystemExit(
+            "--callgrind needs valgrind and callgrind_control on PATH (Debian: apt install valgrind)"
+        )
     now = datetime.datetime.now(datetime.UTC)
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     RESULTS.mkdir(parents=True, exist_ok=True)
