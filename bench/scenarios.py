@@ -219,15 +219,27 @@ def baseline(
     amqp.ensure_baseline_queue(config.amqp_url)
     amqp.purge(config.amqp_url, amqp.BASELINE_QUEUE)
     system = calibrated_name(burn_us) if burn_us else "baseline" if confirms else "baseline, no confirms"
+    slug = system.replace(", ", "-").replace(" ", "-")
+    counted = config.results_dir / f"callgrind-{config.stamp}-{slug}.out" if config.callgrind else None
     managed = procs.start_baseline(
         amqp_url=config.amqp_url, sim_url=sim.base_url, confirms=confirms, prefetch=config.max_in_flight,
         account_key=config.account_key, token=config.token, logdir=config.logdir, max_seconds=3600,
-        burn_us=burn_us,
+        burn_us=burn_us, prefix=procs.callgrind_prefix(counted) if counted else (),
     )  # fmt: skip
-    profile = config.results_dir / f"profile-{config.stamp}-{system.replace(', ', '-').replace(' ', '-')}.txt"
+    if counted is not None:
+        procs.callgrind_control("--instr=on", managed.pid)  # as the worker's: from ready on
+    profile = config.results_dir / f"profile-{config.stamp}-{slug}.txt"
     spy = procs.start_py_spy(managed.pid, profile, config.logdir) if config.profile else None
     try:
-        return _flood_and_paced(config, sim, system, amqp.BASELINE_KEY, managed.pid, paced)
+        rows = _flood_and_paced(config, sim, system, amqp.BASELINE_KEY, managed.pid, paced)
+        if counted is not None:
+            instructions = procs.callgrind_dump(managed.pid, counted)
+            rows[0].notes.append(f"callgrind: {counted}.*")
+            if instructions is not None and rows[0].commands:
+                rows[0].notes.append(
+                    f"callgrind: {instructions / rows[0].commands:,.0f} instructions a command"
+                )
+        return rows
     finally:
         if spy is not None:
             # Profiled like the worker, so the two can be compared stage by stage.
