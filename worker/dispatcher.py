@@ -168,6 +168,7 @@ class Dispatcher:
             max_result_bytes=settings.max_result_bytes,
             reply_to_allow=settings.reply_to_allow,
         )
+        self.executor.hooks = self.hooks  # one set of hooks for both
 
     @property
     def on_transient(self) -> Callable[[str], None] | None:
@@ -177,8 +178,7 @@ class Dispatcher:
     @on_transient.setter
     def on_transient(self, callback: Callable[[str], None] | None) -> None:
         self._on_transient = callback
-        self.hooks = Hooks(observers(callback))
-        self.executor.observers = self.hooks.observers
+        self.hooks = self.executor.hooks = Hooks(observers(callback))
 
     @property
     def observers(self) -> tuple[Observer, ...]:

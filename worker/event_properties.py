@@ -105,20 +105,12 @@ class EventProperties(pika.BasicProperties):  # type: ignore[misc]  # pika has n
         ):
             encoded: list[bytes] = super().encode()
             return encoded
-        if headers is not None:
-            return [
-                _PREFIX_WITH_HEADERS,
-                headers,
-                _DELIVERY_MODE,
-                _short_string(fields["correlation_id"]),
-                _short_string(fields["message_id"]),
-                _TIMESTAMP.pack(fields["timestamp"]),
-                _short_string(fields["type"]),
-            ]
-        return [
-            _PREFIX,
+        tail = [
             _short_string(fields["correlation_id"]),
             _short_string(fields["message_id"]),
             _TIMESTAMP.pack(fields["timestamp"]),
             _short_string(fields["type"]),
         ]
+        if headers is None:
+            return [_PREFIX, *tail]
+        return [_PREFIX_WITH_HEADERS, headers, _DELIVERY_MODE, *tail]

@@ -90,7 +90,7 @@ def _recorder() -> Recorder | None:
     """The recorder of the installed provider, when it is one :func:`provider` built."""
     # The API's global, read as get_tracer_provider() reads it once one is set (a call and a
     # cast less for every command); before that, the API's own answer (its proxy).
-    installed = trace._TRACER_PROVIDER or trace.get_tracer_provider()
+    installed = getattr(trace, "_TRACER_PROVIDER", None) or trace.get_tracer_provider()
     if state.recorder_provider is not installed:
         state.recorder_provider = installed
         state.recorder = Recorder(installed, TRACER_NAME) if isinstance(installed, _Provider) else None
@@ -265,8 +265,8 @@ def inject(headers: dict[str, Any]) -> None:
         # unsampled one is not, but is the command's context all the same.
         if type(span) is CommandSpan or not span.is_recording():
             span_context = span.get_span_context()
-            headers["traceparent"] = (
-                f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+            headers["traceparent"] = _traceparent(
+                span_context.trace_id, span_context.span_id, span_context.trace_flags
             )
             if span_context.trace_state:
                 headers["tracestate"] = span_context.trace_state.to_header()
@@ -275,6 +275,11 @@ def inject(headers: dict[str, Any]) -> None:
         propagate.inject(headers)  # the SDK's span, current in the context
     else:
         propagate.inject(headers, context=trace.set_span_in_context(span))
+
+
+def _traceparent(trace_id: int, span_id: int, flags: int) -> str:
+    """The W3C ``traceparent`` header, as the tracecontext propagator writes it."""
+    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
 
 
 class _Dropped(NonRecordingSpan):
@@ -302,7 +307,7 @@ class _Dropped(NonRecordingSpan):
         return SpanContext(self.trace_id, self.span_id, is_remote=False)
 
     def traceparent(self) -> str:
-        return f"00-{self.trace_id:032x}-{self.span_id:016x}-00"
+        return _traceparent(self.trace_id, self.span_id, TraceFlags.DEFAULT)
 
     def __repr__(self) -> str:
         return f"_Dropped(trace_id={self.trace_id:032x}, span_id={self.span_id:016x})"
