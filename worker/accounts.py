@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from worker.config import Account, ConfigError, Settings, build_account, raw_accounts
+from worker.keepalive import KeepAlivePool
 from worker.logging import get_logger
 from worker.ratelimit import RedisRateLimiter, TokenBucket
 from worker.registry import Registry, VendorClient
@@ -100,7 +101,8 @@ def build_clients(
     redis_client: aioredis.Redis | None,
     stack: AsyncExitStack,
 ) -> dict[tuple[str, str], VendorClient]:
-    """One client per account, each on the shared session with its own limiter, closed by ``stack``."""
+    """One client per account, each with its own limiter and keep-alive connections (on the shared
+    aiohttp session for what those do not carry), closed by ``stack``."""
     clients: dict[tuple[str, str], VendorClient] = {}
     for (vendor, alias), account in accounts.accounts.items():
         limiter: Limiter | None = None
@@ -111,7 +113,17 @@ def build_clients(
                 else TokenBucket(account.rate_limit_per_second)
             )
         base_url = str(account.settings.model_dump()["base_url"])
-        http = VendorHTTP(vendor, session, base_url, timeout=settings.vendor_timeout_seconds, limiter=limiter)
+        pool = None
+        if settings.vendor_http_client == "keepalive" and base_url.startswith(("http://", "https://")):
+            pool = KeepAlivePool(
+                base_url,
+                timeout=settings.vendor_timeout_seconds,
+                limit=max(100, settings.max_in_flight * 2),  # as the aiohttp connector's
+            )
+            stack.push_async_callback(pool.close)
+        http = VendorHTTP(
+            vendor, session, base_url, timeout=settings.vendor_timeout_seconds, limiter=limiter, pool=pool
+        )
         client = registry.vendors[vendor].make_client(account.settings, http)
         stack.push_async_callback(client.close)
         clients[(vendor, alias)] = client

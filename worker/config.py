@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     )
 
     vendor_timeout_seconds: float = Field(15.0, gt=0)
+    vendor_http_client: Literal["keepalive", "aiohttp"] = Field(
+        "keepalive",
+        description="Vendor calls with a plain body on worker.keepalive (httptools), or every call on aiohttp.",
+    )
     file_memory_budget_bytes: int = Field(
         64 * 1024 * 1024,
         ge=1024 * 1024,

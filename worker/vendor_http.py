@@ -1,8 +1,9 @@
-"""HTTP to a vendor: one shared aiohttp session, metrics, transport errors.
+"""HTTP to a vendor: keep-alive connections or the shared aiohttp session, metrics, transport errors.
 
 Vendor clients (``handlers/<vendor>/client.py``) build on :class:`VendorHTTP`
 and map the *bodies* of answers to errors; this module maps what happens on
-the wire, the same way for every vendor:
+the wire, the same way for every vendor and either way a request went (a
+body of bytes or JSON on :mod:`worker.keepalive`, anything else on aiohttp):
 
 - no connection could be made             -> VendorUnavailable, not applied
 - 429                                     -> RateLimited with Retry-After, not applied
@@ -15,6 +16,7 @@ will not retry such an error for a command that is unsafe to repeat.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
@@ -23,8 +25,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+import yarl
 
-from worker import tracing
+from worker import keepalive, tracing
 from worker.errors import RateLimited, TransientError, VendorUnavailable
 from worker.metrics import VENDOR_LATENCY, VENDOR_REQUESTS
 
@@ -66,6 +69,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when - (now if now is not None else time.time()))
 
 
+_PLAIN_TARGET = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*")
+"""A path and query that needs no percent-encoding (no ``%``: yarl decides what an escape is)."""
+_KEEPALIVE_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+_KEEPALIVE_ARGUMENTS = frozenset({"headers", "data", "json"})
+
+
 class VendorHTTP:
     """Requests to one vendor account, with metrics and wire-level errors."""
 
@@ -77,8 +86,10 @@ class VendorHTTP:
         *,
         timeout: float = 15.0,
         limiter: Limiter | None = None,
+        pool: keepalive.KeepAlivePool | None = None,
     ) -> None:
         self.vendor = vendor
+        self.pool = pool
         self.session = session
         self.base_url = base_url.rstrip("/")
         self.timeout = aiohttp.ClientTimeout(total=timeout)
@@ -86,6 +97,7 @@ class VendorHTTP:
         parsed = urlsplit(self.base_url)
         self._host = parsed.hostname
         self._port = parsed.port
+        self._base_path = parsed.path
 
     async def request(
         self,
@@ -119,19 +131,28 @@ class VendorHTTP:
         status_label = "error"
         timeout = kwargs.pop("timeout", self.timeout)  # a caller may size it (uploads)
         try:
-            async with self.session.request(
-                method, url, timeout=timeout, allow_redirects=False, **kwargs
-            ) as response:
-                body = await response.read()
-                status_label = str(response.status)
-                answer = VendorResponse(response.status, response.headers, body)
-        except aiohttp.ClientConnectorError as exc:
+            if (
+                self.pool is not None
+                and method in _KEEPALIVE_METHODS
+                and kwargs.keys() <= _KEEPALIVE_ARGUMENTS
+                and isinstance(kwargs.get("data", b""), bytes)  # a form or a stream: aiohttp's
+            ):
+                answer = await self._send_keepalive(self.pool, method, url, kwargs, timeout.total)
+            else:
+                async with self.session.request(
+                    method, url, timeout=timeout, allow_redirects=False, **kwargs
+                ) as response:
+                    body = await response.read()
+                    answer = VendorResponse(response.status, response.headers, body)
+            status_label = str(answer.status)
+        except (aiohttp.ClientConnectorError, keepalive.ConnectFailed) as exc:
+            cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc.__cause__
             raise VendorUnavailable(
-                f"{self.vendor}: cannot connect ({exc.os_error.__class__.__name__})",
+                f"{self.vendor}: cannot connect ({cause.__class__.__name__})",
                 code="vendor_unreachable",
                 maybe_applied=False,
             ) from exc
-        except aiohttp.ConnectionTimeoutError as exc:
+        except (aiohttp.ConnectionTimeoutError, keepalive.NotSent) as exc:
             raise VendorUnavailable(
                 f"{self.vendor}: connecting timed out",
                 code="vendor_unreachable",
@@ -143,7 +164,7 @@ class VendorHTTP:
                 code="vendor_timeout",
                 maybe_applied=True,
             ) from exc
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, keepalive.ResponseLost) as exc:
             raise VendorUnavailable(
                 f"{self.vendor}: connection lost ({exc.__class__.__name__})",
                 code="vendor_connection_lost",
@@ -154,6 +175,30 @@ class VendorHTTP:
             VENDOR_REQUESTS.labels(self.vendor, endpoint, status_label).inc()
             VENDOR_LATENCY.labels(self.vendor, endpoint).observe(elapsed)
         return self._raise_for_transient(answer)
+
+    async def _send_keepalive(
+        self,
+        pool: keepalive.KeepAlivePool,
+        method: str,
+        url: str,
+        kwargs: dict[str, Any],
+        seconds: float | None,
+    ) -> VendorResponse:
+        """The request as aiohttp would send it (its request target, Content-Type and JSON), on ``pool``."""
+        headers: Mapping[str, str] = kwargs.get("headers") or {}
+        body = kwargs.get("data")
+        if kwargs.get("json") is not None:
+            if body is not None:
+                raise ValueError("data and json cannot both be given")
+            body = orjson.dumps(kwargs["json"])
+            headers = {"Content-Type": "application/json", **headers}
+        elif body is not None and not any(name.lower() == "content-type" for name in headers):
+            headers = {**headers, "Content-Type": "application/octet-stream"}  # as aiohttp
+        target = url[len(self.base_url) - len(self._base_path) :] if url.startswith(self.base_url) else ""
+        if not target.startswith("/") or not _PLAIN_TARGET.fullmatch(target):
+            target = yarl.URL(url).raw_path_qs  # what aiohttp writes on the request line
+        answer = await pool.request(method, target, headers, body, seconds or self.timeout.total or 300.0)
+        return VendorResponse(answer.status, answer.headers, answer.body)
 
     def _raise_for_transient(self, answer: VendorResponse) -> VendorResponse:
         status = answer.status
