@@ -88,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
         help="also run the baseline without publisher confirms (reported, not the ceiling)",
     )
     parser.add_argument(
+        "--keepalive-baseline",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also run the baseline with the worker's keep-alive HTTP client (worker/keepalive.py) in place"
+        " of aiohttp: the ratio without the worker's lighter HTTP (reported, not the issue's baseline)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="sample the worker with py-spy; summaries in bench/results/"
     )
     parser.add_argument(
@@ -147,6 +154,7 @@ def _config(args: argparse.Namespace, workdir: Path, stamp: str) -> RunConfig:
         stamp=stamp,
         profile=args.profile,
         callgrind=args.callgrind,
+        keepalive_baseline=args.keepalive_baseline,
         loop_stats=args.loop_stats,
         calibrate_us=calibrate,
         redis_url=args.redis_url,
@@ -202,6 +210,13 @@ def _throughput(config: RunConfig, groups: set[str], worker_ok: bool, no_confirm
         systems.append(("baseline", functools.partial(scenarios.baseline, confirms=True)))
         if no_confirms:
             systems.append(("baseline, no confirms", functools.partial(scenarios.baseline, confirms=False)))
+        if config.keepalive_baseline:
+            systems.append(
+                (
+                    "baseline, keepalive HTTP",
+                    functools.partial(scenarios.baseline, confirms=True, http="keepalive"),
+                )
+            )
         systems += [
             (
                 scenarios.calibrated_name(burn),

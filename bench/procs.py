@@ -135,16 +135,17 @@ def start_simulator(
 
 def start_baseline(
     *, amqp_url: str, sim_url: str, confirms: bool, prefetch: int, account_key: str, token: str,
-    logdir: Path, max_seconds: float, burn_us: float = 0.0, prefix: Sequence[str] = (),
+    logdir: Path, max_seconds: float, burn_us: float = 0.0, prefix: Sequence[str] = (), http: str = "aiohttp",
 ) -> Managed:  # fmt: skip
     """``python -m bench.baseline`` (under ``prefix``, a tool); returns once it says READY."""
     argv = [
         *prefix, sys.executable, "-m", "bench.baseline", "--amqp-url", amqp_url, "--sim-url", sim_url,
         "--prefetch", str(prefetch), "--confirms" if confirms else "--no-confirms",
         "--account-key", account_key, "--token", token, "--max-seconds", str(max_seconds),
-        "--burn-us", str(burn_us),
+        "--burn-us", str(burn_us), "--http", http,
     ]  # fmt: skip
     name = "baseline" + ("" if confirms else "-noconfirm") + (f"-burn{burn_us:g}us" if burn_us else "")
+    name += "" if http == "aiohttp" else f"-{http}"
     managed = spawn(name, argv, logdir)
     wait_for_line(managed, "READY", timeout=300 if prefix else 30)
     return managed

@@ -50,6 +50,8 @@ class RunConfig:
     stamp: str
     profile: bool = False
     callgrind: bool = False
+    keepalive_baseline: bool = False
+    """Also a baseline on worker/keepalive.py (``--keepalive-baseline``), reported beside the aiohttp one."""
     """The worker under valgrind --tool=callgrind (``--callgrind``): instructions, not seconds."""
     loop_stats: bool = False
     calibrate_us: tuple[float, ...] = ()
@@ -210,7 +212,13 @@ def calibration(config: RunConfig) -> list[Row]:
 
 
 def baseline(
-    config: RunConfig, sim: Simulator, *, confirms: bool, paced: bool = True, burn_us: float = 0.0
+    config: RunConfig,
+    sim: Simulator,
+    *,
+    confirms: bool,
+    paced: bool = True,
+    burn_us: float = 0.0,
+    http: str = "aiohttp",
 ) -> list[Row]:
     """The bare consumer on its own quorum queue: flooded with ``commands``, then paced.
 
@@ -219,12 +227,14 @@ def baseline(
     amqp.ensure_baseline_queue(config.amqp_url)
     amqp.purge(config.amqp_url, amqp.BASELINE_QUEUE)
     system = calibrated_name(burn_us) if burn_us else "baseline" if confirms else "baseline, no confirms"
+    if http != "aiohttp":
+        system += f", {http} HTTP"
     slug = system.replace(", ", "-").replace(" ", "-")
     counted = config.results_dir / f"callgrind-{config.stamp}-{slug}.out" if config.callgrind else None
     managed = procs.start_baseline(
         amqp_url=config.amqp_url, sim_url=sim.base_url, confirms=confirms, prefetch=config.max_in_flight,
         account_key=config.account_key, token=config.token, logdir=config.logdir, max_seconds=3600,
-        burn_us=burn_us, prefix=procs.callgrind_prefix(counted) if counted else (),
+        burn_us=burn_us, prefix=procs.callgrind_prefix(counted) if counted else (), http=http,
     )  # fmt: skip
     if counted is not None:
         procs.callgrind_control("--instr=on", managed.pid)  # as the worker's: from ready on
