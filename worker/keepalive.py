@@ -178,14 +178,22 @@ class KeepAlivePool:
     """
 
     def __init__(
-        self, base_url: str, *, timeout: float, limit: int = 512, idle_seconds: float = IDLE_SECONDS
+        self,
+        base_url: str,
+        *,
+        timeout: float,
+        limit: int = 512,
+        idle_seconds: float = IDLE_SECONDS,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if parts.scheme == "https" else None
+        self.ssl: ssl.SSLContext | None = None
+        if parts.scheme == "https":  # the system's certificates, host names checked, as aiohttp's default
+            self.ssl = ssl_context or ssl.create_default_context()
         default_port = self.port == (443 if parts.scheme == "https" else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
         self._host_line = f"Host: {host if default_port else f'{host}:{self.port}'}\r\n"

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -316,3 +319,46 @@ async def test_vendor_http_refused_is_not_applied() -> None:
 
 def test_user_agent_names_the_worker() -> None:
     assert keepalive.USER_AGENT.startswith("switchboard/")
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    request = [
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]
+    subprocess.run(
+        [*request, "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_https_checks_the_certificate(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    state = Server(lambda request, writer: answer())
+    srv = await asyncio.start_server(state.serve, "127.0.0.1", 0, ssl=served)
+    base = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    trusted = KeepAlivePool(base, timeout=5, ssl_context=ssl.create_default_context(cafile=str(cert)))
+    for _ in range(2):
+        assert (await trusted.request("POST", "/send", {}, b"x", 5)).body == OK
+    assert state.connections == 1 and state.requests[0].startswith(b"POST /send HTTP/1.1\r\n")
+    await trusted.close()
+    with pytest.raises(ConnectFailed):  # the system's certificates do not vouch for it: nothing sent
+        await KeepAlivePool(base, timeout=5).request("POST", "/send", {}, b"x", 5)
+    assert len(state.requests) == 2
+    srv.close()
