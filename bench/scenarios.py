@@ -50,9 +50,9 @@ class RunConfig:
     stamp: str
     profile: bool = False
     callgrind: bool = False
+    """The worker under valgrind --tool=callgrind (``--callgrind``): instructions, not seconds."""
     keepalive_baseline: bool = False
     """Also a baseline on worker/keepalive.py (``--keepalive-baseline``), reported beside the aiohttp one."""
-    """The worker under valgrind --tool=callgrind (``--callgrind``): instructions, not seconds."""
     loop_stats: bool = False
     calibrate_us: tuple[float, ...] = ()
     """CPU per command added to extra baselines (``--calibrate``), in microseconds."""
