@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from worker import keepalive
+from worker import __version__
 from worker.errors import VendorUnavailable
 from worker.keepalive import AnswerTimedOut, ConnectFailed, KeepAlivePool, NotSent, ResponseLost
 from worker.vendor_http import VendorHTTP
@@ -88,6 +88,7 @@ async def test_one_connection_carries_successive_requests(server: Start) -> None
     assert first.startswith("POST /api/send HTTP/1.1\r\n")
     assert f"Host: 127.0.0.1:{srv.port}\r\n" in first and "Authorization: Bearer t\r\n" in first
     assert "Content-Length: 3\r\n" in first and first.endswith("\r\n\r\na=1")
+    assert f"User-Agent: switchboard/{__version__}\r\n" in first
     await pool.close()
 
 
@@ -270,7 +271,7 @@ def test_a_line_break_in_a_header_is_refused() -> None:
 
 
 async def test_vendor_http_sends_as_aiohttp_would(server: Start) -> None:
-    """JSON bodies, a path that needs escaping, and the errors' meaning, through VendorHTTP."""
+    """Through VendorHTTP: a JSON body and its Content-Type, a path that needs escaping (as yarl escapes it)."""
     srv = await server(lambda request, writer: answer())
     base = f"http://127.0.0.1:{srv.port}/v1"
     async with aiohttp.ClientSession() as session:
@@ -315,10 +316,6 @@ async def test_vendor_http_refused_is_not_applied() -> None:
         with pytest.raises(VendorUnavailable) as caught:
             await http.request("POST", "/send", data=b"x")
         assert (caught.value.code, caught.value.maybe_applied) == ("vendor_unreachable", False)
-
-
-def test_user_agent_names_the_worker() -> None:
-    assert keepalive.USER_AGENT.startswith("switchboard/")
 
 
 @pytest.fixture(scope="module")
