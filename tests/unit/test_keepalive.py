@@ -359,3 +359,26 @@ async def test_https_checks_the_certificate(certificate: tuple[Path, Path]) -> N
         await KeepAlivePool(base, timeout=5).request("POST", "/send", {}, b"x", 5)
     assert len(state.requests) == 2
     srv.close()
+
+
+async def test_vendor_http_out_of_time_before_sending_is_not_applied(server: Start) -> None:
+    """Waiting for a connection (here the pool's only one, busy) past the time: nothing went out."""
+    arrived = asyncio.Event()
+
+    def silent(request: bytes, writer: asyncio.StreamWriter) -> None:
+        arrived.set()
+
+    srv = await server(silent)
+    base = f"http://127.0.0.1:{srv.port}"
+    async with aiohttp.ClientSession() as session:
+        pool = KeepAlivePool(base, timeout=0.2, limit=1)
+        http = VendorHTTP("acme", session, base, timeout=0.2, pool=pool)
+        busy = asyncio.ensure_future(http.request("POST", "/send", data=b"first"))
+        await arrived.wait()
+        with pytest.raises(VendorUnavailable) as caught:
+            await http.request("POST", "/send", data=b"second")
+        assert (caught.value.code, caught.value.maybe_applied) == ("vendor_unreachable", False)
+        assert [request.endswith(b"first") for request in srv.requests] == [True]
+        with pytest.raises(VendorUnavailable, match="no answer"):
+            await busy
+        await pool.close()
