@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from handlers.pidj.client import FORM, PidjClient, build_form, encode_form, quote_plus_fast
 from handlers.pidj.settings import PidjAccount
+from tests.support.wire import read_request
 from worker.vendor_http import VendorHTTP
 
 _ANSWER = (
@@ -36,12 +37,7 @@ class _Recorder:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                self.requests.append(head + await reader.readexactly(length))
+                self.requests.append(await read_request(reader))
                 writer.write(_ANSWER)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
